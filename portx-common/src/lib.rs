@@ -1,0 +1,265 @@
+//! Types shared by the BPF programs (`portx-ebpf`) and the loader (`portx`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding, and each size is asserted
+//! at compile time so the two sides cannot drift apart silently.
+#![no_std]
+
+/// Length of a task's `comm` (`TASK_COMM_LEN` in the kernel).
+pub const COMM_LEN: usize = 16;
+
+/// Offset value meaning "this kernel does not have the field".
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// What an [`Event`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A TCP/MPTCP socket changed state (`sock:inet_sock_set_state`).
+    State = 1,
+    /// `connect()` returned 0 or EINPROGRESS: a source port was allocated.
+    Connect = 2,
+    /// `connect()` failed.
+    ConnectError = 3,
+    /// `bind()` succeeded.
+    Bind = 4,
+    /// `bind()` failed.
+    BindError = 5,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::State,
+            2 => Self::Connect,
+            3 => Self::ConnectError,
+            4 => Self::Bind,
+            5 => Self::BindError,
+            _ => return None,
+        })
+    }
+}
+
+/// The process that owns a socket, learned in process context and carried by
+/// socket address so that softirq-context events can name it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Thread group id (what userspace calls the pid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// cgroup v2 id (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<Owner>() == 32);
+
+/// Common header of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Network namespace inode of the socket (or of the task when the socket is unknown).
+    pub netns: u32,
+    /// `bpf_ktime_get_boot_ns()` at the event.
+    pub ts_ns: u64,
+    pub owner: Owner,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
+
+/// One record in the ring buffer. Addresses are in network byte order, ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub header: EventHeader,
+    /// Kernel address of the `struct sock` (0 when unknown): the socket's identity for its life.
+    pub skaddr: u64,
+    /// IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_MPTCP` (0 when unknown).
+    pub protocol: u16,
+    /// TCP states (`TCP_ESTABLISHED` = 1 ...), only for [`EventKind::State`].
+    pub old_state: u8,
+    pub new_state: u8,
+    pub _pad: [u8; 2],
+    /// Positive errno for failures, 0 otherwise.
+    pub errno: u32,
+}
+const _: () = assert!(core::mem::size_of::<Event>() == 104);
+
+/// Where fields sit inside tracepoint records, read from tracefs `format` files at start-up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateTpOffsets {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+/// `syscalls:sys_enter_connect` / `sys_enter_bind`: the fd, the user sockaddr pointer, its length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysEnterOffsets {
+    pub fd: u32,
+    pub addr: u32,
+    pub addrlen: u32,
+}
+
+/// Offsets inside kernel structs, resolved from the running kernel's BTF.
+/// Each is a byte offset, or [`NO_OFFSET`] when the kernel lacks the member.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sock.__sk_common.skc_net.net`
+    pub sock_net: u32,
+    /// `net.ns.inum`
+    pub net_inum: u32,
+    /// `sock.__sk_common.skc_num` (local port, host order)
+    pub sock_num: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`
+    pub sock_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`
+    pub sock_v6_rcv_saddr: u32,
+    /// `task_struct.nsproxy`
+    pub task_nsproxy: u32,
+    /// `nsproxy.net_ns`
+    pub nsproxy_net_ns: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `file.private_data`
+    pub file_private_data: u32,
+    /// `socket.type`
+    pub socket_type: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+}
+
+/// Everything the BPF programs need to know about the running kernel, set as one
+/// read-only global (`CONFIG`) before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub state_tp: StateTpOffsets,
+    pub connect_tp: SysEnterOffsets,
+    pub bind_tp: SysEnterOffsets,
+    /// Offset of `ret` in `sys_exit_connect` / `sys_exit_bind`.
+    pub exit_ret: u32,
+    pub kernel: KernelOffsets,
+}
+
+impl Config {
+    /// A config with every offset unknown; the BPF side treats it as "read nothing".
+    pub const UNSET: Self = Self {
+        state_tp: StateTpOffsets {
+            skaddr: NO_OFFSET,
+            oldstate: NO_OFFSET,
+            newstate: NO_OFFSET,
+            sport: NO_OFFSET,
+            dport: NO_OFFSET,
+            family: NO_OFFSET,
+            protocol: NO_OFFSET,
+            saddr: NO_OFFSET,
+            daddr: NO_OFFSET,
+            saddr_v6: NO_OFFSET,
+            daddr_v6: NO_OFFSET,
+        },
+        connect_tp: SysEnterOffsets {
+            fd: NO_OFFSET,
+            addr: NO_OFFSET,
+            addrlen: NO_OFFSET,
+        },
+        bind_tp: SysEnterOffsets {
+            fd: NO_OFFSET,
+            addr: NO_OFFSET,
+            addrlen: NO_OFFSET,
+        },
+        exit_ret: NO_OFFSET,
+        kernel: KernelOffsets {
+            sock_net: NO_OFFSET,
+            net_inum: NO_OFFSET,
+            sock_num: NO_OFFSET,
+            sock_rcv_saddr: NO_OFFSET,
+            sock_v6_rcv_saddr: NO_OFFSET,
+            task_nsproxy: NO_OFFSET,
+            nsproxy_net_ns: NO_OFFSET,
+            task_files: NO_OFFSET,
+            files_fdt: NO_OFFSET,
+            fdt_max_fds: NO_OFFSET,
+            fdt_fd: NO_OFFSET,
+            file_private_data: NO_OFFSET,
+            socket_type: NO_OFFSET,
+            socket_sk: NO_OFFSET,
+        },
+    };
+}
+const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 14) * 4);
+
+/// Key of the listener map: a listening port in a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+
+/// Names of the maps and the global, shared so both sides spell them the same.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const DROPPED: &str = "DROPPED";
+    pub const OWNERS: &str = "OWNERS";
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Constants from the kernel's UAPI that both sides use.
+pub mod uapi {
+    pub const AF_INET: u16 = 2;
+    pub const AF_INET6: u16 = 10;
+    pub const IPPROTO_TCP: u16 = 6;
+    pub const IPPROTO_MPTCP: u16 = 262;
+    pub const SOCK_STREAM: u16 = 1;
+    pub const EINPROGRESS: i64 = 115;
+    /// TCP states, `include/net/tcp_states.h`.
+    pub const TCP_ESTABLISHED: u8 = 1;
+    pub const TCP_SYN_SENT: u8 = 2;
+    pub const TCP_SYN_RECV: u8 = 3;
+    pub const TCP_FIN_WAIT1: u8 = 4;
+    pub const TCP_FIN_WAIT2: u8 = 5;
+    pub const TCP_TIME_WAIT: u8 = 6;
+    pub const TCP_CLOSE: u8 = 7;
+    pub const TCP_CLOSE_WAIT: u8 = 8;
+    pub const TCP_LAST_ACK: u8 = 9;
+    pub const TCP_LISTEN: u8 = 10;
+    pub const TCP_CLOSING: u8 = 11;
+    pub const TCP_NEW_SYN_RECV: u8 = 12;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are `#[repr(C)]`, `Copy`, with explicit padding and no pointers.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+}

@@ -1,0 +1,129 @@
+//! Command-line interface.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portx",
+    version,
+    about = "Live eBPF view of who is eating ephemeral ports and why bind()/connect() fail"
+)]
+pub struct Cli {
+    /// Say which attach points and kernel offsets are in use.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print one line per TCP state change, connect() and bind(), as they happen.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TraceArgs {
+    /// Print NDJSON, one object per event (fields in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Only events of this process id (the socket's owner for state changes).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only events whose process name is exactly this.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only events with this port on either side.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only this network namespace: a name from `ip netns`, a path, or an inode.
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Option<String>,
+    /// Only failed connect() and bind() calls.
+    #[arg(long)]
+    pub errors: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    pub ring_mib: u32,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 365.0 * 86400.0 {
+        return Err(format!("`{s}` must be between 0 and one year"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    if !n.is_power_of_two() || n > 1024 {
+        return Err(format!("`{s}` must be a power of two between 1 and 1024"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn trace(args: &[&str]) -> Result<TraceArgs, clap::Error> {
+        let mut argv = vec!["portx", "trace"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| match c.command {
+            Command::Trace(t) => t,
+        })
+    }
+
+    #[test]
+    fn parses_trace_flags() {
+        let t = trace(&[
+            "--json",
+            "--pid",
+            "7",
+            "--comm",
+            "nginx",
+            "--port",
+            "3306",
+            "--netns",
+            "blue",
+            "--errors",
+            "--duration",
+            "1.5",
+        ])
+        .unwrap();
+        assert!(t.json && t.errors);
+        assert_eq!(t.pid, Some(7));
+        assert_eq!(t.comm.as_deref(), Some("nginx"));
+        assert_eq!(t.port, Some(3306));
+        assert_eq!(t.netns.as_deref(), Some("blue"));
+        assert_eq!(t.duration, Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(t.ring_mib, 16);
+    }
+
+    #[test]
+    fn rejects_bad_flags_with_a_reason() {
+        let msg = |args: &[&str]| trace(args).unwrap_err().to_string();
+        assert!(msg(&["--port", "70000"]).contains("70000"));
+        assert!(msg(&["--duration", "0"]).contains("between 0 and one year"));
+        assert!(msg(&["--duration", "soon"]).contains("not a number"));
+        assert!(msg(&["--ring-mib", "3"]).contains("power of two"));
+        assert!(msg(&["--pid", "x"]).contains("invalid value"));
+        assert!(msg(&["--bogus"]).contains("--bogus"));
+    }
+
+    #[test]
+    fn verbose_is_global() {
+        let c = Cli::try_parse_from(["portx", "trace", "-v"]).unwrap();
+        assert!(c.verbose);
+    }
+}

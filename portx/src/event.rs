@@ -1,0 +1,342 @@
+//! Decoding raw ring-buffer records into typed events. Pure: no kernel access.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use portx_common::{
+    Event, EventKind,
+    uapi::{AF_INET, AF_INET6},
+};
+
+/// What happened, as named in the JSON `event` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    State,
+    Connect,
+    ConnectError,
+    Bind,
+    BindError,
+}
+
+impl Kind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::State => "state",
+            Self::Connect => "connect",
+            Self::ConnectError => "connect_error",
+            Self::Bind => "bind",
+            Self::BindError => "bind_error",
+        }
+    }
+
+    pub const fn is_error(self) -> bool {
+        matches!(self, Self::ConnectError | Self::BindError)
+    }
+}
+
+/// TCP states, `include/net/tcp_states.h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established = 1,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+}
+
+impl TcpState {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Established,
+            2 => Self::SynSent,
+            3 => Self::SynRecv,
+            4 => Self::FinWait1,
+            5 => Self::FinWait2,
+            6 => Self::TimeWait,
+            7 => Self::Close,
+            8 => Self::CloseWait,
+            9 => Self::LastAck,
+            10 => Self::Listen,
+            11 => Self::Closing,
+            12 => Self::NewSynRecv,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Symbolic names of the errnos connect() and bind() return.
+pub fn errno_name(errno: u32) -> Option<&'static str> {
+    Some(match errno as i32 {
+        libc::EPERM => "EPERM",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EINVAL => "EINVAL",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EPROTOTYPE => "EPROTOTYPE",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EISCONN => "EISCONN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EALREADY => "EALREADY",
+        libc::EINPROGRESS => "EINPROGRESS",
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A decoded event. Ports are host order; for `state` events the owner fields come
+/// from the socket's owner (learned in process context), not from the CPU's current task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    pub kind: Kind,
+    /// Boot-time clock, nanoseconds.
+    pub ts_ns: u64,
+    /// 0 when the owner is unknown (a socket that existed before portx started).
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub netns: u32,
+    /// Kernel socket address (0 when unknown): stable identity for the socket's life.
+    pub sock: u64,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub old_state: Option<TcpState>,
+    pub new_state: Option<TcpState>,
+    /// Positive errno on `*_error` events.
+    pub errno: Option<u32>,
+}
+
+impl TraceEvent {
+    pub fn error_name(&self) -> Option<&'static str> {
+        self.errno.and_then(errno_name)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event record is {0} bytes, expected {1}")]
+    Size(usize, usize),
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+    #[error("unknown address family {0}")]
+    Family(u16),
+}
+
+fn addr(family: Family, raw: [u8; 16]) -> IpAddr {
+    match family {
+        Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(raw)),
+    }
+}
+
+fn comm(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<TraceEvent, DecodeError> {
+    if bytes.len() < size_of::<Event>() {
+        return Err(DecodeError::Size(bytes.len(), size_of::<Event>()));
+    }
+    // SAFETY: length checked; Event is plain old data and read unaligned.
+    let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    decode_event(&raw)
+}
+
+/// Decodes an already-copied record.
+pub fn decode_event(raw: &Event) -> Result<TraceEvent, DecodeError> {
+    let h = &raw.header;
+    let kind = match EventKind::from_u32(h.kind).ok_or(DecodeError::Kind(h.kind))? {
+        EventKind::State => Kind::State,
+        EventKind::Connect => Kind::Connect,
+        EventKind::ConnectError => Kind::ConnectError,
+        EventKind::Bind => Kind::Bind,
+        EventKind::BindError => Kind::BindError,
+    };
+    let family = match raw.family {
+        AF_INET => Family::Ipv4,
+        AF_INET6 => Family::Ipv6,
+        other => return Err(DecodeError::Family(other)),
+    };
+    let is_state = kind == Kind::State;
+    Ok(TraceEvent {
+        kind,
+        ts_ns: h.ts_ns,
+        pid: h.owner.pid,
+        tid: h.owner.tid,
+        comm: comm(&h.owner.comm),
+        cgroup_id: h.owner.cgroup_id,
+        netns: h.netns,
+        sock: raw.skaddr,
+        family,
+        saddr: addr(family, raw.saddr),
+        sport: raw.sport,
+        daddr: addr(family, raw.daddr),
+        dport: raw.dport,
+        old_state: if is_state {
+            TcpState::from_u8(raw.old_state)
+        } else {
+            None
+        },
+        new_state: if is_state {
+            TcpState::from_u8(raw.new_state)
+        } else {
+            None
+        },
+        errno: kind.is_error().then_some(raw.errno),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use portx_common::{EventHeader, Owner};
+
+    use super::*;
+
+    pub(crate) fn raw_event(kind: EventKind) -> Event {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        Event {
+            header: EventHeader {
+                kind: kind as u32,
+                netns: 4026531840,
+                ts_ns: 123_456_789,
+                owner: Owner {
+                    pid: 42,
+                    tid: 43,
+                    cgroup_id: 7,
+                    comm,
+                },
+            },
+            skaddr: 0xffff_8880_0000_1000,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000,
+            dport: 3306,
+            family: AF_INET,
+            protocol: 6,
+            old_state: 7,
+            new_state: 2,
+            _pad: [0; 2],
+            errno: 0,
+        }
+    }
+
+    fn bytes(e: &Event) -> Vec<u8> {
+        // SAFETY: Event is POD.
+        unsafe { std::slice::from_raw_parts((e as *const Event).cast::<u8>(), size_of::<Event>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_state_event() {
+        let ev = decode(&bytes(&raw_event(EventKind::State))).unwrap();
+        assert_eq!(ev.kind, Kind::State);
+        assert_eq!((ev.pid, ev.tid, ev.comm.as_str()), (42, 43, "curl"));
+        assert_eq!(ev.saddr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ev.daddr, "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!((ev.sport, ev.dport), (40000, 3306));
+        assert_eq!(ev.old_state, Some(TcpState::Close));
+        assert_eq!(ev.new_state, Some(TcpState::SynSent));
+        assert_eq!(ev.errno, None);
+        assert_eq!(ev.netns, 4026531840);
+    }
+
+    #[test]
+    fn decodes_errors_and_ipv6() {
+        let mut raw = raw_event(EventKind::ConnectError);
+        raw.family = AF_INET6;
+        raw.daddr = Ipv6Addr::LOCALHOST.octets();
+        raw.errno = 99;
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.kind, Kind::ConnectError);
+        assert_eq!(ev.family, Family::Ipv6);
+        assert_eq!(ev.daddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(ev.errno, Some(99));
+        assert_eq!(ev.error_name(), Some("EADDRNOTAVAIL"));
+        // States are only meaningful on state events.
+        assert_eq!(ev.old_state, None);
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let b = bytes(&raw_event(EventKind::Bind));
+        assert_eq!(decode(&b[..50]), Err(DecodeError::Size(50, 104)));
+        let mut raw = raw_event(EventKind::Bind);
+        raw.header.kind = 99;
+        assert_eq!(decode(&bytes(&raw)), Err(DecodeError::Kind(99)));
+        let mut raw = raw_event(EventKind::Bind);
+        raw.family = 1;
+        assert_eq!(decode(&bytes(&raw)), Err(DecodeError::Family(1)));
+    }
+
+    #[test]
+    fn names_states_and_errnos() {
+        assert_eq!(TcpState::from_u8(6).unwrap().name(), "TIME_WAIT");
+        assert_eq!(TcpState::from_u8(0), None);
+        assert_eq!(errno_name(98), Some("EADDRINUSE"));
+        assert_eq!(errno_name(9999), None);
+    }
+}

@@ -1,0 +1,232 @@
+//! Kernel struct offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! The tracepoints do not carry the network namespace, and the syscall tracepoints do
+//! not carry the socket; the BPF side reads both through kernel structs whose layout
+//! changes between builds, so their offsets are looked up here and passed in as globals.
+
+use std::path::Path;
+
+use btf_rs::{Btf, BtfType as _, Struct, Type};
+use portx_common::{KernelOffsets, NO_OFFSET};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "kernel BTF is not available at {0} (portx needs a kernel built with CONFIG_DEBUG_INFO_BTF=y): {1}"
+    )]
+    Unavailable(String, String),
+    #[error("BTF: no struct named `{0}`")]
+    NoStruct(String),
+    #[error("BTF: struct `{0}` has no member `{1}`")]
+    NoMember(String, String),
+    #[error("BTF: `{0}.{1}` is a bitfield")]
+    Bitfield(String, String),
+    #[error("BTF: `{0}.{1}` is not a struct or union")]
+    NotAStruct(String, String),
+    #[error("BTF: {0}")]
+    Parse(String),
+}
+
+/// The kernel's type information.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let btf = Btf::from_file(path)
+            .map_err(|e| BtfError::Unavailable(path.display().to_string(), e.to_string()))?;
+        Ok(Self { btf })
+    }
+
+    pub fn from_sys() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    /// Byte offset of `path` (member names, descending into nested structs) inside
+    /// `struct <outer>`. Anonymous structs and unions are searched transparently, as C
+    /// member access does (`sk->__sk_common.skc_num` sits in an anonymous union).
+    pub fn member_offset(&self, outer: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let mut current = self.find_struct(outer)?;
+        let mut current_name = outer.to_owned();
+        let mut bits = 0u32;
+        for (i, member) in path.iter().enumerate() {
+            let (offset, type_id) = self
+                .find_member(&current, member)?
+                .ok_or_else(|| BtfError::NoMember(current_name.clone(), (*member).to_owned()))?;
+            bits += offset;
+            if i + 1 < path.len() {
+                current = match self.strip(self.type_by_id(type_id)?)? {
+                    Type::Struct(s) | Type::Union(s) => s,
+                    _ => return Err(BtfError::NotAStruct(current_name, (*member).to_owned())),
+                };
+                current_name = (*member).to_owned();
+            }
+        }
+        if bits % 8 != 0 {
+            return Err(BtfError::Bitfield(outer.to_owned(), path.join(".")));
+        }
+        Ok(bits / 8)
+    }
+
+    fn find_struct(&self, name: &str) -> Result<Struct, BtfError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| BtfError::NoStruct(name.to_owned()))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// Bit offset and type id of `name` in `st`, looking through anonymous members.
+    fn find_member(&self, st: &Struct, name: &str) -> Result<Option<(u32, u32)>, BtfError> {
+        for m in &st.members {
+            let member_name = self.btf.resolve_name(m).unwrap_or_default();
+            let type_id = m
+                .get_type_id()
+                .ok_or_else(|| BtfError::Parse("member without type".into()))?;
+            if member_name == name {
+                if m.bitfield_size().is_some_and(|s| s != 0) {
+                    return Err(BtfError::Bitfield(String::new(), name.to_owned()));
+                }
+                return Ok(Some((m.bit_offset(), type_id)));
+            }
+            if member_name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) =
+                    self.strip(self.type_by_id(type_id)?)?
+                && let Some((off, id)) = self.find_member(&inner, name)?
+            {
+                return Ok(Some((m.bit_offset() + off, id)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn type_by_id(&self, id: u32) -> Result<Type, BtfError> {
+        self.btf
+            .resolve_type_by_id(id)
+            .map_err(|e| BtfError::Parse(e.to_string()))
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut t: Type) -> Result<Type, BtfError> {
+        for _ in 0..16 {
+            t = match &t {
+                Type::Typedef(x) => self.chained(x)?,
+                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => self.chained(x)?,
+                Type::TypeTag(x) => self.chained(x)?,
+                _ => return Ok(t),
+            };
+        }
+        Err(BtfError::Parse("typedef chain too long".into()))
+    }
+
+    fn chained<T: btf_rs::BtfType + ?Sized>(&self, t: &T) -> Result<Type, BtfError> {
+        self.btf
+            .resolve_chained_type(t)
+            .map_err(|e| BtfError::Parse(e.to_string()))
+    }
+
+    /// Resolves every offset the BPF programs use. Members this kernel lacks are left
+    /// as [`NO_OFFSET`] (the BPF side then skips that read) and reported in the list.
+    pub fn kernel_offsets(&self) -> (KernelOffsets, Vec<BtfError>) {
+        let mut missing = Vec::new();
+        let mut get = |outer: &str, path: &[&str]| match self.member_offset(outer, path) {
+            Ok(off) => off,
+            Err(e) => {
+                missing.push(e);
+                NO_OFFSET
+            }
+        };
+        let offsets = KernelOffsets {
+            sock_net: get("sock", &["__sk_common", "skc_net", "net"]),
+            net_inum: get("net", &["ns", "inum"]),
+            sock_num: get("sock", &["__sk_common", "skc_num"]),
+            sock_rcv_saddr: get("sock", &["__sk_common", "skc_rcv_saddr"]),
+            sock_v6_rcv_saddr: get("sock", &["__sk_common", "skc_v6_rcv_saddr"]),
+            task_nsproxy: get("task_struct", &["nsproxy"]),
+            nsproxy_net_ns: get("nsproxy", &["net_ns"]),
+            task_files: get("task_struct", &["files"]),
+            files_fdt: get("files_struct", &["fdt"]),
+            fdt_max_fds: get("fdtable", &["max_fds"]),
+            fdt_fd: get("fdtable", &["fd"]),
+            file_private_data: get("file", &["private_data"]),
+            socket_type: get("socket", &["type"]),
+            socket_sk: get("socket", &["sk"]),
+        };
+        (offsets, missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // /sys/kernel/btf/vmlinux is world-readable, so these run without root. They
+    // check relations that hold on every kernel rather than one kernel's numbers.
+    fn btf() -> Option<KernelBtf> {
+        match KernelBtf::from_sys() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("skipping test - {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn resolves_all_offsets_on_this_kernel() {
+        let Some(btf) = btf() else { return };
+        let (o, missing) = btf.kernel_offsets();
+        assert!(missing.is_empty(), "{missing:?}");
+        // struct sock starts with struct sock_common.
+        assert_eq!(
+            btf.member_offset("sock", &["__sk_common"]).unwrap(),
+            0,
+            "sock_common is first in struct sock"
+        );
+        assert_eq!(
+            o.sock_num,
+            btf.member_offset("sock_common", &["skc_num"]).unwrap()
+        );
+        // skc_dport and skc_num share a 32-bit word (skc_portpair): num follows dport.
+        assert_eq!(
+            o.sock_num,
+            btf.member_offset("sock_common", &["skc_dport"]).unwrap() + 2
+        );
+        assert!(o.task_files > 0 && o.task_nsproxy > 0);
+        assert_ne!(o.socket_type, o.socket_sk);
+    }
+
+    #[test]
+    fn missing_members_are_errors_not_guesses() {
+        let Some(btf) = btf() else { return };
+        assert!(matches!(
+            btf.member_offset("sock", &["no_such_member"]),
+            Err(BtfError::NoMember(..))
+        ));
+        assert!(matches!(
+            btf.member_offset("no_such_struct_portx", &["x"]),
+            Err(BtfError::NoStruct(..))
+        ));
+        assert!(matches!(
+            btf.member_offset("sock", &["__sk_common", "skc_num", "deeper"]),
+            Err(BtfError::NotAStruct(..))
+        ));
+    }
+
+    #[test]
+    fn unreadable_btf_is_a_clear_error() {
+        let err = KernelBtf::from_file(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    }
+}

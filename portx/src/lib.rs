@@ -1,0 +1,16 @@
+//! portx: who is eating ephemeral ports, and why bind()/connect() fail.
+//!
+//! Kernel-facing code ([`loader`], [`tracefs`], [`kernel_btf`], [`preflight`]) is kept
+//! apart from the pure parts ([`event`], [`filter`], [`output`], [`netns`]), so that
+//! each can be tested alone.
+
+pub mod cli;
+pub mod event;
+pub mod filter;
+pub mod kernel_btf;
+pub mod loader;
+pub mod netns;
+pub mod output;
+pub mod preflight;
+pub mod trace;
+pub mod tracefs;

@@ -1,0 +1,195 @@
+//! `portx trace`: stream events to stdout until Ctrl-C, SIGTERM or `--duration`.
+
+use std::io::{self, Write as _};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::TraceArgs,
+    event::decode,
+    filter::Filter,
+    loader::{LoadOptions, Probes},
+    netns,
+    output::{Clock, TEXT_HEADER, json_line, text_line},
+    preflight,
+};
+
+/// Counts printed on exit.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Records read from the ring buffer.
+    pub seen: u64,
+    /// Records that passed the filter and were printed.
+    pub shown: u64,
+    /// Records that could not be decoded.
+    pub undecodable: u64,
+    /// Events lost in the kernel because the ring buffer was full.
+    pub dropped: u64,
+}
+
+impl Stats {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "portx: {} events seen, {} shown, {} dropped",
+            self.seen, self.shown, self.dropped
+        );
+        if self.undecodable > 0 {
+            s.push_str(&format!(", {} undecodable", self.undecodable));
+        }
+        s
+    }
+}
+
+pub fn filter_from(args: &TraceArgs) -> anyhow::Result<Filter> {
+    let netns = match &args.netns {
+        Some(arg) => Some(netns::resolve(arg)?),
+        None => None,
+    };
+    Ok(Filter {
+        pid: args.pid,
+        comm: args.comm.clone(),
+        port: args.port,
+        netns,
+        errors_only: args.errors,
+    })
+}
+
+pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    let filter = filter_from(&args)?;
+    let mut probes = Probes::load(LoadOptions {
+        ring_bytes: args.ring_mib << 20,
+    })?;
+    if verbose {
+        let s = &probes.setup;
+        eprintln!("portx: tracefs at {}", s.tracefs.display());
+        for a in &s.attached {
+            eprintln!("portx: attached {a}");
+        }
+        eprintln!(
+            "portx: fallback in use: syscall tracepoints for connect/bind (kprobe/fentry paths not built yet)"
+        );
+        eprintln!("portx: kernel offsets from BTF: {:?}", s.config.kernel);
+        for m in &s.btf_missing {
+            eprintln!("portx: degraded: {m}");
+        }
+    }
+    let mut reader = probes.events()?;
+    let clock = Clock::now();
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    if !args.json {
+        writeln!(out, "{TEXT_HEADER}")?;
+        out.flush()?;
+    }
+    eprintln!(
+        "portx: tracing {} programs; Ctrl-C to stop",
+        probes.setup.attached.len()
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep);
+
+    let mut printer = Printer {
+        filter,
+        clock,
+        json: args.json,
+        stats: Stats::default(),
+        out,
+        write_err: None,
+    };
+    loop {
+        tokio::select! {
+            r = reader.readable() => {
+                r?;
+                reader.drain(|b| printer.handle(b));
+                printer.flush();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut sleep => break,
+        }
+        if printer.write_err.is_some() {
+            break;
+        }
+    }
+    // Whatever the kernel wrote before we stopped still counts.
+    reader.drain(|b| printer.handle(b));
+    printer.flush();
+    printer.stats.dropped = probes.dropped()?;
+    eprintln!("{}", printer.stats.summary());
+    match printer.write_err {
+        None => Ok(()),
+        Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Some(e) => Err(e).context("writing to stdout"),
+    }
+}
+
+/// Decodes, filters and prints records, remembering the first write error
+/// (a closed pipe ends the trace quietly).
+struct Printer<W: io::Write> {
+    filter: Filter,
+    clock: Clock,
+    json: bool,
+    stats: Stats,
+    out: W,
+    write_err: Option<io::Error>,
+}
+
+impl<W: io::Write> Printer<W> {
+    fn handle(&mut self, bytes: &[u8]) {
+        self.stats.seen += 1;
+        let Ok(ev) = decode(bytes) else {
+            self.stats.undecodable += 1;
+            return;
+        };
+        if !self.filter.matches(&ev) {
+            return;
+        }
+        self.stats.shown += 1;
+        let line = if self.json {
+            json_line(&ev)
+        } else {
+            text_line(&ev, &self.clock)
+        };
+        if let Err(e) = writeln!(self.out, "{line}") {
+            self.write_err.get_or_insert(e);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.out.flush() {
+            self.write_err.get_or_insert(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_names_drops() {
+        let s = Stats {
+            seen: 10,
+            shown: 4,
+            undecodable: 0,
+            dropped: 2,
+        };
+        assert_eq!(s.summary(), "portx: 10 events seen, 4 shown, 2 dropped");
+        let s = Stats {
+            undecodable: 1,
+            ..s
+        };
+        assert!(s.summary().ends_with(", 1 undecodable"));
+    }
+}
