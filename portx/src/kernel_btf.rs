@@ -65,7 +65,7 @@ impl KernelBtf {
                 current_name = (*member).to_owned();
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield(outer.to_owned(), path.join(".")));
         }
         Ok(bits / 8)

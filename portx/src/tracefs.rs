@@ -237,6 +237,17 @@ print fmt: \"family=%s\", REC->family
     }
 
     #[test]
+    fn missing_tracepoint_names_it() {
+        let err = Format::read(Path::new("/nonexistent"), "sock", "inet_sock_set_state")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("tracepoint sock:inet_sock_set_state is missing from this kernel"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn rejects_unexpected_sizes_and_garbage() {
         let f = Format::parse(
             "sock:inet_sock_set_state",

@@ -1,0 +1,132 @@
+//! The peer programs the tests drive: this same test binary, started inside a test's
+//! namespace with `PORTX_TEST_PEER=<role>`, so clients and servers are real processes
+//! with their own pids. Each prints `ready`, waits for `go` on stdin, acts, reports on
+//! stdout, and exits when stdin closes (or when its role is done).
+
+use std::{
+    io::{BufRead as _, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+pub const ROLE_ENV: &str = "PORTX_TEST_PEER";
+
+/// Upper bound on connections any role opens.
+const MAX_CONNECTIONS: usize = 20_000;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn wait_for_go() {
+    say("ready");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+}
+
+fn wait_for_eof() {
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().lock().read_to_end(&mut sink);
+}
+
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+fn arg(args: &[String], i: usize) -> &str {
+    args.get(i).map(String::as_str).unwrap_or_else(|| {
+        eprintln!("peer: missing argument {i}");
+        std::process::exit(2)
+    })
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| {
+        eprintln!("peer: bad address {s}: {e}");
+        std::process::exit(2)
+    })
+}
+
+/// Runs the role named in the environment; returns false when not a peer.
+pub fn run_if_peer() -> bool {
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return false;
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    wait_for_go();
+    match role.as_str() {
+        // Listens on ADDR, then connects to it until connect() fails or MAX
+        // connections, holding every connection open until stdin closes.
+        "exhaust" => {
+            let target = addr(arg(&args, 0));
+            let max: usize = arg(&args, 1).parse().unwrap_or(64).min(MAX_CONNECTIONS);
+            let _listener = TcpListener::bind(target).expect("listen");
+            let mut held = Vec::new();
+            for _ in 0..max {
+                match TcpStream::connect(target) {
+                    Ok(s) => {
+                        say(&format!("port {}", s.local_addr().expect("local").port()));
+                        held.push(s);
+                    }
+                    Err(e) => {
+                        say(&format!("error {}", errno(&e)));
+                        break;
+                    }
+                }
+            }
+            say("done");
+            wait_for_eof();
+        }
+        // bind()s ADDR and reports the result.
+        "bind" => {
+            match TcpListener::bind(addr(arg(&args, 0))) {
+                Ok(_l) => say("bound"),
+                Err(e) => say(&format!("error {}", errno(&e))),
+            }
+            wait_for_eof();
+        }
+        // Accepts one connection on ADDR, reads it to EOF, then closes (passive close).
+        "server" => {
+            let listener = TcpListener::bind(addr(arg(&args, 0))).expect("listen");
+            say("listening");
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = Vec::new();
+            conn.read_to_end(&mut buf).expect("read");
+            drop(conn);
+            drop(listener);
+            say("closed");
+        }
+        // Connects to ADDR, writes, and closes first (active close).
+        "client" => {
+            let mut s = TcpStream::connect(addr(arg(&args, 0))).expect("connect");
+            say(&format!("port {}", s.local_addr().expect("local").port()));
+            s.write_all(b"hello").expect("write");
+            drop(s);
+            say("closed");
+        }
+        // N short connections to a listener of its own on ADDR: connect, accept,
+        // client closes, server closes.
+        "burst" => {
+            let target = addr(arg(&args, 0));
+            let n: usize = arg(&args, 1).parse().unwrap_or(0).min(MAX_CONNECTIONS);
+            let listener = TcpListener::bind(target).expect("listen");
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut done = 0;
+            while done < n && std::time::Instant::now() < deadline {
+                let c = TcpStream::connect(target).expect("connect");
+                let (s, _) = listener.accept().expect("accept");
+                drop(c);
+                drop(s);
+                done += 1;
+            }
+            say(&format!("done {done}"));
+        }
+        other => {
+            eprintln!("peer: unknown role {other}");
+            std::process::exit(2);
+        }
+    }
+    true
+}
