@@ -37,6 +37,7 @@ fn main() {
         ("burst_without_drops", burst),
         ("bad_netns_is_a_clear_error", bad_netns),
         ("not_root_is_a_clear_error", not_root),
+        ("mounts_tracefs_when_missing", mounts_tracefs),
     ];
     let trials = tests
         .into_iter()
@@ -491,5 +492,31 @@ fn not_root() -> Result<()> {
         stderr.contains("portx needs root, or CAP_BPF and CAP_PERFMON"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// In a private mount namespace without tracefs, portx mounts it itself.
+fn mounts_tracefs() -> Result<()> {
+    let script = format!(
+        "for m in /sys/kernel/tracing /sys/kernel/debug/tracing /sys/kernel/debug; do \
+           umount $m 2>/dev/null; done; \
+         if [ -d /sys/kernel/tracing/events ]; then echo 'still mounted' >&2; exit 90; fi; \
+         exec {} trace --duration 0.5",
+        env!("CARGO_BIN_EXE_portx")
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .context("running unshare (util-linux)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() != Some(90),
+        "could not unmount tracefs for the test"
+    );
+    ensure!(
+        out.status.success(),
+        "portx failed without tracefs: {stderr}"
+    );
+    ensure!(stderr.contains("portx: tracing"), "{stderr}");
     Ok(())
 }
