@@ -2,52 +2,52 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{Kind, TraceEvent};
 
 /// The JSON shape of one event. Field names are part of portx's interface (README).
-#[derive(Serialize, Debug, PartialEq)]
-pub struct JsonEvent<'a> {
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JsonEvent {
     pub ts_ns: u64,
-    pub event: &'static str,
+    pub event: String,
     pub pid: u32,
     pub tid: u32,
-    pub comm: &'a str,
+    pub comm: String,
     pub cgroup_id: u64,
     pub netns: u32,
-    pub family: &'static str,
+    pub family: String,
     pub saddr: String,
     pub sport: u16,
     pub daddr: String,
     pub dport: u16,
-    pub old_state: Option<&'static str>,
-    pub new_state: Option<&'static str>,
+    pub old_state: Option<String>,
+    pub new_state: Option<String>,
     pub errno: Option<u32>,
-    pub error: Option<&'static str>,
+    pub error: Option<String>,
     /// Kernel socket address as hex, "" when unknown: groups the events of one socket.
     pub sock: String,
 }
 
-impl<'a> From<&'a TraceEvent> for JsonEvent<'a> {
-    fn from(e: &'a TraceEvent) -> Self {
+impl From<&TraceEvent> for JsonEvent {
+    fn from(e: &TraceEvent) -> Self {
         Self {
             ts_ns: e.ts_ns,
-            event: e.kind.as_str(),
+            event: e.kind.as_str().to_owned(),
             pid: e.pid,
             tid: e.tid,
-            comm: &e.comm,
+            comm: e.comm.clone(),
             cgroup_id: e.cgroup_id,
             netns: e.netns,
-            family: e.family.as_str(),
+            family: e.family.as_str().to_owned(),
             saddr: e.saddr.to_string(),
             sport: e.sport,
             daddr: e.daddr.to_string(),
             dport: e.dport,
-            old_state: e.old_state.map(|s| s.name()),
-            new_state: e.new_state.map(|s| s.name()),
+            old_state: e.old_state.map(|s| s.name().to_owned()),
+            new_state: e.new_state.map(|s| s.name().to_owned()),
             errno: e.errno,
-            error: e.error_name(),
+            error: e.error_name().map(str::to_owned),
             sock: if e.sock == 0 {
                 String::new()
             } else {

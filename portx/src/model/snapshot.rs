@@ -1,0 +1,99 @@
+//! What `portx top` shows and `portx top --once --json` prints: a point-in-time view of
+//! the port accounting model. Field names are part of portx's interface (README).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::output::JsonEvent;
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub netns: Vec<NetnsUsage>,
+    /// Recent failed connect()/bind() calls, newest last.
+    pub failures: Vec<Failure>,
+    /// Events the kernel could not deliver (ring buffer full) since start.
+    pub dropped_events: u64,
+    /// TIME_WAIT entries the model corrected after comparing with the kernel's own
+    /// view (sock_diag): added (the model missed them) and removed (already gone).
+    pub drift: Drift,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    pub checks: u64,
+    pub added: u64,
+    pub removed: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct NetnsUsage {
+    pub inode: u32,
+    /// `ip netns` name when it has one.
+    pub name: Option<String>,
+    /// `net.ipv4.ip_local_port_range` (also used by IPv6).
+    pub port_range: [u16; 2],
+    /// Source ports a connect() toward one destination can count on.
+    pub capacity: u32,
+    /// Busiest first.
+    pub destinations: Vec<DestUsage>,
+    /// Most ports first.
+    pub processes: Vec<ProcessUsage>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct DestUsage {
+    pub saddr: String,
+    pub daddr: String,
+    pub dport: u16,
+    /// Local ports inside the ephemeral range held toward this destination.
+    pub used: u32,
+    pub capacity: u32,
+    /// Sockets toward this destination by TCP state name (TIME_WAIT included).
+    pub states: BTreeMap<String, u32>,
+    /// New source ports allocated per second, recently.
+    pub rate_per_s: f64,
+    /// Seconds until `used` reaches `capacity` at the current rate; null when not growing.
+    pub eta_s: Option<f64>,
+    /// Most ports first.
+    pub owners: Vec<OwnerPorts>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnerPorts {
+    pub pid: u32,
+    pub comm: String,
+    pub ports: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessUsage {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// Local ports held (sockets in any state but LISTEN and CLOSE).
+    pub ports: u32,
+}
+
+/// A failed connect()/bind(): the trace event's fields, and who held the port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Failure {
+    #[serde(flatten)]
+    pub event: JsonEvent,
+    pub holder: Option<Holder>,
+    /// One line a person can act on.
+    pub explanation: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    pub saddr: String,
+    pub sport: u16,
+    pub daddr: String,
+    pub dport: u16,
+    pub state: String,
+    /// The port was taken as an ephemeral source port by connect(), not bound.
+    pub ephemeral: bool,
+}
