@@ -1,4 +1,1093 @@
 //! The port accounting model: pure Rust, fed by typed events and a start-up baseline,
 //! no kernel access.
+//!
+//! It keeps every live TCP socket (by kernel socket address), the 4-tuples held in
+//! TIME_WAIT (which no tracepoint reports), and, updated incrementally on each event,
+//! per-destination and per-process counts, so a snapshot costs time proportional to the
+//! number of destinations, not sockets.
 
+pub mod capacity;
+pub mod rate;
 pub mod snapshot;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use rustc_hash::FxHashMap;
+
+use crate::{
+    event::{Kind, TcpState, TraceEvent},
+    output::JsonEvent,
+};
+use rate::RateWindow;
+use snapshot::{
+    DestUsage, Drift, Failure, Holder, NetnsUsage, OwnerPorts, ProcessUsage, Snapshot,
+};
+
+/// How long a TIME_WAIT socket holds its 4-tuple (`TCP_TIMEWAIT_LEN`,
+/// <https://elixir.bootlin.com/linux/v6.12/source/include/net/tcp.h#L124>).
+pub const TIME_WAIT_NS: u64 = 60_000_000_000;
+/// Default `ip_local_port_range`, used until a namespace's own range is known.
+pub const DEFAULT_RANGE: (u16, u16) = (32768, 60999);
+/// Recent failures kept for display.
+pub const MAX_FAILURES: usize = 64;
+
+const NO_DEST: u32 = u32::MAX;
+/// Owner id meaning "unknown".
+const NO_OWNER: u32 = 0;
+/// Baseline sockets have no kernel address yet; their keys have this bit set, which
+/// kernel (0xffff...) addresses never combine with small counters.
+const SYNTHETIC: u64 = 1 << 63;
+
+/// A TCP 4-tuple; IPv4 addresses use the first four bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Tuple {
+    pub v6: bool,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+impl Tuple {
+    pub fn new(saddr: IpAddr, sport: u16, daddr: IpAddr, dport: u16) -> Self {
+        Self {
+            v6: saddr.is_ipv6(),
+            saddr: ip_bytes(saddr),
+            daddr: ip_bytes(daddr),
+            sport,
+            dport,
+        }
+    }
+
+    fn of(e: &TraceEvent) -> Self {
+        Self::new(e.saddr, e.sport, e.daddr, e.dport)
+    }
+
+    fn ip(&self, b: [u8; 16]) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(b))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }
+    }
+
+    pub fn saddr(&self) -> IpAddr {
+        self.ip(self.saddr)
+    }
+
+    pub fn daddr(&self) -> IpAddr {
+        self.ip(self.daddr)
+    }
+
+    /// Both ends known.
+    fn complete(&self) -> bool {
+        self.sport != 0 && self.dport != 0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TupleKey {
+    netns: u32,
+    tuple: Tuple,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct DestKey {
+    netns: u32,
+    v6: bool,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    dport: u16,
+}
+
+impl DestKey {
+    fn of(netns: u32, t: &Tuple) -> Self {
+        Self {
+            netns,
+            v6: t.v6,
+            saddr: t.saddr,
+            daddr: t.daddr,
+            dport: t.dport,
+        }
+    }
+}
+
+/// A live full socket.
+#[derive(Clone, Copy, Debug)]
+struct Sock {
+    netns: u32,
+    tuple: Tuple,
+    state: TcpState,
+    /// Client side (connect()ed): counts toward its destination.
+    active: bool,
+    /// The local port came from bind(), not from the ephemeral allocator.
+    explicit_bind: bool,
+    owner: u32,
+    since_ns: u64,
+    dest: u32,
+}
+
+/// A 4-tuple held after the full socket closed.
+#[derive(Clone, Copy, Debug)]
+struct TimeWait {
+    expires_ns: u64,
+    since_ns: u64,
+    owner: u32,
+    active: bool,
+    explicit_bind: bool,
+    dest: u32,
+}
+
+#[derive(Clone, Debug)]
+struct DestAgg {
+    key: DestKey,
+    /// Sockets (and TIME_WAIT entries) by TCP state number.
+    states: [u32; 13],
+    /// Of those, how many hold a port inside the ephemeral range.
+    used: u32,
+    /// Sockets per owner; few owners per destination, so a short list.
+    owners: Vec<(u32, u32)>,
+    rate: RateWindow,
+}
+
+impl DestAgg {
+    fn total(&self) -> u32 {
+        self.states.iter().sum()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct OwnerInfo {
+    pid: u32,
+    comm: Box<str>,
+    cgroup_id: u64,
+}
+
+/// A namespace's port settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetnsConfig {
+    pub name: Option<String>,
+    pub port_range: (u16, u16),
+    pub reserved: Vec<(u16, u16)>,
+}
+
+impl Default for NetnsConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            port_range: DEFAULT_RANGE,
+            reserved: Vec::new(),
+        }
+    }
+}
+
+/// A socket from the start-up dump (sock_diag), before any event names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaselineSocket {
+    pub tuple: Tuple,
+    pub state: TcpState,
+    /// Owner found through /proc, if any.
+    pub owner: Option<(u32, String, u64)>,
+    /// TIME_WAIT (and timewait FIN_WAIT2): remaining lifetime.
+    pub expires_ms: u32,
+    /// The dump lists no inode: a timewait socket, or an orphan.
+    pub orphan: bool,
+}
+
+/// Which part of the model a snapshot shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    pub netns: Option<u32>,
+    pub pid: Option<u32>,
+    /// At most this many destinations per namespace (busiest first); 0 = all.
+    pub max_destinations: usize,
+}
+
+#[derive(Default)]
+pub struct Model {
+    sockets: FxHashMap<u64, Sock>,
+    /// Baseline sockets not yet named by an event, by 4-tuple.
+    baseline: FxHashMap<TupleKey, u64>,
+    next_synthetic: u64,
+    timewait: FxHashMap<TupleKey, TimeWait>,
+    /// TIME_WAIT expiries in insertion order (all share one lifetime, so FIFO).
+    tw_queue: VecDeque<(u64, TupleKey)>,
+    dests: Vec<DestAgg>,
+    dest_free: Vec<u32>,
+    dest_index: FxHashMap<DestKey, u32>,
+    /// Outgoing connections per (netns, owner).
+    procs: FxHashMap<(u32, u32), u32>,
+    owners: Vec<OwnerInfo>,
+    owner_index: FxHashMap<u32, Vec<u32>>,
+    /// bind() of a fixed port seen before the socket's first state change.
+    pending_binds: FxHashMap<u64, u16>,
+    netns: FxHashMap<u32, NetnsConfig>,
+    failures: VecDeque<Failure>,
+    now_ns: u64,
+    drift: Drift,
+}
+
+impl Model {
+    pub fn new() -> Self {
+        let mut m = Self::default();
+        // Owner id 0 is "unknown".
+        m.owners.push(OwnerInfo {
+            pid: 0,
+            comm: "".into(),
+            cgroup_id: 0,
+        });
+        m
+    }
+
+    /// Live full sockets tracked (LISTEN included).
+    pub fn socket_count(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// 4-tuples held in TIME_WAIT.
+    pub fn timewait_count(&self) -> usize {
+        self.timewait.len()
+    }
+
+    pub fn destination_count(&self) -> usize {
+        self.dest_index.len()
+    }
+
+    /// Latest time seen (event time or tick), boot-time nanoseconds.
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    fn cfg(&self, netns: u32) -> (u16, u16, &[(u16, u16)]) {
+        match self.netns.get(&netns) {
+            Some(c) => (c.port_range.0, c.port_range.1, &c.reserved),
+            None => (DEFAULT_RANGE.0, DEFAULT_RANGE.1, &[]),
+        }
+    }
+
+    fn capacity(&self, netns: u32) -> u32 {
+        let (lo, hi, reserved) = self.cfg(netns);
+        capacity::capacity(lo, hi, reserved)
+    }
+
+    fn in_range(&self, netns: u32, port: u16) -> bool {
+        let (lo, hi, reserved) = self.cfg(netns);
+        port != 0 && capacity::is_ephemeral(port, lo, hi, reserved)
+    }
+
+    /// Sets (or updates) a namespace's settings. A changed range re-counts `used`.
+    pub fn set_netns_config(&mut self, inode: u32, cfg: NetnsConfig) {
+        let changed = self.netns.get(&inode).is_none_or(|old| {
+            old.port_range != cfg.port_range || old.reserved != cfg.reserved
+        });
+        self.netns.insert(inode, cfg);
+        if changed {
+            self.recount_used(inode);
+        }
+    }
+
+    fn recount_used(&mut self, netns: u32) {
+        let mut used: FxHashMap<u32, u32> = FxHashMap::default();
+        let held = self
+            .sockets
+            .values()
+            .filter(|s| s.netns == netns && s.dest != NO_DEST && s.state != TcpState::Close)
+            .map(|s| (s.dest, s.tuple.sport, s.explicit_bind))
+            .chain(
+                self.timewait
+                    .iter()
+                    .filter(|(k, t)| k.netns == netns && t.dest != NO_DEST)
+                    .map(|(k, t)| (t.dest, k.tuple.sport, t.explicit_bind)),
+            )
+            .collect::<Vec<_>>();
+        for (dest, sport, explicit) in held {
+            if !explicit && self.in_range(netns, sport) {
+                *used.entry(dest).or_default() += 1;
+            }
+        }
+        for (i, d) in self.dests.iter_mut().enumerate() {
+            if d.key.netns == netns {
+                d.used = used.get(&(i as u32)).copied().unwrap_or(0);
+            }
+        }
+    }
+
+    fn intern_owner(&mut self, pid: u32, comm: &str, cgroup_id: u64) -> u32 {
+        if pid == 0 {
+            return NO_OWNER;
+        }
+        if let Some(ids) = self.owner_index.get(&pid)
+            && let Some(&id) = ids.iter().find(|&&id| &*self.owners[id as usize].comm == comm)
+        {
+            return id;
+        }
+        let id = self.owners.len() as u32;
+        self.owners.push(OwnerInfo {
+            pid,
+            comm: comm.into(),
+            cgroup_id,
+        });
+        self.owner_index.entry(pid).or_default().push(id);
+        id
+    }
+
+    fn dest_for(&mut self, netns: u32, tuple: &Tuple) -> u32 {
+        if tuple.dport == 0 {
+            return NO_DEST;
+        }
+        let key = DestKey::of(netns, tuple);
+        if let Some(&i) = self.dest_index.get(&key) {
+            return i;
+        }
+        let agg = DestAgg {
+            key,
+            states: [0; 13],
+            used: 0,
+            owners: Vec::new(),
+            rate: RateWindow::default(),
+        };
+        let i = match self.dest_free.pop() {
+            Some(i) => {
+                self.dests[i as usize] = agg;
+                i
+            }
+            None => {
+                self.dests.push(agg);
+                (self.dests.len() - 1) as u32
+            }
+        };
+        self.dest_index.insert(key, i);
+        i
+    }
+
+    /// Adds (`sign` = 1) or removes (-1) one holder of a port to the aggregates.
+    #[expect(clippy::too_many_arguments, reason = "one call per field of Sock/TimeWait")]
+    fn count(
+        &mut self,
+        netns: u32,
+        dest: u32,
+        state: TcpState,
+        sport: u16,
+        explicit_bind: bool,
+        owner: u32,
+        active: bool,
+        sign: i32,
+    ) {
+        if !active || state == TcpState::Close || state == TcpState::Listen {
+            return;
+        }
+        let used = !explicit_bind && self.in_range(netns, sport);
+        if dest != NO_DEST {
+            let d = &mut self.dests[dest as usize];
+            let bump = |v: &mut u32| *v = v.saturating_add_signed(sign);
+            bump(&mut d.states[state as usize]);
+            if used {
+                bump(&mut d.used);
+            }
+            match d.owners.iter_mut().position(|(o, _)| *o == owner) {
+                Some(i) => {
+                    bump(&mut d.owners[i].1);
+                    if d.owners[i].1 == 0 {
+                        d.owners.swap_remove(i);
+                    }
+                }
+                None if sign > 0 => d.owners.push((owner, 1)),
+                None => {}
+            }
+        }
+        if owner != NO_OWNER {
+            let c = self.procs.entry((netns, owner)).or_default();
+            *c = c.saturating_add_signed(sign);
+            if *c == 0 {
+                self.procs.remove(&(netns, owner));
+            }
+        }
+    }
+
+    fn count_sock(&mut self, s: &Sock, sign: i32) {
+        self.count(
+            s.netns,
+            s.dest,
+            s.state,
+            s.tuple.sport,
+            s.explicit_bind,
+            s.owner,
+            s.active,
+            sign,
+        );
+    }
+
+    fn count_tw(&mut self, k: &TupleKey, t: &TimeWait, sign: i32) {
+        self.count(
+            k.netns,
+            t.dest,
+            TcpState::TimeWait,
+            k.tuple.sport,
+            t.explicit_bind,
+            t.owner,
+            t.active,
+            sign,
+        );
+    }
+
+    fn insert_timewait(&mut self, key: TupleKey, mut tw: TimeWait) {
+        if let Some(old) = self.timewait.remove(&key) {
+            self.count_tw(&key, &old, -1);
+        }
+        tw.dest = if tw.active {
+            self.dest_for(key.netns, &key.tuple)
+        } else {
+            NO_DEST
+        };
+        self.count_tw(&key, &tw, 1);
+        self.timewait.insert(key, tw);
+        self.tw_queue.push_back((tw.expires_ns, key));
+    }
+
+    fn remove_timewait(&mut self, key: &TupleKey) -> bool {
+        match self.timewait.remove(key) {
+            Some(tw) => {
+                self.count_tw(key, &tw, -1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Advances model time: expires TIME_WAIT entries and idle destinations.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        while let Some(&(expires, key)) = self.tw_queue.front() {
+            if expires > self.now_ns {
+                break;
+            }
+            self.tw_queue.pop_front();
+            // Skip queue entries of a TIME_WAIT that was replaced or refreshed since.
+            if self.timewait.get(&key).is_some_and(|t| t.expires_ns == expires) {
+                self.remove_timewait(&key);
+            }
+        }
+    }
+
+    /// Drops destination rows with nothing held and no recent allocation.
+    fn prune_dests(&mut self) {
+        let now = self.now_ns;
+        let idle: Vec<u32> = self
+            .dest_index
+            .values()
+            .copied()
+            .filter(|&i| {
+                let d = &self.dests[i as usize];
+                d.total() == 0 && d.rate.idle(now)
+            })
+            .collect();
+        for i in idle {
+            let key = self.dests[i as usize].key;
+            self.dest_index.remove(&key);
+            self.dest_free.push(i);
+        }
+        // Keep the queue from growing without bound when entries are refreshed.
+        if self.tw_queue.len() > 2 * self.timewait.len() + 1024 {
+            let live = &self.timewait;
+            self.tw_queue
+                .retain(|(e, k)| live.get(k).is_some_and(|t| t.expires_ns == *e));
+        }
+    }
+
+    /// Feeds one event.
+    pub fn apply(&mut self, e: &TraceEvent) {
+        self.tick(e.ts_ns);
+        match e.kind {
+            Kind::State => self.on_state(e),
+            Kind::Connect => self.on_connect(e),
+            Kind::Bind => {
+                if e.sport != 0 && e.sock != 0 {
+                    match self.sockets.get_mut(&e.sock) {
+                        Some(s) => s.explicit_bind = true,
+                        None => {
+                            // Bounded: binds whose socket never changes state (UDP-like
+                            // use, failed listen) must not accumulate.
+                            if self.pending_binds.len() > 65536 {
+                                self.pending_binds.clear();
+                            }
+                            self.pending_binds.insert(e.sock, e.sport);
+                        }
+                    }
+                }
+            }
+            Kind::ConnectError | Kind::BindError => self.on_failure(e),
+        }
+    }
+
+    fn on_state(&mut self, e: &TraceEvent) {
+        let (Some(old), Some(new)) = (e.old_state, e.new_state) else {
+            return;
+        };
+        if e.sock == 0 {
+            return;
+        }
+        let tuple = Tuple::of(e);
+        let owner = self.intern_owner(e.pid, &e.comm, e.cgroup_id);
+        let mut key = e.sock;
+        if !self.sockets.contains_key(&key) && tuple.complete() {
+            // A socket from the baseline, named by an event for the first time.
+            if let Some(synthetic) = self.baseline.remove(&TupleKey {
+                netns: e.netns,
+                tuple,
+            }) && let Some(s) = self.sockets.remove(&synthetic)
+            {
+                self.sockets.insert(key, s);
+            }
+        }
+        let existing = self.sockets.get(&key).copied();
+        let mut s = match existing {
+            Some(s) => {
+                self.count_sock(&s, -1);
+                s
+            }
+            None => {
+                if new == TcpState::Close {
+                    // Never seen alive; an active close still leaves a TIME_WAIT.
+                    if matches!(old, TcpState::FinWait2 | TcpState::Closing) && tuple.complete() {
+                        let active = self.in_range(e.netns, tuple.sport);
+                        self.insert_timewait(
+                            TupleKey {
+                                netns: e.netns,
+                                tuple,
+                            },
+                            TimeWait {
+                                expires_ns: e.ts_ns + TIME_WAIT_NS,
+                                since_ns: e.ts_ns,
+                                owner,
+                                active,
+                                explicit_bind: false,
+                                dest: NO_DEST,
+                            },
+                        );
+                    }
+                    return;
+                }
+                // Client side if it is connecting, or (mid-life, unknown) if its local
+                // port looks ephemeral; accepted children and listeners are not.
+                let active = match (old, new) {
+                    (_, TcpState::SynSent) => true,
+                    (TcpState::Listen, _) | (_, TcpState::Listen) => false,
+                    _ => self.in_range(e.netns, tuple.sport),
+                };
+                let explicit_bind = self.pending_binds.remove(&key).is_some();
+                key = e.sock;
+                Sock {
+                    netns: e.netns,
+                    tuple,
+                    state: old,
+                    active,
+                    explicit_bind,
+                    owner,
+                    since_ns: e.ts_ns,
+                    dest: NO_DEST,
+                }
+            }
+        };
+        if new == TcpState::Close {
+            self.sockets.remove(&key);
+            // FIN_WAIT2 -> CLOSE and CLOSING -> CLOSE hand the 4-tuple to a timewait
+            // socket (tcp_time_wait); other closes (RST, failed connect, LAST_ACK)
+            // release it.
+            if matches!(old, TcpState::FinWait2 | TcpState::Closing) {
+                let full = if tuple.complete() { tuple } else { s.tuple };
+                if full.complete() {
+                    self.insert_timewait(
+                        TupleKey {
+                            netns: s.netns,
+                            tuple: full,
+                        },
+                        TimeWait {
+                            expires_ns: e.ts_ns + TIME_WAIT_NS,
+                            since_ns: e.ts_ns,
+                            owner: s.owner,
+                            active: s.active,
+                            explicit_bind: s.explicit_bind,
+                            dest: NO_DEST,
+                        },
+                    );
+                }
+            }
+            return;
+        }
+        if s.owner == NO_OWNER {
+            s.owner = owner;
+        }
+        if s.state != new {
+            s.since_ns = e.ts_ns;
+        }
+        s.state = new;
+        // The kernel fills in the tuple as the socket progresses (sport is 0 at
+        // CLOSE->SYN_SENT); keep the most complete view.
+        if tuple.sport != 0 || s.tuple.sport == 0 {
+            let was_complete = s.tuple.complete();
+            s.tuple = tuple;
+            if !was_complete && tuple.complete() {
+                self.drop_baseline_twin(s.netns, &tuple);
+            }
+        }
+        s.dest = if s.active {
+            self.dest_for(s.netns, &s.tuple)
+        } else {
+            NO_DEST
+        };
+        if old == TcpState::SynSent && s.tuple.complete() {
+            // A new connection on a 4-tuple still in TIME_WAIT: tcp_tw_reuse let the
+            // kernel free it early.
+            self.remove_timewait(&TupleKey {
+                netns: s.netns,
+                tuple: s.tuple,
+            });
+        }
+        self.count_sock(&s, 1);
+        self.sockets.insert(key, s);
+    }
+
+    /// A socket first seen through buffered events (created while the baseline was
+    /// taken) may also be in the baseline under its 4-tuple: the event-tracked one wins.
+    fn drop_baseline_twin(&mut self, netns: u32, tuple: &Tuple) {
+        if let Some(id) = self.baseline.remove(&TupleKey {
+            netns,
+            tuple: *tuple,
+        }) && let Some(twin) = self.sockets.remove(&id)
+        {
+            self.count_sock(&twin, -1);
+        }
+    }
+
+    fn on_connect(&mut self, e: &TraceEvent) {
+        let tuple = Tuple::of(e);
+        let explicit = match self.sockets.get(&e.sock) {
+            Some(s) => s.explicit_bind,
+            None => self.pending_binds.contains_key(&e.sock),
+        };
+        if explicit || e.sport == 0 {
+            return;
+        }
+        // The allocation itself: count it toward the destination's rate.
+        let dest = self.dest_for(e.netns, &tuple);
+        if dest != NO_DEST {
+            let d = &mut self.dests[dest as usize];
+            let level = d.used;
+            d.rate.record(e.ts_ns, level);
+        }
+    }
+
+    fn owner_of(&self, id: u32) -> &OwnerInfo {
+        &self.owners[id as usize]
+    }
+
+    fn holder(&self, netns: u32, tuple: &Tuple, state: TcpState, owner: u32, ephemeral: bool) -> Holder {
+        let o = self.owner_of(owner);
+        Holder {
+            pid: o.pid,
+            comm: o.comm.to_string(),
+            saddr: tuple.saddr().to_string(),
+            sport: tuple.sport,
+            daddr: tuple.daddr().to_string(),
+            dport: tuple.dport,
+            state: state.name().to_owned(),
+            ephemeral: ephemeral && self.in_range(netns, tuple.sport),
+        }
+    }
+
+    /// Who holds local `port` in `netns`: a listener first, then a live socket, then
+    /// a TIME_WAIT. A scan, but only on failures.
+    fn port_holder(&self, netns: u32, port: u16) -> Option<Holder> {
+        let live = |want_listen: bool| {
+            self.sockets
+                .values()
+                .filter(|s| s.netns == netns && s.tuple.sport == port)
+                .find(|s| (s.state == TcpState::Listen) == want_listen)
+                .map(|s| self.holder(netns, &s.tuple, s.state, s.owner, s.active && !s.explicit_bind))
+        };
+        live(true).or_else(|| live(false)).or_else(|| {
+            self.timewait
+                .iter()
+                .find(|(k, _)| k.netns == netns && k.tuple.sport == port)
+                .map(|(k, t)| {
+                    self.holder(netns, &k.tuple, TcpState::TimeWait, t.owner, t.active && !t.explicit_bind)
+                })
+        })
+    }
+
+    /// The busiest destination matching `daddr:dport` in `netns` (any source address).
+    fn busiest_dest(&self, netns: u32, daddr: IpAddr, dport: u16) -> Option<&DestAgg> {
+        let want = ip_bytes(daddr);
+        self.dest_index
+            .iter()
+            .filter(|(k, _)| k.netns == netns && k.daddr == want && k.dport == dport)
+            .map(|(_, &i)| &self.dests[i as usize])
+            .max_by_key(|d| d.used)
+    }
+
+    fn explain(&self, e: &TraceEvent, holder: Option<&Holder>) -> String {
+        let (lo, hi, _) = self.cfg(e.netns);
+        let error = e.error_name().unwrap_or("error");
+        let call = if e.kind == Kind::ConnectError { "connect" } else { "bind" };
+        match (error, holder) {
+            ("EADDRNOTAVAIL", _) if e.kind == Kind::ConnectError => {
+                let dest = self.busiest_dest(e.netns, e.daddr, e.dport);
+                let (used, tw) = dest.map_or((0, 0), |d| (d.used, d.states[TcpState::TimeWait as usize]));
+                let who = holder.map_or(String::new(), |h| format!(", most by {}({})", h.comm, h.pid));
+                format!(
+                    "no free source port toward {}: {used} of {} ports of ip_local_port_range {lo}-{hi} in use ({tw} in TIME_WAIT){who}",
+                    endpoint(e.daddr, e.dport),
+                    self.capacity(e.netns),
+                )
+            }
+            ("EADDRINUSE", Some(h)) if h.ephemeral => format!(
+                "port {} is inside ip_local_port_range {lo}-{hi} and {}({}) holds it as the ephemeral source port of a connection to {} ({}): reserve it (net.ipv4.ip_local_reserved_ports={}) or move the range",
+                e.sport,
+                h.comm,
+                h.pid,
+                endpoint(h.daddr.parse().unwrap_or(e.daddr), h.dport),
+                h.state,
+                e.sport
+            ),
+            ("EADDRINUSE", Some(h)) => format!(
+                "port {} is already held by {}({}) in state {}",
+                e.sport, h.comm, h.pid, h.state
+            ),
+            ("EADDRINUSE", None) => format!(
+                "port {} is in use; its holder was not seen by portx (not TCP, or from before the baseline)",
+                e.sport
+            ),
+            _ => format!("{call}() to {} failed with {error}", endpoint(if e.kind == Kind::ConnectError { e.daddr } else { e.saddr }, if e.kind == Kind::ConnectError { e.dport } else { e.sport })),
+        }
+    }
+
+    fn on_failure(&mut self, e: &TraceEvent) {
+        let holder = match (e.kind, e.errno.map(|n| n as i32)) {
+            (Kind::BindError, Some(libc::EADDRINUSE)) => self.port_holder(e.netns, e.sport),
+            (Kind::ConnectError, Some(libc::EADDRNOTAVAIL)) => self
+                .busiest_dest(e.netns, e.daddr, e.dport)
+                .and_then(|d| d.owners.iter().max_by_key(|(_, n)| *n))
+                .and_then(|&(owner, _)| {
+                    // A representative socket of the top owner toward that destination.
+                    let want = ip_bytes(e.daddr);
+                    self.sockets
+                        .values()
+                        .find(|s| s.netns == e.netns && s.owner == owner && s.active && s.tuple.daddr == want && s.tuple.dport == e.dport)
+                        .map(|s| self.holder(e.netns, &s.tuple, s.state, s.owner, !s.explicit_bind))
+                }),
+            _ => None,
+        };
+        let explanation = self.explain(e, holder.as_ref());
+        if self.failures.len() == MAX_FAILURES {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(Failure {
+            event: JsonEvent::from(e),
+            holder,
+            explanation,
+        });
+    }
+
+    /// Loads a namespace's start-up dump. Apply the events buffered since attaching
+    /// afterwards: they name baseline sockets by 4-tuple and supersede them.
+    pub fn load_baseline(&mut self, netns: u32, sockets: &[BaselineSocket], now_ns: u64) {
+        self.tick(now_ns);
+        let listening: rustc_hash::FxHashSet<u16> = sockets
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .map(|s| s.tuple.sport)
+            .collect();
+        for b in sockets {
+            let owner = match &b.owner {
+                Some((pid, comm, cg)) => self.intern_owner(*pid, comm, *cg),
+                None => NO_OWNER,
+            };
+            let active = b.state != TcpState::Listen
+                && !listening.contains(&b.tuple.sport)
+                && self.in_range(netns, b.tuple.sport);
+            let key = TupleKey {
+                netns,
+                tuple: b.tuple,
+            };
+            // timewait sockets (TIME_WAIT, and FIN_WAIT2 after an orphaned close) die
+            // without any tracepoint: keep them with their own expiry.
+            if b.state == TcpState::TimeWait || (b.orphan && b.state == TcpState::FinWait2) {
+                self.insert_timewait(
+                    key,
+                    TimeWait {
+                        expires_ns: now_ns + u64::from(b.expires_ms) * 1_000_000,
+                        since_ns: now_ns,
+                        owner,
+                        active,
+                        explicit_bind: false,
+                        dest: NO_DEST,
+                    },
+                );
+                continue;
+            }
+            if self.baseline.contains_key(&key) {
+                continue;
+            }
+            self.next_synthetic += 1;
+            let id = SYNTHETIC | self.next_synthetic;
+            let mut s = Sock {
+                netns,
+                tuple: b.tuple,
+                state: b.state,
+                active,
+                explicit_bind: false,
+                owner,
+                since_ns: now_ns,
+                dest: NO_DEST,
+            };
+            if active {
+                s.dest = self.dest_for(netns, &s.tuple);
+            }
+            self.count_sock(&s, 1);
+            self.sockets.insert(id, s);
+            if b.tuple.complete() {
+                self.baseline.insert(key, id);
+            }
+        }
+    }
+
+    /// Compares the model's TIME_WAIT entries in `netns` with the kernel's (a sock_diag
+    /// dump that started at `dump_started_ns`) and corrects the model. Entries the model
+    /// created after the dump started are left alone. Returns (added, removed).
+    pub fn reconcile_timewait(
+        &mut self,
+        netns: u32,
+        kernel: &[(Tuple, u32)],
+        dump_started_ns: u64,
+    ) -> (u64, u64) {
+        let in_kernel: rustc_hash::FxHashSet<Tuple> = kernel.iter().map(|(t, _)| *t).collect();
+        let stale: Vec<TupleKey> = self
+            .timewait
+            .iter()
+            .filter(|(k, t)| k.netns == netns && t.since_ns < dump_started_ns && !in_kernel.contains(&k.tuple))
+            .map(|(k, _)| *k)
+            .collect();
+        let removed = stale.len() as u64;
+        for k in &stale {
+            self.remove_timewait(k);
+        }
+        let mut added = 0;
+        for (tuple, expires_ms) in kernel {
+            let key = TupleKey {
+                netns,
+                tuple: *tuple,
+            };
+            let expires_ns = dump_started_ns + u64::from(*expires_ms) * 1_000_000;
+            match self.timewait.get_mut(&key) {
+                // Known: take the kernel's expiry, which is exact.
+                Some(t) => {
+                    if t.expires_ns != expires_ns {
+                        t.expires_ns = expires_ns;
+                        self.tw_queue.push_back((expires_ns, key));
+                    }
+                }
+                None => {
+                    added += 1;
+                    let active = self.in_range(netns, tuple.sport);
+                    self.insert_timewait(
+                        key,
+                        TimeWait {
+                            expires_ns,
+                            since_ns: dump_started_ns,
+                            owner: NO_OWNER,
+                            active,
+                            explicit_bind: false,
+                            dest: NO_DEST,
+                        },
+                    );
+                }
+            }
+        }
+        // The queue is FIFO by insertion; refreshed expiries may be earlier than
+        // entries ahead of them, so keep it ordered.
+        self.tw_queue.make_contiguous().sort_unstable_by_key(|(e, _)| *e);
+        self.drift.checks += 1;
+        self.drift.added += added;
+        self.drift.removed += removed;
+        (added, removed)
+    }
+
+    /// The model as `portx top` shows it.
+    pub fn snapshot(&mut self, view: View) -> Snapshot {
+        self.prune_dests();
+        let now = self.now_ns;
+        let mut per_ns: BTreeMap<u32, NetnsUsage> = BTreeMap::new();
+        let ns_entry = |m: &Model, inode: u32| -> NetnsUsage {
+            let (lo, hi, _) = m.cfg(inode);
+            NetnsUsage {
+                inode,
+                name: m.netns.get(&inode).and_then(|c| c.name.clone()),
+                port_range: [lo, hi],
+                capacity: m.capacity(inode),
+                destinations: Vec::new(),
+                processes: Vec::new(),
+            }
+        };
+        let wanted = |inode: u32| view.netns.is_none_or(|n| n == inode);
+        for &inode in self.netns.keys() {
+            if wanted(inode) {
+                per_ns.insert(inode, ns_entry(self, inode));
+            }
+        }
+        let indices: Vec<u32> = self.dest_index.values().copied().collect();
+        for i in indices {
+            let netns = self.dests[i as usize].key.netns;
+            if !wanted(netns) {
+                continue;
+            }
+            let capacity = self.capacity(netns);
+            let d = &self.dests[i as usize];
+            if d.total() == 0 {
+                continue;
+            }
+            if let Some(pid) = view.pid
+                && !d.owners.iter().any(|(o, _)| self.owners[*o as usize].pid == pid)
+            {
+                continue;
+            }
+            let t = Tuple {
+                v6: d.key.v6,
+                saddr: d.key.saddr,
+                daddr: d.key.daddr,
+                sport: 0,
+                dport: d.key.dport,
+            };
+            let mut owners: Vec<OwnerPorts> = d
+                .owners
+                .iter()
+                .map(|&(o, n)| {
+                    let info = &self.owners[o as usize];
+                    OwnerPorts {
+                        pid: info.pid,
+                        comm: info.comm.to_string(),
+                        ports: n,
+                    }
+                })
+                .collect();
+            owners.sort_by(|a, b| b.ports.cmp(&a.ports).then(a.pid.cmp(&b.pid)));
+            let states = d
+                .states
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .filter_map(|(s, n)| TcpState::from_u8(s as u8).map(|s| (s.name().to_owned(), *n)))
+                .collect();
+            let used = d.used;
+            let d = &mut self.dests[i as usize];
+            let usage = DestUsage {
+                saddr: t.saddr().to_string(),
+                daddr: t.daddr().to_string(),
+                dport: t.dport,
+                used,
+                capacity,
+                states,
+                rate_per_s: d.rate.per_second(now, used),
+                eta_s: d.rate.eta(now, used, capacity),
+                owners,
+            };
+            per_ns
+                .entry(netns)
+                .or_insert_with(|| ns_entry(self, netns))
+                .destinations
+                .push(usage);
+        }
+        for (&(netns, owner), &ports) in &self.procs {
+            if !wanted(netns) {
+                continue;
+            }
+            let o = &self.owners[owner as usize];
+            if view.pid.is_some_and(|p| p != o.pid) {
+                continue;
+            }
+            let usage = ProcessUsage {
+                pid: o.pid,
+                comm: o.comm.to_string(),
+                cgroup_id: o.cgroup_id,
+                ports,
+            };
+            per_ns
+                .entry(netns)
+                .or_insert_with(|| ns_entry(self, netns))
+                .processes
+                .push(usage);
+        }
+        let mut netns: Vec<NetnsUsage> = per_ns.into_values().collect();
+        for ns in &mut netns {
+            ns.destinations.sort_by(|a, b| {
+                b.used
+                    .cmp(&a.used)
+                    .then_with(|| b.states.values().sum::<u32>().cmp(&a.states.values().sum::<u32>()))
+                    .then_with(|| (&a.daddr, a.dport, &a.saddr).cmp(&(&b.daddr, b.dport, &b.saddr)))
+            });
+            if view.max_destinations > 0 {
+                ns.destinations.truncate(view.max_destinations);
+            }
+            ns.processes
+                .sort_by(|a, b| b.ports.cmp(&a.ports).then(a.pid.cmp(&b.pid)));
+        }
+        let failures = self
+            .failures
+            .iter()
+            .filter(|f| view.netns.is_none_or(|n| n == f.event.netns))
+            .filter(|f| view.pid.is_none_or(|p| p == f.event.pid || f.holder.as_ref().is_some_and(|h| h.pid == p)))
+            .cloned()
+            .collect();
+        Snapshot {
+            netns,
+            failures,
+            dropped_events: 0,
+            drift: self.drift,
+        }
+    }
+
+    /// TIME_WAIT 4-tuples the model holds in `netns` (for tests and the drift check).
+    pub fn timewait_tuples(&self, netns: u32) -> Vec<Tuple> {
+        self.timewait
+            .keys()
+            .filter(|k| k.netns == netns)
+            .map(|k| k.tuple)
+            .collect()
+    }
+
+    /// Namespaces the model has seen sockets or settings for.
+    pub fn known_netns(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .netns
+            .keys()
+            .copied()
+            .chain(self.sockets.values().map(|s| s.netns))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

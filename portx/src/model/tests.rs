@@ -1,0 +1,459 @@
+//! Model tests with synthetic event sequences shaped like what the kernel produced in
+//! the privileged tests (see tests/privileged).
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::event::Family;
+
+const NS: u32 = 4026532000;
+const S: u64 = 1_000_000_000;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Builds events for one socket the way the BPF programs report them.
+struct Sk {
+    sock: u64,
+    pid: u32,
+    comm: &'static str,
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+}
+
+impl Sk {
+    fn client(sock: u64, pid: u32, sport: u16, daddr: &str, dport: u16) -> Self {
+        let daddr = ip(daddr);
+        let saddr = if daddr.is_ipv6() { ip("::1") } else { ip("127.0.0.1") };
+        Self {
+            sock,
+            pid,
+            comm: "curl",
+            saddr,
+            sport,
+            daddr,
+            dport,
+        }
+    }
+
+    fn ev(&self, kind: Kind, ts: u64, sport: u16, old: Option<TcpState>, new: Option<TcpState>) -> TraceEvent {
+        TraceEvent {
+            kind,
+            ts_ns: ts,
+            pid: self.pid,
+            tid: self.pid,
+            comm: if self.pid == 0 { String::new() } else { self.comm.to_owned() },
+            cgroup_id: 7,
+            netns: NS,
+            sock: self.sock,
+            family: if self.saddr.is_ipv6() { Family::Ipv6 } else { Family::Ipv4 },
+            saddr: self.saddr,
+            sport,
+            daddr: self.daddr,
+            dport: self.dport,
+            old_state: old,
+            new_state: new,
+            errno: None,
+        }
+    }
+
+    fn state(&self, ts: u64, old: TcpState, new: TcpState) -> TraceEvent {
+        // sport is 0 until the port is chosen inside inet_hash_connect.
+        let sport = if old == TcpState::Close && new == TcpState::SynSent { 0 } else { self.sport };
+        self.ev(Kind::State, ts, sport, Some(old), Some(new))
+    }
+
+    fn connect(&self, ts: u64) -> TraceEvent {
+        self.ev(Kind::Connect, ts, self.sport, None, None)
+    }
+
+    /// CLOSE->SYN_SENT, SYN_SENT->ESTABLISHED, connect.
+    fn open(&self, m: &mut Model, ts: u64) {
+        use TcpState::*;
+        m.apply(&self.state(ts, Close, SynSent));
+        m.apply(&self.state(ts + 1, SynSent, Established));
+        m.apply(&self.connect(ts + 2));
+    }
+
+    /// Active close as the kernel reports it: no transition to TIME_WAIT.
+    fn active_close(&self, m: &mut Model, ts: u64) {
+        use TcpState::*;
+        m.apply(&self.state(ts, Established, FinWait1));
+        m.apply(&self.state(ts + 1, FinWait1, FinWait2));
+        m.apply(&self.state(ts + 2, FinWait2, Close));
+    }
+}
+
+fn model() -> Model {
+    let mut m = Model::new();
+    m.set_netns_config(
+        NS,
+        NetnsConfig {
+            name: Some("blue".into()),
+            port_range: (20000, 20009),
+            reserved: vec![],
+        },
+    );
+    m
+}
+
+fn dest<'a>(snap: &'a Snapshot, daddr: &str, dport: u16) -> &'a DestUsage {
+    snap.netns
+        .iter()
+        .flat_map(|n| &n.destinations)
+        .find(|d| d.daddr == daddr && d.dport == dport)
+        .unwrap_or_else(|| panic!("no destination {daddr}:{dport} in {snap:#?}"))
+}
+
+fn state(d: &DestUsage, s: &str) -> u32 {
+    d.states.get(s).copied().unwrap_or(0)
+}
+
+#[test]
+fn allocation_counts_toward_the_destination() {
+    let mut m = model();
+    Sk::client(0xa1, 100, 20003, "10.0.0.5", 5432).open(&mut m, 10 * S);
+    Sk::client(0xa2, 101, 20004, "10.0.0.5", 5432).open(&mut m, 10 * S + 100);
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 5432);
+    assert_eq!((d.used, d.capacity), (2, 10));
+    assert_eq!(state(d, "ESTABLISHED"), 2);
+    assert_eq!(d.saddr, "127.0.0.1");
+    assert_eq!(d.owners.len(), 2);
+    assert_eq!(snap.netns[0].port_range, [20000, 20009]);
+    assert_eq!(snap.netns[0].name.as_deref(), Some("blue"));
+    let procs = &snap.netns[0].processes;
+    assert_eq!(procs.len(), 2);
+    assert!(procs.iter().all(|p| p.ports == 1 && p.comm == "curl" && p.cgroup_id == 7));
+}
+
+#[test]
+fn sport_zero_at_syn_sent_is_not_used_until_known() {
+    use TcpState::*;
+    let mut m = model();
+    let c = Sk::client(0xb1, 100, 20001, "10.0.0.5", 80);
+    m.apply(&c.state(S, Close, SynSent));
+    let d = dest(&m.snapshot(View::default()), "10.0.0.5", 80).clone();
+    assert_eq!((state(&d, "SYN_SENT"), d.used), (1, 0));
+    m.apply(&c.state(S + 1, SynSent, Established));
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    assert_eq!((state(d, "SYN_SENT"), state(d, "ESTABLISHED"), d.used), (0, 1, 1));
+}
+
+#[test]
+fn every_close_path() {
+    use TcpState::*;
+    let mut m = model();
+    // Active close: the 4-tuple stays in TIME_WAIT.
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    a.active_close(&mut m, 2 * S);
+    // Passive close: gone.
+    let p = Sk::client(2, 100, 20002, "10.0.0.5", 80);
+    p.open(&mut m, S);
+    m.apply(&p.state(2 * S, Established, CloseWait));
+    m.apply(&p.state(2 * S + 1, CloseWait, LastAck));
+    m.apply(&p.state(2 * S + 2, LastAck, Close));
+    // Reset: gone.
+    let r = Sk::client(3, 100, 20003, "10.0.0.5", 80);
+    r.open(&mut m, S);
+    m.apply(&r.state(2 * S, Established, Close));
+    // Failed connect (refused): gone.
+    let f = Sk::client(4, 100, 20004, "10.0.0.5", 80);
+    m.apply(&f.state(S, Close, SynSent));
+    m.apply(&f.state(S + 1, SynSent, Close));
+    // Simultaneous close through CLOSING: TIME_WAIT too.
+    let c = Sk::client(5, 100, 20005, "10.0.0.5", 80);
+    c.open(&mut m, S);
+    m.apply(&c.state(2 * S, Established, FinWait1));
+    m.apply(&c.state(2 * S + 1, FinWait1, Closing));
+    m.apply(&c.state(2 * S + 2, Closing, Close));
+
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    assert_eq!(state(d, "TIME_WAIT"), 2, "{d:?}");
+    assert_eq!(d.states.values().sum::<u32>(), 2, "{d:?}");
+    assert_eq!(d.used, 2);
+    assert_eq!(m.socket_count(), 0);
+    assert_eq!(m.timewait_count(), 2);
+    // TIME_WAIT stays attributed to the process that closed.
+    assert_eq!(d.owners[0].pid, 100);
+    assert_eq!(snap.netns[0].processes[0].ports, 2);
+}
+
+#[test]
+fn timewait_expires_after_sixty_seconds() {
+    let mut m = model();
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    a.active_close(&mut m, 2 * S);
+    m.tick(2 * S + 2 + TIME_WAIT_NS - 1);
+    assert_eq!(m.timewait_count(), 1);
+    m.tick(2 * S + 2 + TIME_WAIT_NS);
+    assert_eq!(m.timewait_count(), 0);
+    // Nothing left, and after the rate window the destination row goes too.
+    m.tick(200 * S);
+    let snap = m.snapshot(View::default());
+    assert!(snap.netns[0].destinations.is_empty(), "{snap:#?}");
+    assert_eq!(m.destination_count(), 0);
+}
+
+#[test]
+fn timewait_reused_by_a_new_connection_is_freed() {
+    let mut m = model();
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    a.active_close(&mut m, 2 * S);
+    assert_eq!(m.timewait_count(), 1);
+    // tcp_tw_reuse: a new socket gets the same 4-tuple.
+    let b = Sk::client(2, 100, 20001, "10.0.0.5", 80);
+    b.open(&mut m, 3 * S);
+    assert_eq!(m.timewait_count(), 0);
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    assert_eq!((d.used, state(d, "ESTABLISHED"), state(d, "TIME_WAIT")), (1, 1, 0));
+}
+
+#[test]
+fn owners_survive_softirq_events() {
+    use TcpState::*;
+    let mut m = model();
+    let c = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    m.apply(&c.state(S, Close, SynSent));
+    // The BPF side reports the owner it learned, but an event whose owner is unknown
+    // (pid 0) must not erase what the model knows.
+    let softirq = Sk { pid: 0, ..Sk::client(1, 0, 20001, "10.0.0.5", 80) };
+    m.apply(&softirq.state(S + 1, SynSent, Established));
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    assert_eq!(d.owners, vec![OwnerPorts { pid: 100, comm: "curl".into(), ports: 1 }]);
+}
+
+#[test]
+fn accepted_sockets_and_listeners_are_not_destinations() {
+    use TcpState::*;
+    let mut m = model();
+    let listener = Sk { sock: 9, pid: 50, comm: "nginx", saddr: ip("0.0.0.0"), sport: 80, daddr: ip("0.0.0.0"), dport: 0 };
+    m.apply(&listener.state(S, Close, Listen));
+    let child = Sk { sock: 10, pid: 50, comm: "nginx", saddr: ip("127.0.0.1"), sport: 80, daddr: ip("127.0.0.1"), dport: 20005 };
+    m.apply(&child.state(S, Listen, SynRecv));
+    m.apply(&child.state(S, SynRecv, Established));
+    let snap = m.snapshot(View::default());
+    assert!(snap.netns[0].destinations.is_empty(), "{snap:#?}");
+    assert!(snap.netns[0].processes.is_empty());
+    assert_eq!(m.socket_count(), 2);
+}
+
+fn baseline_sock(sport: u16, dport: u16, state: TcpState, pid: u32) -> BaselineSocket {
+    BaselineSocket {
+        tuple: Tuple::new(ip("127.0.0.1"), sport, ip("10.0.0.5"), dport),
+        state,
+        owner: (pid != 0).then(|| (pid, "java".to_owned(), 3)),
+        expires_ms: if state == TcpState::TimeWait { 30_000 } else { 0 },
+        orphan: state == TcpState::TimeWait,
+    }
+}
+
+#[test]
+fn baseline_then_buffered_events_without_double_counting() {
+    use TcpState::*;
+    let mut m = model();
+    let base = [
+        baseline_sock(20001, 80, Established, 300),
+        baseline_sock(20002, 80, Established, 300),
+        baseline_sock(20003, 80, TimeWait, 0),
+        // A listener and one of its accepted sockets are not destinations.
+        BaselineSocket {
+            tuple: Tuple::new(ip("0.0.0.0"), 8080, ip("0.0.0.0"), 0),
+            state: Listen,
+            owner: Some((301, "svc".into(), 3)),
+            expires_ms: 0,
+            orphan: false,
+        },
+        BaselineSocket {
+            tuple: Tuple::new(ip("127.0.0.1"), 8080, ip("127.0.0.1"), 20009),
+            state: Established,
+            owner: Some((301, "svc".into(), 3)),
+            expires_ms: 0,
+            orphan: false,
+        },
+    ];
+    m.load_baseline(NS, &base, 10 * S);
+    // Buffered events: a socket created while the dump ran (also in the dump under
+    // its tuple) and the close of a baseline socket.
+    let new = Sk::client(0xc1, 300, 20002, "10.0.0.5", 80);
+    m.apply(&new.state(9 * S, Close, SynSent));
+    m.apply(&new.state(9 * S + 1, SynSent, Established));
+    let old = Sk::client(0xc2, 300, 20001, "10.0.0.5", 80);
+    m.apply(&old.state(10 * S + 5, Established, CloseWait));
+    m.apply(&old.state(10 * S + 6, CloseWait, LastAck));
+    m.apply(&old.state(10 * S + 7, LastAck, Close));
+
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    assert_eq!(state(d, "ESTABLISHED"), 1, "{d:?}");
+    assert_eq!(state(d, "TIME_WAIT"), 1, "{d:?}");
+    assert_eq!(d.used, 2);
+    assert_eq!(snap.netns[0].destinations.len(), 1, "{snap:#?}");
+    // Baseline TIME_WAIT uses the kernel's remaining time, not a fresh 60 s.
+    m.tick(10 * S + 30 * S);
+    assert_eq!(m.timewait_count(), 0);
+}
+
+#[test]
+fn rate_and_eta_per_destination() {
+    let mut m = model();
+    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (20000, 29999), reserved: vec![] });
+    // 20 new connections per second for 10 s, none closed.
+    let mut port = 20000;
+    for i in 0..200u64 {
+        Sk::client(1000 + i, 100, port, "10.0.0.5", 80).open(&mut m, 100 * S + i * S / 20);
+        port += 1;
+    }
+    m.tick(109 * S + 99 * S / 100);
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    assert!((d.rate_per_s - 20.0).abs() < 0.01, "{}", d.rate_per_s);
+    let eta = d.eta_s.expect("growing");
+    // 9800 ports left at about 20/s.
+    assert!((eta - 490.0).abs() < 60.0, "{eta}");
+}
+
+#[test]
+fn capacity_and_ranges_follow_the_namespace() {
+    let mut m = model();
+    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (3306, 3310), reserved: vec![] });
+    for (i, port) in [3306u16, 3307, 3308, 3309].into_iter().enumerate() {
+        Sk::client(i as u64 + 1, 100, port, "127.0.0.1", 9000).open(&mut m, S);
+    }
+    let snap = m.snapshot(View::default());
+    assert_eq!(snap.netns[0].capacity, 4);
+    let d = dest(&snap, "127.0.0.1", 9000);
+    assert_eq!((d.used, d.capacity), (4, 4));
+    // Reserving a port takes it out of the range: used is recounted.
+    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (3306, 3310), reserved: vec![(3306, 3306)] });
+    // Four ports, one of them reserved, and an odd range: three are guaranteed.
+    let d = dest(&m.snapshot(View::default()), "127.0.0.1", 9000).clone();
+    assert_eq!((d.used, d.capacity), (3, 3));
+}
+
+#[test]
+fn bind_conflict_names_the_ephemeral_holder() {
+    let mut m = model();
+    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (3306, 3310), reserved: vec![] });
+    Sk::client(1, 100, 3306, "127.0.0.1", 9000).open(&mut m, S);
+    let mysqld = Sk { sock: 2, pid: 200, comm: "mysqld", saddr: ip("0.0.0.0"), sport: 3306, daddr: ip("0.0.0.0"), dport: 0 };
+    let mut fail = mysqld.ev(Kind::BindError, 2 * S, 3306, None, None);
+    fail.errno = Some(98);
+    m.apply(&fail);
+    let snap = m.snapshot(View::default());
+    let f = &snap.failures[0];
+    let h = f.holder.as_ref().expect("holder");
+    assert_eq!((h.pid, h.comm.as_str(), h.sport, h.dport), (100, "curl", 3306, 9000));
+    assert_eq!(h.state, "ESTABLISHED");
+    assert!(h.ephemeral);
+    assert!(f.explanation.contains("ephemeral source port"), "{}", f.explanation);
+    assert!(f.explanation.contains("ip_local_reserved_ports=3306"), "{}", f.explanation);
+    assert_eq!(f.event.error.as_deref(), Some("EADDRINUSE"));
+    // A fixed port that a listener holds is not called ephemeral.
+    let svc = Sk { sock: 3, pid: 300, comm: "svc", saddr: ip("0.0.0.0"), sport: 8080, daddr: ip("0.0.0.0"), dport: 0 };
+    m.apply(&svc.state(3 * S, TcpState::Close, TcpState::Listen));
+    let mut fail = mysqld.ev(Kind::BindError, 4 * S, 8080, None, None);
+    fail.errno = Some(98);
+    m.apply(&fail);
+    let snap = m.snapshot(View::default());
+    let h = snap.failures[1].holder.as_ref().unwrap();
+    assert_eq!((h.pid, h.state.as_str(), h.ephemeral), (300, "LISTEN", false));
+}
+
+#[test]
+fn exhaustion_failure_names_the_top_owner() {
+    let mut m = model();
+    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (20000, 20003), reserved: vec![] });
+    for (i, port) in (20000..=20003).enumerate() {
+        Sk::client(i as u64 + 1, 100, port, "127.0.0.1", 9000).open(&mut m, S);
+    }
+    let c = Sk::client(9, 100, 0, "127.0.0.1", 9000);
+    let mut fail = c.ev(Kind::ConnectError, 2 * S, 0, None, None);
+    fail.errno = Some(99);
+    fail.saddr = ip("0.0.0.0");
+    m.apply(&fail);
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "127.0.0.1", 9000);
+    assert_eq!((d.used, d.capacity), (4, 4));
+    let f = &snap.failures[0];
+    assert_eq!(f.holder.as_ref().unwrap().pid, 100);
+    assert!(f.explanation.starts_with("no free source port toward 127.0.0.1:9000: 4 of 4"), "{}", f.explanation);
+}
+
+#[test]
+fn drift_check_corrects_both_ways() {
+    let mut m = model();
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    a.active_close(&mut m, 2 * S);
+    let missed = Tuple::new(ip("127.0.0.1"), 20007, ip("10.0.0.5"), 80);
+    // The kernel no longer has 20001 (e.g. killed by a RST) but has one portx missed.
+    let (added, removed) = m.reconcile_timewait(NS, &[(missed, 5_000)], 5 * S);
+    assert_eq!((added, removed), (1, 1));
+    assert_eq!(m.timewait_tuples(NS), vec![missed]);
+    let snap = m.snapshot(View::default());
+    assert_eq!(snap.drift, Drift { checks: 1, added: 1, removed: 1 });
+    assert_eq!(dest(&snap, "10.0.0.5", 80).used, 1);
+    // Entries created after the dump started are not removed as stale.
+    let b = Sk::client(2, 100, 20002, "10.0.0.5", 80);
+    b.open(&mut m, 6 * S);
+    b.active_close(&mut m, 7 * S);
+    let (_, removed) = m.reconcile_timewait(NS, &[(missed, 1_000)], 6 * S);
+    assert_eq!(removed, 0);
+    // The kernel's expiry is exact: 1 s after 6 s.
+    m.tick(7 * S + 1);
+    assert_eq!(m.timewait_tuples(NS).len(), 1);
+}
+
+#[test]
+fn views_filter_by_namespace_and_pid() {
+    let mut m = model();
+    Sk::client(1, 100, 20001, "10.0.0.5", 80).open(&mut m, S);
+    Sk::client(2, 200, 20002, "10.0.0.6", 80).open(&mut m, S);
+    let snap = m.snapshot(View { pid: Some(200), ..View::default() });
+    let dests: Vec<&str> = snap.netns[0].destinations.iter().map(|d| d.daddr.as_str()).collect();
+    assert_eq!(dests, ["10.0.0.6"]);
+    assert_eq!(snap.netns[0].processes.len(), 1);
+    let snap = m.snapshot(View { netns: Some(NS + 1), ..View::default() });
+    assert!(snap.netns.is_empty());
+}
+
+#[test]
+fn ipv6_destinations() {
+    let mut m = model();
+    Sk::client(1, 100, 20001, "::1", 443).open(&mut m, S);
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "::1", 443);
+    assert_eq!((d.saddr.as_str(), d.used), ("::1", 1));
+}
+
+#[test]
+fn memory_stays_bounded_through_churn() {
+    let mut m = model();
+    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (1024, 65535), reserved: vec![] });
+    // 100k connections opened and actively closed over 100 s, to 100 destinations.
+    for i in 0..100_000u64 {
+        let c = Sk::client(0x1000 + i, 100 + (i % 7) as u32, 1024 + (i % 60000) as u16, "10.0.0.5", 1000 + (i % 100) as u16);
+        let t = i * S / 1000;
+        c.open(&mut m, t);
+        c.active_close(&mut m, t + 10);
+    }
+    assert_eq!(m.socket_count(), 0);
+    assert!(m.timewait_count() <= 60_000 + 100, "{}", m.timewait_count());
+    m.tick(100 * S + TIME_WAIT_NS + 20 * S);
+    let snap = m.snapshot(View::default());
+    assert_eq!(m.timewait_count(), 0);
+    assert_eq!(m.destination_count(), 0);
+    assert!(snap.netns[0].destinations.is_empty());
+    assert!(m.tw_queue.len() < 1024, "{}", m.tw_queue.len());
+}
