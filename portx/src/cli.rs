@@ -20,6 +20,47 @@ pub struct Cli {
 pub enum Command {
     /// Print one line per TCP state change, connect() and bind(), as they happen.
     Trace(TraceArgs),
+    /// Live view of ephemeral port use per destination, process and cgroup.
+    Top(TopArgs),
+}
+
+/// What `portx top` groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    Dest,
+    Process,
+    Cgroup,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TopArgs {
+    /// Print one snapshot after --interval and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print snapshots as JSON (fields in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds between printed snapshots (with --once: how long to watch first).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_secs)]
+    pub interval: f64,
+    /// Only this network namespace: a name from `ip netns`, a path, or an inode.
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Option<String>,
+    /// Only this process's ports.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Group by destination, process or cgroup.
+    #[arg(long, value_enum, default_value_t = By::Dest)]
+    pub by: By,
+    /// Do not compare the TIME_WAIT model with the kernel's sock_diag view.
+    #[arg(long)]
+    pub no_drift_check: bool,
+    /// Seconds between TIME_WAIT drift checks.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_secs)]
+    pub drift_interval: f64,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    pub ring_mib: u32,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -60,6 +101,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+fn parse_secs(s: &str) -> Result<f64, String> {
+    parse_duration(s).map(|d| d.as_secs_f64())
+}
+
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
     let n: u32 = s
         .parse()
@@ -81,6 +126,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|c| match c.command {
             Command::Trace(t) => t,
+            Command::Top(_) => unreachable!("parsed `trace`"),
         })
     }
 
@@ -119,6 +165,36 @@ mod tests {
         assert!(msg(&["--ring-mib", "3"]).contains("power of two"));
         assert!(msg(&["--pid", "x"]).contains("invalid value"));
         assert!(msg(&["--bogus"]).contains("--bogus"));
+    }
+
+    #[test]
+    fn parses_top_flags() {
+        let c = Cli::try_parse_from([
+            "portx",
+            "top",
+            "--once",
+            "--json",
+            "--interval",
+            "0.5",
+            "--by",
+            "cgroup",
+            "--pid",
+            "3",
+            "--no-drift-check",
+        ])
+        .unwrap();
+        let Command::Top(t) = c.command else {
+            panic!("not top")
+        };
+        assert!(t.once && t.json && t.no_drift_check);
+        assert_eq!((t.interval, t.by, t.pid), (0.5, By::Cgroup, Some(3)));
+        assert_eq!(t.drift_interval, 10.0);
+        let err = Cli::try_parse_from(["portx", "top", "--by", "port"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("possible values: dest, process, cgroup"),
+            "{err}"
+        );
     }
 
     #[test]

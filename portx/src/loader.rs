@@ -184,13 +184,16 @@ impl EventReader {
         Ok(())
     }
 
-    /// Hands every record now in the ring buffer to `f`; returns how many.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// Hands records now in the ring buffer to `f` until it returns false or the
+    /// buffer is empty; returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8]) -> bool) -> usize {
         let ring = self.fd.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
-            f(&item);
             n += 1;
+            if !f(&item) {
+                break;
+            }
         }
         n
     }

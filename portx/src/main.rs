@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => portx::trace::run(args, cli.verbose).await,
+            Command::Top(args) => portx::top::run(args, cli.verbose).await,
         }
     });
     match result {

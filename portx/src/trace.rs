@@ -111,7 +111,10 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         tokio::select! {
             r = reader.readable() => {
                 r?;
-                reader.drain(|b| printer.handle(b));
+                reader.drain(|b| {
+                    printer.handle(b);
+                    true
+                });
                 printer.flush();
             }
             _ = sigint.recv() => break,
@@ -123,7 +126,10 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         }
     }
     // Whatever the kernel wrote before we stopped still counts.
-    reader.drain(|b| printer.handle(b));
+    reader.drain(|b| {
+        printer.handle(b);
+        true
+    });
     printer.flush();
     printer.stats.dropped = probes.dropped()?;
     eprintln!("{}", printer.stats.summary());

@@ -22,9 +22,7 @@ use crate::{
     output::JsonEvent,
 };
 use rate::RateWindow;
-use snapshot::{
-    DestUsage, Drift, Failure, Holder, NetnsUsage, OwnerPorts, ProcessUsage, Snapshot,
-};
+use snapshot::{DestUsage, Drift, Failure, Holder, NetnsUsage, OwnerPorts, ProcessUsage, Snapshot};
 
 /// How long a TIME_WAIT socket holds its 4-tuple (`TCP_TIMEWAIT_LEN`,
 /// <https://elixir.bootlin.com/linux/v6.12/source/include/net/tcp.h#L124>).
@@ -291,9 +289,10 @@ impl Model {
 
     /// Sets (or updates) a namespace's settings. A changed range re-counts `used`.
     pub fn set_netns_config(&mut self, inode: u32, cfg: NetnsConfig) {
-        let changed = self.netns.get(&inode).is_none_or(|old| {
-            old.port_range != cfg.port_range || old.reserved != cfg.reserved
-        });
+        let changed = self
+            .netns
+            .get(&inode)
+            .is_none_or(|old| old.port_range != cfg.port_range || old.reserved != cfg.reserved);
         self.netns.insert(inode, cfg);
         if changed {
             self.recount_used(inode);
@@ -331,7 +330,9 @@ impl Model {
             return NO_OWNER;
         }
         if let Some(ids) = self.owner_index.get(&pid)
-            && let Some(&id) = ids.iter().find(|&&id| &*self.owners[id as usize].comm == comm)
+            && let Some(&id) = ids
+                .iter()
+                .find(|&&id| &*self.owners[id as usize].comm == comm)
         {
             return id;
         }
@@ -375,7 +376,10 @@ impl Model {
     }
 
     /// Adds (`sign` = 1) or removes (-1) one holder of a port to the aggregates.
-    #[expect(clippy::too_many_arguments, reason = "one call per field of Sock/TimeWait")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call per field of Sock/TimeWait"
+    )]
     fn count(
         &mut self,
         netns: u32,
@@ -477,7 +481,11 @@ impl Model {
             }
             self.tw_queue.pop_front();
             // Skip queue entries of a TIME_WAIT that was replaced or refreshed since.
-            if self.timewait.get(&key).is_some_and(|t| t.expires_ns == expires) {
+            if self
+                .timewait
+                .get(&key)
+                .is_some_and(|t| t.expires_ns == expires)
+            {
                 self.remove_timewait(&key);
             }
         }
@@ -695,7 +703,14 @@ impl Model {
         &self.owners[id as usize]
     }
 
-    fn holder(&self, netns: u32, tuple: &Tuple, state: TcpState, owner: u32, ephemeral: bool) -> Holder {
+    fn holder(
+        &self,
+        netns: u32,
+        tuple: &Tuple,
+        state: TcpState,
+        owner: u32,
+        ephemeral: bool,
+    ) -> Holder {
         let o = self.owner_of(owner);
         Holder {
             pid: o.pid,
@@ -717,14 +732,28 @@ impl Model {
                 .values()
                 .filter(|s| s.netns == netns && s.tuple.sport == port)
                 .find(|s| (s.state == TcpState::Listen) == want_listen)
-                .map(|s| self.holder(netns, &s.tuple, s.state, s.owner, s.active && !s.explicit_bind))
+                .map(|s| {
+                    self.holder(
+                        netns,
+                        &s.tuple,
+                        s.state,
+                        s.owner,
+                        s.active && !s.explicit_bind,
+                    )
+                })
         };
         live(true).or_else(|| live(false)).or_else(|| {
             self.timewait
                 .iter()
                 .find(|(k, _)| k.netns == netns && k.tuple.sport == port)
                 .map(|(k, t)| {
-                    self.holder(netns, &k.tuple, TcpState::TimeWait, t.owner, t.active && !t.explicit_bind)
+                    self.holder(
+                        netns,
+                        &k.tuple,
+                        TcpState::TimeWait,
+                        t.owner,
+                        t.active && !t.explicit_bind,
+                    )
                 })
         })
     }
@@ -742,12 +771,19 @@ impl Model {
     fn explain(&self, e: &TraceEvent, holder: Option<&Holder>) -> String {
         let (lo, hi, _) = self.cfg(e.netns);
         let error = e.error_name().unwrap_or("error");
-        let call = if e.kind == Kind::ConnectError { "connect" } else { "bind" };
+        let call = if e.kind == Kind::ConnectError {
+            "connect"
+        } else {
+            "bind"
+        };
         match (error, holder) {
             ("EADDRNOTAVAIL", _) if e.kind == Kind::ConnectError => {
                 let dest = self.busiest_dest(e.netns, e.daddr, e.dport);
-                let (used, tw) = dest.map_or((0, 0), |d| (d.used, d.states[TcpState::TimeWait as usize]));
-                let who = holder.map_or(String::new(), |h| format!(", most by {}({})", h.comm, h.pid));
+                let (used, tw) =
+                    dest.map_or((0, 0), |d| (d.used, d.states[TcpState::TimeWait as usize]));
+                let who = holder.map_or(String::new(), |h| {
+                    format!(", most by {}({})", h.comm, h.pid)
+                });
                 format!(
                     "no free source port toward {}: {used} of {} ports of ip_local_port_range {lo}-{hi} in use ({tw} in TIME_WAIT){who}",
                     endpoint(e.daddr, e.dport),
@@ -771,7 +807,21 @@ impl Model {
                 "port {} is in use; its holder was not seen by portx (not TCP, or from before the baseline)",
                 e.sport
             ),
-            _ => format!("{call}() to {} failed with {error}", endpoint(if e.kind == Kind::ConnectError { e.daddr } else { e.saddr }, if e.kind == Kind::ConnectError { e.dport } else { e.sport })),
+            _ => format!(
+                "{call}() to {} failed with {error}",
+                endpoint(
+                    if e.kind == Kind::ConnectError {
+                        e.daddr
+                    } else {
+                        e.saddr
+                    },
+                    if e.kind == Kind::ConnectError {
+                        e.dport
+                    } else {
+                        e.sport
+                    }
+                )
+            ),
         }
     }
 
@@ -786,7 +836,13 @@ impl Model {
                     let want = ip_bytes(e.daddr);
                     self.sockets
                         .values()
-                        .find(|s| s.netns == e.netns && s.owner == owner && s.active && s.tuple.daddr == want && s.tuple.dport == e.dport)
+                        .find(|s| {
+                            s.netns == e.netns
+                                && s.owner == owner
+                                && s.active
+                                && s.tuple.daddr == want
+                                && s.tuple.dport == e.dport
+                        })
                         .map(|s| self.holder(e.netns, &s.tuple, s.state, s.owner, !s.explicit_bind))
                 }),
             _ => None,
@@ -878,7 +934,9 @@ impl Model {
         let stale: Vec<TupleKey> = self
             .timewait
             .iter()
-            .filter(|(k, t)| k.netns == netns && t.since_ns < dump_started_ns && !in_kernel.contains(&k.tuple))
+            .filter(|(k, t)| {
+                k.netns == netns && t.since_ns < dump_started_ns && !in_kernel.contains(&k.tuple)
+            })
             .map(|(k, _)| *k)
             .collect();
         let removed = stale.len() as u64;
@@ -919,7 +977,9 @@ impl Model {
         }
         // The queue is FIFO by insertion; refreshed expiries may be earlier than
         // entries ahead of them, so keep it ordered.
-        self.tw_queue.make_contiguous().sort_unstable_by_key(|(e, _)| *e);
+        self.tw_queue
+            .make_contiguous()
+            .sort_unstable_by_key(|(e, _)| *e);
         self.drift.checks += 1;
         self.drift.added += added;
         self.drift.removed += removed;
@@ -960,7 +1020,10 @@ impl Model {
                 continue;
             }
             if let Some(pid) = view.pid
-                && !d.owners.iter().any(|(o, _)| self.owners[*o as usize].pid == pid)
+                && !d
+                    .owners
+                    .iter()
+                    .any(|(o, _)| self.owners[*o as usize].pid == pid)
             {
                 continue;
             }
@@ -1035,7 +1098,12 @@ impl Model {
             ns.destinations.sort_by(|a, b| {
                 b.used
                     .cmp(&a.used)
-                    .then_with(|| b.states.values().sum::<u32>().cmp(&a.states.values().sum::<u32>()))
+                    .then_with(|| {
+                        b.states
+                            .values()
+                            .sum::<u32>()
+                            .cmp(&a.states.values().sum::<u32>())
+                    })
                     .then_with(|| (&a.daddr, a.dport, &a.saddr).cmp(&(&b.daddr, b.dport, &b.saddr)))
             });
             if view.max_destinations > 0 {
@@ -1048,7 +1116,11 @@ impl Model {
             .failures
             .iter()
             .filter(|f| view.netns.is_none_or(|n| n == f.event.netns))
-            .filter(|f| view.pid.is_none_or(|p| p == f.event.pid || f.holder.as_ref().is_some_and(|h| h.pid == p)))
+            .filter(|f| {
+                view.pid.is_none_or(|p| {
+                    p == f.event.pid || f.holder.as_ref().is_some_and(|h| h.pid == p)
+                })
+            })
             .cloned()
             .collect();
         Snapshot {

@@ -69,7 +69,8 @@ impl RateWindow {
 
     /// No allocation in the whole window.
     pub fn idle(&self, now_ns: u64) -> bool {
-        now_ns / 1_000_000_000 >= self.head_s + WINDOW_S as u64 || self.counts.iter().all(|&c| c == 0)
+        now_ns / 1_000_000_000 >= self.head_s + WINDOW_S as u64
+            || self.counts.iter().all(|&c| c == 0)
     }
 }
 

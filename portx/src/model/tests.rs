@@ -27,7 +27,11 @@ struct Sk {
 impl Sk {
     fn client(sock: u64, pid: u32, sport: u16, daddr: &str, dport: u16) -> Self {
         let daddr = ip(daddr);
-        let saddr = if daddr.is_ipv6() { ip("::1") } else { ip("127.0.0.1") };
+        let saddr = if daddr.is_ipv6() {
+            ip("::1")
+        } else {
+            ip("127.0.0.1")
+        };
         Self {
             sock,
             pid,
@@ -39,17 +43,32 @@ impl Sk {
         }
     }
 
-    fn ev(&self, kind: Kind, ts: u64, sport: u16, old: Option<TcpState>, new: Option<TcpState>) -> TraceEvent {
+    fn ev(
+        &self,
+        kind: Kind,
+        ts: u64,
+        sport: u16,
+        old: Option<TcpState>,
+        new: Option<TcpState>,
+    ) -> TraceEvent {
         TraceEvent {
             kind,
             ts_ns: ts,
             pid: self.pid,
             tid: self.pid,
-            comm: if self.pid == 0 { String::new() } else { self.comm.to_owned() },
+            comm: if self.pid == 0 {
+                String::new()
+            } else {
+                self.comm.to_owned()
+            },
             cgroup_id: 7,
             netns: NS,
             sock: self.sock,
-            family: if self.saddr.is_ipv6() { Family::Ipv6 } else { Family::Ipv4 },
+            family: if self.saddr.is_ipv6() {
+                Family::Ipv6
+            } else {
+                Family::Ipv4
+            },
             saddr: self.saddr,
             sport,
             daddr: self.daddr,
@@ -62,7 +81,11 @@ impl Sk {
 
     fn state(&self, ts: u64, old: TcpState, new: TcpState) -> TraceEvent {
         // sport is 0 until the port is chosen inside inet_hash_connect.
-        let sport = if old == TcpState::Close && new == TcpState::SynSent { 0 } else { self.sport };
+        let sport = if old == TcpState::Close && new == TcpState::SynSent {
+            0
+        } else {
+            self.sport
+        };
         self.ev(Kind::State, ts, sport, Some(old), Some(new))
     }
 
@@ -127,7 +150,11 @@ fn allocation_counts_toward_the_destination() {
     assert_eq!(snap.netns[0].name.as_deref(), Some("blue"));
     let procs = &snap.netns[0].processes;
     assert_eq!(procs.len(), 2);
-    assert!(procs.iter().all(|p| p.ports == 1 && p.comm == "curl" && p.cgroup_id == 7));
+    assert!(
+        procs
+            .iter()
+            .all(|p| p.ports == 1 && p.comm == "curl" && p.cgroup_id == 7)
+    );
 }
 
 #[test]
@@ -141,7 +168,10 @@ fn sport_zero_at_syn_sent_is_not_used_until_known() {
     m.apply(&c.state(S + 1, SynSent, Established));
     let snap = m.snapshot(View::default());
     let d = dest(&snap, "10.0.0.5", 80);
-    assert_eq!((state(d, "SYN_SENT"), state(d, "ESTABLISHED"), d.used), (0, 1, 1));
+    assert_eq!(
+        (state(d, "SYN_SENT"), state(d, "ESTABLISHED"), d.used),
+        (0, 1, 1)
+    );
 }
 
 #[test]
@@ -215,7 +245,10 @@ fn timewait_reused_by_a_new_connection_is_freed() {
     assert_eq!(m.timewait_count(), 0);
     let snap = m.snapshot(View::default());
     let d = dest(&snap, "10.0.0.5", 80);
-    assert_eq!((d.used, state(d, "ESTABLISHED"), state(d, "TIME_WAIT")), (1, 1, 0));
+    assert_eq!(
+        (d.used, state(d, "ESTABLISHED"), state(d, "TIME_WAIT")),
+        (1, 1, 0)
+    );
 }
 
 #[test]
@@ -226,20 +259,46 @@ fn owners_survive_softirq_events() {
     m.apply(&c.state(S, Close, SynSent));
     // The BPF side reports the owner it learned, but an event whose owner is unknown
     // (pid 0) must not erase what the model knows.
-    let softirq = Sk { pid: 0, ..Sk::client(1, 0, 20001, "10.0.0.5", 80) };
+    let softirq = Sk {
+        pid: 0,
+        ..Sk::client(1, 0, 20001, "10.0.0.5", 80)
+    };
     m.apply(&softirq.state(S + 1, SynSent, Established));
     let snap = m.snapshot(View::default());
     let d = dest(&snap, "10.0.0.5", 80);
-    assert_eq!(d.owners, vec![OwnerPorts { pid: 100, comm: "curl".into(), ports: 1 }]);
+    assert_eq!(
+        d.owners,
+        vec![OwnerPorts {
+            pid: 100,
+            comm: "curl".into(),
+            ports: 1
+        }]
+    );
 }
 
 #[test]
 fn accepted_sockets_and_listeners_are_not_destinations() {
     use TcpState::*;
     let mut m = model();
-    let listener = Sk { sock: 9, pid: 50, comm: "nginx", saddr: ip("0.0.0.0"), sport: 80, daddr: ip("0.0.0.0"), dport: 0 };
+    let listener = Sk {
+        sock: 9,
+        pid: 50,
+        comm: "nginx",
+        saddr: ip("0.0.0.0"),
+        sport: 80,
+        daddr: ip("0.0.0.0"),
+        dport: 0,
+    };
     m.apply(&listener.state(S, Close, Listen));
-    let child = Sk { sock: 10, pid: 50, comm: "nginx", saddr: ip("127.0.0.1"), sport: 80, daddr: ip("127.0.0.1"), dport: 20005 };
+    let child = Sk {
+        sock: 10,
+        pid: 50,
+        comm: "nginx",
+        saddr: ip("127.0.0.1"),
+        sport: 80,
+        daddr: ip("127.0.0.1"),
+        dport: 20005,
+    };
     m.apply(&child.state(S, Listen, SynRecv));
     m.apply(&child.state(S, SynRecv, Established));
     let snap = m.snapshot(View::default());
@@ -253,7 +312,11 @@ fn baseline_sock(sport: u16, dport: u16, state: TcpState, pid: u32) -> BaselineS
         tuple: Tuple::new(ip("127.0.0.1"), sport, ip("10.0.0.5"), dport),
         state,
         owner: (pid != 0).then(|| (pid, "java".to_owned(), 3)),
-        expires_ms: if state == TcpState::TimeWait { 30_000 } else { 0 },
+        expires_ms: if state == TcpState::TimeWait {
+            30_000
+        } else {
+            0
+        },
         orphan: state == TcpState::TimeWait,
     }
 }
@@ -307,12 +370,17 @@ fn baseline_then_buffered_events_without_double_counting() {
 #[test]
 fn rate_and_eta_per_destination() {
     let mut m = model();
-    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (20000, 29999), reserved: vec![] });
+    m.set_netns_config(
+        NS,
+        NetnsConfig {
+            name: None,
+            port_range: (20000, 29999),
+            reserved: vec![],
+        },
+    );
     // 20 new connections per second for 10 s, none closed.
-    let mut port = 20000;
-    for i in 0..200u64 {
+    for (i, port) in (0..200u64).zip(20000u16..) {
         Sk::client(1000 + i, 100, port, "10.0.0.5", 80).open(&mut m, 100 * S + i * S / 20);
-        port += 1;
     }
     m.tick(109 * S + 99 * S / 100);
     let snap = m.snapshot(View::default());
@@ -326,7 +394,14 @@ fn rate_and_eta_per_destination() {
 #[test]
 fn capacity_and_ranges_follow_the_namespace() {
     let mut m = model();
-    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (3306, 3310), reserved: vec![] });
+    m.set_netns_config(
+        NS,
+        NetnsConfig {
+            name: None,
+            port_range: (3306, 3310),
+            reserved: vec![],
+        },
+    );
     for (i, port) in [3306u16, 3307, 3308, 3309].into_iter().enumerate() {
         Sk::client(i as u64 + 1, 100, port, "127.0.0.1", 9000).open(&mut m, S);
     }
@@ -335,7 +410,14 @@ fn capacity_and_ranges_follow_the_namespace() {
     let d = dest(&snap, "127.0.0.1", 9000);
     assert_eq!((d.used, d.capacity), (4, 4));
     // Reserving a port takes it out of the range: used is recounted.
-    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (3306, 3310), reserved: vec![(3306, 3306)] });
+    m.set_netns_config(
+        NS,
+        NetnsConfig {
+            name: None,
+            port_range: (3306, 3310),
+            reserved: vec![(3306, 3306)],
+        },
+    );
     // Four ports, one of them reserved, and an odd range: three are guaranteed.
     let d = dest(&m.snapshot(View::default()), "127.0.0.1", 9000).clone();
     assert_eq!((d.used, d.capacity), (3, 3));
@@ -344,36 +426,80 @@ fn capacity_and_ranges_follow_the_namespace() {
 #[test]
 fn bind_conflict_names_the_ephemeral_holder() {
     let mut m = model();
-    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (3306, 3310), reserved: vec![] });
+    m.set_netns_config(
+        NS,
+        NetnsConfig {
+            name: None,
+            port_range: (3306, 3310),
+            reserved: vec![],
+        },
+    );
     Sk::client(1, 100, 3306, "127.0.0.1", 9000).open(&mut m, S);
-    let mysqld = Sk { sock: 2, pid: 200, comm: "mysqld", saddr: ip("0.0.0.0"), sport: 3306, daddr: ip("0.0.0.0"), dport: 0 };
+    let mysqld = Sk {
+        sock: 2,
+        pid: 200,
+        comm: "mysqld",
+        saddr: ip("0.0.0.0"),
+        sport: 3306,
+        daddr: ip("0.0.0.0"),
+        dport: 0,
+    };
     let mut fail = mysqld.ev(Kind::BindError, 2 * S, 3306, None, None);
     fail.errno = Some(98);
     m.apply(&fail);
     let snap = m.snapshot(View::default());
     let f = &snap.failures[0];
     let h = f.holder.as_ref().expect("holder");
-    assert_eq!((h.pid, h.comm.as_str(), h.sport, h.dport), (100, "curl", 3306, 9000));
+    assert_eq!(
+        (h.pid, h.comm.as_str(), h.sport, h.dport),
+        (100, "curl", 3306, 9000)
+    );
     assert_eq!(h.state, "ESTABLISHED");
     assert!(h.ephemeral);
-    assert!(f.explanation.contains("ephemeral source port"), "{}", f.explanation);
-    assert!(f.explanation.contains("ip_local_reserved_ports=3306"), "{}", f.explanation);
+    assert!(
+        f.explanation.contains("ephemeral source port"),
+        "{}",
+        f.explanation
+    );
+    assert!(
+        f.explanation.contains("ip_local_reserved_ports=3306"),
+        "{}",
+        f.explanation
+    );
     assert_eq!(f.event.error.as_deref(), Some("EADDRINUSE"));
     // A fixed port that a listener holds is not called ephemeral.
-    let svc = Sk { sock: 3, pid: 300, comm: "svc", saddr: ip("0.0.0.0"), sport: 8080, daddr: ip("0.0.0.0"), dport: 0 };
+    let svc = Sk {
+        sock: 3,
+        pid: 300,
+        comm: "svc",
+        saddr: ip("0.0.0.0"),
+        sport: 8080,
+        daddr: ip("0.0.0.0"),
+        dport: 0,
+    };
     m.apply(&svc.state(3 * S, TcpState::Close, TcpState::Listen));
     let mut fail = mysqld.ev(Kind::BindError, 4 * S, 8080, None, None);
     fail.errno = Some(98);
     m.apply(&fail);
     let snap = m.snapshot(View::default());
     let h = snap.failures[1].holder.as_ref().unwrap();
-    assert_eq!((h.pid, h.state.as_str(), h.ephemeral), (300, "LISTEN", false));
+    assert_eq!(
+        (h.pid, h.state.as_str(), h.ephemeral),
+        (300, "LISTEN", false)
+    );
 }
 
 #[test]
 fn exhaustion_failure_names_the_top_owner() {
     let mut m = model();
-    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (20000, 20003), reserved: vec![] });
+    m.set_netns_config(
+        NS,
+        NetnsConfig {
+            name: None,
+            port_range: (20000, 20003),
+            reserved: vec![],
+        },
+    );
     for (i, port) in (20000..=20003).enumerate() {
         Sk::client(i as u64 + 1, 100, port, "127.0.0.1", 9000).open(&mut m, S);
     }
@@ -387,7 +513,12 @@ fn exhaustion_failure_names_the_top_owner() {
     assert_eq!((d.used, d.capacity), (4, 4));
     let f = &snap.failures[0];
     assert_eq!(f.holder.as_ref().unwrap().pid, 100);
-    assert!(f.explanation.starts_with("no free source port toward 127.0.0.1:9000: 4 of 4"), "{}", f.explanation);
+    assert!(
+        f.explanation
+            .starts_with("no free source port toward 127.0.0.1:9000: 4 of 4"),
+        "{}",
+        f.explanation
+    );
 }
 
 #[test]
@@ -402,7 +533,14 @@ fn drift_check_corrects_both_ways() {
     assert_eq!((added, removed), (1, 1));
     assert_eq!(m.timewait_tuples(NS), vec![missed]);
     let snap = m.snapshot(View::default());
-    assert_eq!(snap.drift, Drift { checks: 1, added: 1, removed: 1 });
+    assert_eq!(
+        snap.drift,
+        Drift {
+            checks: 1,
+            added: 1,
+            removed: 1
+        }
+    );
     assert_eq!(dest(&snap, "10.0.0.5", 80).used, 1);
     // Entries created after the dump started are not removed as stale.
     let b = Sk::client(2, 100, 20002, "10.0.0.5", 80);
@@ -420,11 +558,21 @@ fn views_filter_by_namespace_and_pid() {
     let mut m = model();
     Sk::client(1, 100, 20001, "10.0.0.5", 80).open(&mut m, S);
     Sk::client(2, 200, 20002, "10.0.0.6", 80).open(&mut m, S);
-    let snap = m.snapshot(View { pid: Some(200), ..View::default() });
-    let dests: Vec<&str> = snap.netns[0].destinations.iter().map(|d| d.daddr.as_str()).collect();
+    let snap = m.snapshot(View {
+        pid: Some(200),
+        ..View::default()
+    });
+    let dests: Vec<&str> = snap.netns[0]
+        .destinations
+        .iter()
+        .map(|d| d.daddr.as_str())
+        .collect();
     assert_eq!(dests, ["10.0.0.6"]);
     assert_eq!(snap.netns[0].processes.len(), 1);
-    let snap = m.snapshot(View { netns: Some(NS + 1), ..View::default() });
+    let snap = m.snapshot(View {
+        netns: Some(NS + 1),
+        ..View::default()
+    });
     assert!(snap.netns.is_empty());
 }
 
@@ -440,10 +588,23 @@ fn ipv6_destinations() {
 #[test]
 fn memory_stays_bounded_through_churn() {
     let mut m = model();
-    m.set_netns_config(NS, NetnsConfig { name: None, port_range: (1024, 65535), reserved: vec![] });
+    m.set_netns_config(
+        NS,
+        NetnsConfig {
+            name: None,
+            port_range: (1024, 65535),
+            reserved: vec![],
+        },
+    );
     // 100k connections opened and actively closed over 100 s, to 100 destinations.
     for i in 0..100_000u64 {
-        let c = Sk::client(0x1000 + i, 100 + (i % 7) as u32, 1024 + (i % 60000) as u16, "10.0.0.5", 1000 + (i % 100) as u16);
+        let c = Sk::client(
+            0x1000 + i,
+            100 + (i % 7) as u32,
+            1024 + (i % 60000) as u16,
+            "10.0.0.5",
+            1000 + (i % 100) as u16,
+        );
         let t = i * S / 1000;
         c.open(&mut m, t);
         c.active_close(&mut m, t + 10);

@@ -4,6 +4,7 @@
 
 mod peer;
 mod support;
+mod top;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,6 +39,16 @@ fn main() {
         ("bad_netns_is_a_clear_error", bad_netns),
         ("not_root_is_a_clear_error", not_root),
         ("mounts_tracefs_when_missing", mounts_tracefs),
+        ("top_agrees_with_ss", || top::agrees_with_ss(false)),
+        ("top_started_after_sockets_agrees_with_ss", || {
+            top::agrees_with_ss(true)
+        }),
+        ("top_exhaustion_reaches_full", top::exhaustion_reaches_full),
+        (
+            "top_bind_conflict_names_holder",
+            top::bind_conflict_names_holder,
+        ),
+        ("capacity_rule_matches_kernel", top::capacity_matches_kernel),
     ];
     let trials = tests
         .into_iter()

@@ -123,6 +123,37 @@ pub fn run_if_peer() -> bool {
             }
             say(&format!("done {done}"));
         }
+        // Serves every ADDR: accepts connections, reads each to EOF, then closes it
+        // (so clients that close first end in TIME_WAIT). Runs until stdin closes.
+        "serve" => {
+            for a in &args {
+                let listener = TcpListener::bind(addr(a)).expect("listen");
+                std::thread::spawn(move || {
+                    for conn in listener.incoming().take(MAX_CONNECTIONS) {
+                        let Ok(mut conn) = conn else { break };
+                        std::thread::spawn(move || {
+                            let mut buf = Vec::new();
+                            let _ = conn.read_to_end(&mut buf);
+                        });
+                    }
+                });
+            }
+            say("listening");
+            wait_for_eof();
+        }
+        // Opens COUNT connections to ADDR and closes the first CLOSE of them (active
+        // close), holding the rest until stdin closes.
+        "hold" => {
+            let target = addr(arg(&args, 0));
+            let count: usize = arg(&args, 1).parse().unwrap_or(0).min(MAX_CONNECTIONS);
+            let close: usize = arg(&args, 2).parse().unwrap_or(0);
+            let mut held: Vec<TcpStream> = (0..count)
+                .map(|_| TcpStream::connect(target).expect("connect"))
+                .collect();
+            held.drain(..close.min(count));
+            say("done");
+            wait_for_eof();
+        }
         other => {
             eprintln!("peer: unknown role {other}");
             std::process::exit(2);

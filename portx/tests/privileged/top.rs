@@ -1,0 +1,366 @@
+//! `portx top` against the kernel's own view (`ss`, used only as the test's oracle).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::support::{Netns, Peer, WAIT};
+
+/// `ss` state names to portx's.
+fn state_name(ss: &str) -> String {
+    match ss {
+        "ESTAB" => "ESTABLISHED".into(),
+        "FIN-WAIT-1" => "FIN_WAIT1".into(),
+        "FIN-WAIT-2" => "FIN_WAIT2".into(),
+        "SYN-RECV" => "SYN_RECV".into(),
+        other => other.replace('-', "_"),
+    }
+}
+
+/// One line of `ss -tanpH`.
+struct SsSocket {
+    state: String,
+    lport: u16,
+    pport: u16,
+    pid: Option<u32>,
+}
+
+fn ss(ns: &Netns) -> Result<Vec<SsSocket>> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ss", "-tanpH"])
+        .output()
+        .context("running ss")?;
+    ensure!(out.status.success(), "ss failed");
+    let port = |s: &str| {
+        s.rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 5).then(|| SsSocket {
+                state: state_name(f[0]),
+                lport: port(f[3]),
+                pport: port(f[4]),
+                pid: l
+                    .split("pid=")
+                    .nth(1)
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|p| p.parse().ok()),
+            })
+        })
+        .collect())
+}
+
+/// Waits until no socket in `ns` is between ESTABLISHED and TIME_WAIT, so counts are
+/// stable for the comparison.
+fn settle(ns: &Netns) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let busy = ss(ns)?.iter().any(|s| {
+            [
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "CLOSE_WAIT",
+                "LAST_ACK",
+                "CLOSING",
+                "SYN_SENT",
+            ]
+            .contains(&s.state.as_str())
+        });
+        if !busy {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("sockets did not settle")
+}
+
+/// A running `portx top --once --json`.
+struct TopOnce {
+    child: std::process::Child,
+}
+
+impl TopOnce {
+    /// Starts it and waits until its baseline is taken.
+    fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
+            .args(["top", "--once", "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            let line = rx
+                .recv_timeout(WAIT)
+                .context("portx top did not take its baseline")?;
+            ensure!(!line.starts_with("portx: error"), "{line}");
+            if line.starts_with("portx: baseline taken") {
+                return Ok(Self { child });
+            }
+        }
+    }
+
+    fn snapshot(self) -> Result<Value> {
+        let out = self.child.wait_with_output()?;
+        ensure!(out.status.success(), "portx top exited with {}", out.status);
+        serde_json::from_slice(&out.stdout).context("portx top printed invalid JSON")
+    }
+}
+
+fn netns_entry<'a>(snap: &'a Value, ns: &Netns) -> Result<&'a Value> {
+    snap["netns"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["inode"] == ns.inode))
+        .with_context(|| format!("namespace {} missing from {snap}", ns.inode))
+}
+
+fn dest(ns_entry: &Value, dport: u16) -> Result<&Value> {
+    ns_entry["destinations"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|d| d["dport"] == dport && d["daddr"] == "127.0.0.1")
+        })
+        .with_context(|| format!("no destination :{dport} in {ns_entry}"))
+}
+
+fn states(d: &Value) -> BTreeMap<String, u64> {
+    d["states"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn process_ports(ns_entry: &Value, pid: u32) -> u64 {
+    ns_entry["processes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["pid"] == pid))
+        .map_or(0, |p| p["ports"].as_u64().unwrap_or(0))
+}
+
+/// Two destinations, three client processes, some connections closed actively.
+/// With `started_before`, portx starts after the sockets exist (baseline path).
+pub fn agrees_with_ss(started_before: bool) -> Result<()> {
+    let ns = Netns::new(Some((20000, 29999)))?;
+    let mut server = Peer::spawn(&ns, "serve", &["127.0.0.1:9001", "127.0.0.1:9002"])?;
+    server.go()?;
+    server.expect("listening")?;
+    // (destination, connections, closed by the client)
+    let plan = [
+        ("127.0.0.1:9001", 10, 4),
+        ("127.0.0.1:9002", 6, 2),
+        ("127.0.0.1:9001", 5, 0),
+    ];
+    let mut clients = plan
+        .iter()
+        .map(|(d, n, c)| Peer::spawn(&ns, "hold", &[d, &n.to_string(), &c.to_string()]))
+        .collect::<Result<Vec<_>>>()?;
+    let run = |clients: &mut Vec<Peer>| -> Result<()> {
+        for c in clients.iter_mut() {
+            c.go()?;
+            c.expect("done")?;
+        }
+        settle(&ns)
+    };
+    let top = if started_before {
+        run(&mut clients)?;
+        TopOnce::start(&["--netns", &ns.name, "--interval", "1"])?
+    } else {
+        let top = TopOnce::start(&["--netns", &ns.name, "--interval", "4"])?;
+        run(&mut clients)?;
+        top
+    };
+    let snap = top.snapshot()?;
+    let kernel = ss(&ns)?;
+    for c in clients.iter_mut() {
+        c.finish()?;
+    }
+    server.finish()?;
+
+    let entry = netns_entry(&snap, &ns)?;
+    ensure!(
+        entry["port_range"] == serde_json::json!([20000, 29999]),
+        "{entry}"
+    );
+    for dport in [9001u16, 9002] {
+        let mut want: BTreeMap<String, u64> = BTreeMap::new();
+        for s in kernel
+            .iter()
+            .filter(|s| s.pport == dport && s.lport != 9001 && s.lport != 9002)
+        {
+            *want.entry(s.state.clone()).or_default() += 1;
+        }
+        let d = dest(entry, dport)?;
+        ensure!(
+            states(d) == want,
+            "destination :{dport}: portx {:?}, ss {want:?}",
+            states(d)
+        );
+        ensure!(d["used"].as_u64() == Some(want.values().sum()), "used: {d}");
+        ensure!(d["capacity"] == 10000, "capacity: {d}");
+    }
+    // Per process: live sockets as ss attributes them, plus (when portx saw them
+    // close) the TIME_WAITs each process left behind.
+    for (peer, (_, _, closed)) in clients.iter().zip(plan) {
+        let live = kernel
+            .iter()
+            .filter(|s| s.pid == Some(peer.pid) && s.lport != 9001 && s.lport != 9002)
+            .count() as u64;
+        let want = live + if started_before { 0 } else { closed };
+        let got = process_ports(entry, peer.pid);
+        ensure!(
+            got == want,
+            "pid {}: portx {got} ports, expected {want} ({live} live)",
+            peer.pid
+        );
+    }
+    ensure!(snap["dropped_events"] == 0, "{snap}");
+    Ok(())
+}
+
+/// The exhaustion scenario reaches 100% and names the failing process.
+pub fn exhaustion_reaches_full() -> Result<()> {
+    let ns = Netns::new(Some((20000, 20003)))?;
+    let mut peer = Peer::spawn(&ns, "exhaust", &["127.0.0.1:9000", "64"])?;
+    let top = TopOnce::start(&["--netns", &ns.name, "--interval", "3"])?;
+    peer.go()?;
+    let mut ports = 0;
+    loop {
+        let l = peer.line()?;
+        if l.starts_with("port ") {
+            ports += 1;
+        } else if l == "done" {
+            break;
+        }
+    }
+    let snap = top.snapshot()?;
+    peer.finish()?;
+    let entry = netns_entry(&snap, &ns)?;
+    let d = dest(entry, 9000)?;
+    ensure!(ports == 4, "an even range of 4 gives 4 ports, got {ports}");
+    ensure!(d["used"] == 4 && d["capacity"] == 4, "{d}");
+    ensure!(d["owners"][0]["pid"] == peer.pid, "{d}");
+    let f = snap["failures"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["event"] == "connect_error"))
+        .context("no failure")?;
+    ensure!(f["error"] == "EADDRNOTAVAIL" && f["pid"] == peer.pid, "{f}");
+    ensure!(f["holder"]["pid"] == peer.pid, "{f}");
+    ensure!(
+        f["explanation"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("no free source port toward 127.0.0.1:9000: 4 of 4"),
+        "{f}"
+    );
+    Ok(())
+}
+
+/// The MySQL-on-3306 outage: the failure names the process whose ephemeral port it is.
+pub fn bind_conflict_names_holder() -> Result<()> {
+    let ns = Netns::new(Some((3306, 3310)))?;
+    let mut holder = Peer::spawn(&ns, "exhaust", &["127.0.0.1:9000", "64"])?;
+    let mut server = Peer::spawn(&ns, "bind", &["0.0.0.0:3306"])?;
+    let top = TopOnce::start(&["--netns", &ns.name, "--interval", "3"])?;
+    holder.go()?;
+    while holder.line()? != "done" {}
+    server.go()?;
+    ensure!(
+        server.expect("error")? == libc::EADDRINUSE.to_string(),
+        "bind did not fail"
+    );
+    let snap = top.snapshot()?;
+    server.finish()?;
+    holder.finish()?;
+    let f = snap["failures"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["event"] == "bind_error"))
+        .with_context(|| format!("no bind failure in {snap}"))?;
+    ensure!(f["pid"] == server.pid && f["sport"] == 3306, "{f}");
+    let h = &f["holder"];
+    ensure!(
+        h["pid"] == holder.pid && h["sport"] == 3306 && h["dport"] == 9000,
+        "{f}"
+    );
+    ensure!(h["ephemeral"] == true && h["state"] == "ESTABLISHED", "{f}");
+    ensure!(
+        f["explanation"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ip_local_reserved_ports=3306"),
+        "{f}"
+    );
+    Ok(())
+}
+
+/// The capacity rule against the kernel: connects until EADDRNOTAVAIL.
+pub fn capacity_matches_kernel() -> Result<()> {
+    use portx::model::capacity::capacity;
+    /// (range, reserved ports, whether the count is exact)
+    type Case = ((u16, u16), Option<(u16, u16)>, bool);
+    // Even windows are exact; an odd range may give one more.
+    let cases: [Case; 5] = [
+        ((20000, 20003), None, true),
+        ((20000, 20005), None, true),
+        ((20000, 20005), Some((20002, 20002)), true),
+        ((20000, 20004), None, false),
+        ((20001, 20005), None, false),
+    ];
+    for ((lo, hi), reserved, exact) in cases {
+        let ns = Netns::new(Some((lo, hi)))?;
+        if let Some((a, b)) = reserved {
+            ns.sysctl("net/ipv4/ip_local_reserved_ports", &format!("{a}-{b}"))?;
+        }
+        let mut peer = Peer::spawn(&ns, "exhaust", &["127.0.0.1:9000", "64"])?;
+        peer.go()?;
+        let mut got = Vec::new();
+        loop {
+            let l = peer.line()?;
+            if let Some(p) = l.strip_prefix("port ") {
+                got.push(p.parse::<u16>()?);
+            } else if l == "done" {
+                break;
+            }
+        }
+        peer.finish()?;
+        let res: Vec<(u16, u16)> = reserved.into_iter().collect();
+        let cap = capacity(lo, hi, &res) as usize;
+        let ok = if exact {
+            got.len() == cap
+        } else {
+            (cap..=cap + 1).contains(&got.len())
+        };
+        ensure!(
+            ok,
+            "range {lo}-{hi} reserved {reserved:?}: kernel gave {} ports {got:?}, model says {cap}",
+            got.len()
+        );
+        if let Some((a, _)) = reserved {
+            ensure!(!got.contains(&a), "kernel handed out reserved port {a}");
+        }
+    }
+    Ok(())
+}
