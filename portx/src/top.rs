@@ -23,7 +23,7 @@ use crate::{
     cli::{By, TopArgs},
     event::decode,
     loader::{LoadOptions, Probes},
-    model::{BaselineSocket, Model, NetnsConfig, Tuple, View},
+    model::{BaselineSocket, Model, NetnsConfig, Tuple, View, snapshot::Snapshot},
     netns, preflight,
     proc_owners::{self, ProcOwner},
     sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
@@ -220,6 +220,19 @@ fn prober(
     }
 }
 
+/// One snapshot on stdout: a JSON line, or the plain table followed by a blank line.
+fn print_snapshot(snap: &Snapshot, json: bool, view: tui::View) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, snap)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", tui::plain_table(snap, view))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// Records drained from the ring buffer per turn, so a flood of events cannot starve
 /// the terminal or the timers.
 const DRAIN_BATCH: usize = 65536;
@@ -267,7 +280,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     let mut more = false;
 
     let interactive = !args.once && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let (snap_tx, snap_rx) = watch::channel(crate::model::snapshot::Snapshot::default());
+    let (snap_tx, snap_rx) = watch::channel(Snapshot::default());
     let tui_view = match args.by {
         By::Dest => tui::View::Destinations,
         By::Process => tui::View::Processes,
@@ -359,21 +372,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                 }
                 model.tick(boottime_ns());
                 let now = tokio::time::Instant::now();
-                if args.once {
-                    if now >= next_print {
-                        let mut snap = model.snapshot(view);
-                        snap.dropped_events = probes.dropped()?;
-                        let mut out = std::io::stdout().lock();
-                        if args.json {
-                            serde_json::to_writer(&mut out, &snap)?;
-                            writeln!(out)?;
-                        } else {
-                            write!(out, "{}", tui::plain_table(&snap, tui_view))?;
-                        }
-                        out.flush()?;
-                        break;
-                    }
-                } else if interactive {
+                if interactive {
                     let mut snap = model.snapshot(view);
                     snap.dropped_events = probes.dropped()?;
                     let _ = snap_tx.send(snap);
@@ -381,14 +380,10 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                     next_print = now + interval;
                     let mut snap = model.snapshot(view);
                     snap.dropped_events = probes.dropped()?;
-                    let mut out = std::io::stdout().lock();
-                    if args.json {
-                        serde_json::to_writer(&mut out, &snap)?;
-                        writeln!(out)?;
-                    } else {
-                        writeln!(out, "{}", tui::plain_table(&snap, tui_view))?;
+                    print_snapshot(&snap, args.json, tui_view)?;
+                    if args.once {
+                        break;
                     }
-                    out.flush()?;
                 }
             }
             r = async { tui_task.as_mut().expect("guarded").await }, if tui_task.is_some() => {
