@@ -258,6 +258,32 @@ fn build_dump_request(family: u8, states: u32, seq: u32) -> Vec<u8> {
     buf
 }
 
+/// `TCPDIAG_GETSOCK`, the original inet_diag request type.
+const TCPDIAG_GETSOCK: u16 = 18;
+const NLM_F_REQUEST_DUMP: u16 = 0x0001 | 0x0300;
+
+/// A legacy `TCPDIAG_GETSOCK` dump request (`struct inet_diag_req`): the kernel
+/// serves it with `sdiag_family = AF_UNSPEC`, i.e. IPv4 and IPv6 in one walk of the
+/// TCP hash tables, where `SOCK_DIAG_BY_FAMILY` needs one walk per family
+/// (inet_diag_dump_compat() in
+/// <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_diag.c>). `ss` uses it too.
+fn build_compat_dump_request(states: u32, seq: u32) -> Vec<u8> {
+    // nlmsghdr (16) + inet_diag_req: family, src_len, dst_len, ext (4), sockid (48),
+    // states (4), dbs (4).
+    const LEN: usize = 16 + 4 + 48 + 4 + 4;
+    let mut buf = Vec::with_capacity(LEN);
+    buf.extend_from_slice(&(LEN as u32).to_ne_bytes());
+    buf.extend_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    buf.extend_from_slice(&NLM_F_REQUEST_DUMP.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.extend_from_slice(&[AF_INET, 0, 0, 0]);
+    buf.extend_from_slice(&[0; 48]);
+    buf.extend_from_slice(&states.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf
+}
+
 /// Consumes one datagram of a dump reply: pushes the sockets, and returns whether
 /// the dump has ended (`NLMSG_DONE` or `NLMSG_ERROR` for `seq`). A message that
 /// fails to decode does not stop the reading (the rest of the dump must still be
@@ -287,7 +313,7 @@ fn parse_dump_chunk(
         }
         let payload = msg.payload();
         match msg.message_type() {
-            SOCK_DIAG_BY_FAMILY => match diag_socket_from_payload(payload) {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match diag_socket_from_payload(payload) {
                 Ok(Some(s)) => out.push(s),
                 Ok(None) => {}
                 Err(e) => {
@@ -432,6 +458,8 @@ pub struct NetnsProbe {
     seq: Cell<u32>,
     /// Size of the last dump, to size the next one's Vec at once.
     last_len: Cell<usize>,
+    /// The kernel refused the one-walk legacy request; use one request per family.
+    no_compat: Cell<bool>,
 }
 
 impl fmt::Debug for NetnsProbe {
@@ -456,6 +484,7 @@ impl NetnsProbe {
             handles,
             seq: Cell::new(0),
             last_len: Cell::new(0),
+            no_compat: Cell::new(false),
         }
     }
 
@@ -508,7 +537,7 @@ impl NetnsProbe {
         seq
     }
 
-    /// All TCP sockets (IPv4, then IPv6) whose state bit is set in `states`
+    /// All TCP sockets (IPv4 and IPv6) whose state bit is set in `states`
     /// ([`ALL_STATES`], [`TIME_WAIT_ONLY`], [`states_mask`]). Bits outside
     /// [`ALL_STATES`] are ignored. Asking for SYN_RECV also returns pending
     /// connection requests (the kernel adds NEW_SYN_RECV, and reports them as SYN_RECV).
@@ -519,24 +548,42 @@ impl NetnsProbe {
             return Ok(out);
         }
         let mut buf = vec![0u8; RECV_BUF_LEN];
+        if !self.no_compat.get() {
+            let seq = self.next_seq();
+            match self.dump(
+                &build_compat_dump_request(states, seq),
+                seq,
+                &mut buf,
+                &mut out,
+            ) {
+                Ok(()) => {
+                    self.last_len.set(out.len());
+                    return Ok(out);
+                }
+                // A kernel without the legacy request: ask per family from now on.
+                Err(_) => {
+                    self.no_compat.set(true);
+                    out.clear();
+                }
+            }
+        }
         for (family, name) in [(AF_INET, "AF_INET"), (AF_INET6, "AF_INET6")] {
-            self.dump_family(family, states, &mut buf, &mut out)
-                .with_context(|| format!("{}: sock_diag dump of {name} TCP sockets", self.label))?;
+            let seq = self.next_seq();
+            self.dump(
+                &build_dump_request(family, states, seq),
+                seq,
+                &mut buf,
+                &mut out,
+            )
+            .with_context(|| format!("{}: sock_diag dump of {name} TCP sockets", self.label))?;
         }
         self.last_len.set(out.len());
         Ok(out)
     }
 
-    fn dump_family(
-        &self,
-        family: u8,
-        states: u32,
-        buf: &mut [u8],
-        out: &mut Vec<DiagSocket>,
-    ) -> Result<()> {
-        let seq = self.next_seq();
-        let req = build_dump_request(family, states, seq);
-        self.handles.sock.send(&req, 0).context("send")?;
+    /// Sends one dump request and reads its reply to the end.
+    fn dump(&self, req: &[u8], seq: u32, buf: &mut [u8], out: &mut Vec<DiagSocket>) -> Result<()> {
+        self.handles.sock.send(req, 0).context("send")?;
         let mut first_err = None;
         // Bounded by the kernel: every dump ends with NLMSG_DONE or NLMSG_ERROR.
         loop {

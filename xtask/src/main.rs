@@ -3,6 +3,7 @@
 //! Every command first runs the idempotent set-up (see `setup.rs`), so the README's
 //! commands work on a fresh machine.
 
+mod bench;
 mod setup;
 
 use std::{ffi::OsString, process::Command};
@@ -32,6 +33,15 @@ enum Task {
         release: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Benchmarks, each against a baseline measured in the same run (root for all figures).
+    Bench {
+        /// A smaller run (under 2 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Append the table to BENCHMARKS.md.
+        #[arg(long)]
+        record: bool,
     },
     /// Everything CI checks: formatting, clippy, unit tests and, as root, the
     /// privileged tests that load the BPF programs into this kernel.
@@ -83,6 +93,10 @@ fn main() -> Result<()> {
             cmd.args(args);
             let st = cmd.status().context("starting cargo run")?;
             std::process::exit(st.code().unwrap_or(1));
+        }
+        Task::Bench { quick, record } => {
+            let tools = setup::run(false)?;
+            bench::run(&mut cargo(&tools, &[])?, quick, record)?;
         }
         Task::Test { args } => {
             let tools = setup::run(true)?;

@@ -1,0 +1,436 @@
+//! `cargo xtask bench` runs this. Each figure is measured against a baseline taken in
+//! the same run on the same machine, several times, reporting the median and spread.
+//! Output: one JSON object per figure on stdout (xtask renders the table).
+//!
+//! Not a test: nothing here asserts; targets are reported as pass/fail.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    hint::black_box,
+    io::Read as _,
+    net::{IpAddr, Ipv4Addr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    process::Command,
+    sync::atomic::{AtomicIsize, Ordering},
+    time::Instant,
+};
+
+use portx::{
+    event::{Family, Kind, TcpState, TraceEvent},
+    model::{Model, NetnsConfig, View},
+    sockdiag::{self, NetnsProbe, NetnsRef},
+};
+use rustc_hash::FxHashMap;
+use serde_json::json;
+
+/// Counts live heap bytes, to measure the model's memory per socket.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const NS: u32 = 4026532000;
+
+fn report(
+    figure: &str,
+    value: f64,
+    unit: &str,
+    baseline: Option<(f64, &str)>,
+    target: &str,
+    pass: Option<bool>,
+    spread: f64,
+) {
+    let (b, bname) = baseline.unwrap_or((f64::NAN, ""));
+    println!(
+        "{}",
+        json!({
+            "figure": figure, "value": value, "unit": unit,
+            "baseline": if b.is_nan() { serde_json::Value::Null } else { json!(b) },
+            "baseline_name": bname,
+            "ratio": if b.is_nan() || b == 0.0 { serde_json::Value::Null } else { json!(value / b) },
+            "target": target, "pass": pass, "spread_pct": spread,
+        })
+    );
+}
+
+/// Median and spread ((max-min)/median, in percent) of repeated measurements.
+fn median(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v[v.len() / 2];
+    let spread = if m > 0.0 {
+        (v[v.len() - 1] - v[0]) / m * 100.0
+    } else {
+        0.0
+    };
+    (m, spread)
+}
+
+/// The events of `n` short connections (open, allocate, active close) spread over 64
+/// destinations and 16 processes, as the BPF side reports them.
+fn connection_events(n: u64) -> Vec<TraceEvent> {
+    let mut out = Vec::with_capacity(n as usize * 6);
+    let comms: Vec<String> = (0..16).map(|i| format!("worker{i}")).collect();
+    for i in 0..n {
+        let sock = 0xffff_8880_0000_0000 + i * 64;
+        let sport = 1024 + (i % 64000) as u16;
+        let ts = i * 10_000; // 100k connections per second of event time
+        let pid = 1000 + (i % 16) as u32;
+        let ev = |k: u64, kind: Kind, sport: u16, old: Option<TcpState>, new: Option<TcpState>| {
+            TraceEvent {
+                kind,
+                ts_ns: ts + k,
+                pid,
+                tid: pid,
+                comm: comms[(i % 16) as usize].clone(),
+                cgroup_id: 1,
+                netns: NS,
+                sock,
+                family: Family::Ipv4,
+                saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                sport,
+                daddr: IpAddr::V4(Ipv4Addr::new(10, 0, (i % 64) as u8, 1)),
+                dport: 5432,
+                old_state: old,
+                new_state: new,
+                errno: None,
+            }
+        };
+        use TcpState::*;
+        out.push(ev(0, Kind::State, 0, Some(Close), Some(SynSent)));
+        out.push(ev(1, Kind::State, sport, Some(SynSent), Some(Established)));
+        out.push(ev(2, Kind::Connect, sport, None, None));
+        out.push(ev(3, Kind::State, sport, Some(Established), Some(FinWait1)));
+        out.push(ev(4, Kind::State, sport, Some(FinWait1), Some(FinWait2)));
+        out.push(ev(5, Kind::State, sport, Some(FinWait2), Some(Close)));
+    }
+    out
+}
+
+fn model() -> Model {
+    let mut m = Model::new();
+    m.set_netns_config(
+        NS,
+        NetnsConfig {
+            name: None,
+            port_range: (1024, 65535),
+            reserved: vec![],
+        },
+    );
+    m
+}
+
+fn bench_ingest(quick: bool) {
+    let events = connection_events(if quick { 50_000 } else { 200_000 });
+    let runs = if quick { 3 } else { 7 };
+    let mut model_rates = Vec::new();
+    let mut base_rates = Vec::new();
+    for _ in 0..runs {
+        let mut m = model();
+        let t = Instant::now();
+        for e in &events {
+            m.apply(e);
+        }
+        black_box(m.snapshot(View::default()));
+        model_rates.push(events.len() as f64 / t.elapsed().as_secs_f64());
+        // Baseline: the least a socket table can do with the same events, a plain hash
+        // map insert on open and remove on close.
+        let mut table: FxHashMap<u64, [u8; 56]> = FxHashMap::default();
+        let t = Instant::now();
+        for e in &events {
+            match (e.kind, e.new_state) {
+                (Kind::State, Some(TcpState::Close)) => {
+                    table.remove(&e.sock);
+                }
+                (Kind::State, _) => {
+                    table.insert(e.sock, [e.sport as u8; 56]);
+                }
+                _ => {}
+            }
+        }
+        black_box(&table);
+        base_rates.push(events.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    let (rate, spread) = median(model_rates);
+    let (base, _) = median(base_rates);
+    report(
+        "model ingest rate (1 core)",
+        rate,
+        "events/s",
+        Some((base, "plain hash map insert/remove")),
+        ">= 5000000 events/s",
+        Some(rate >= 5e6),
+        spread,
+    );
+}
+
+fn bench_memory(n: u64) {
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut m = model();
+    for i in 0..n {
+        let sock = 0xffff_8880_0000_0000 + i * 64;
+        let sport = 1024 + (i % 64000) as u16;
+        let pid = 1000 + (i % 16) as u32;
+        let mk = |old, new, sport| TraceEvent {
+            kind: Kind::State,
+            ts_ns: i,
+            pid,
+            tid: pid,
+            comm: "worker".into(),
+            cgroup_id: 1,
+            netns: NS,
+            sock,
+            family: Family::Ipv4,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport,
+            // Enough destinations that no 4-tuple repeats.
+            daddr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i / 64000) as u32)),
+            dport: 5432,
+            old_state: Some(old),
+            new_state: Some(new),
+            errno: None,
+        };
+        m.apply(&mk(TcpState::Close, TcpState::SynSent, 0));
+        m.apply(&mk(TcpState::SynSent, TcpState::Established, sport));
+    }
+    let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64;
+    let per = bytes / m.socket_count() as f64;
+    report(
+        &format!("model memory per socket at {}k sockets", n / 1000),
+        per,
+        "bytes",
+        Some((
+            size_of::<portx_common::Event>() as f64,
+            "one raw event record",
+        )),
+        "<= 128 bytes",
+        Some(per <= 128.0),
+        0.0,
+    );
+    drop(m);
+}
+
+/// A namespace holding `n` TIME_WAIT sockets, removed on drop.
+struct BenchNs(String);
+
+impl Drop for BenchNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn sh(ns: &str, script: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", script])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `f` on a thread that has joined namespace `ns`.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+            // SAFETY: setns on this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns");
+            f()
+        })
+        .join()
+        .expect("thread")
+    })
+}
+
+/// /proc/net/tcp{,6} read and parsed into 4-tuples and states: the usual way.
+fn parse_proc_net_tcp() -> usize {
+    let mut n = 0;
+    // /proc/net follows the main thread's namespace; thread-self follows ours.
+    for path in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+        let mut text = String::new();
+        if std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .is_err()
+        {
+            continue;
+        }
+        for line in text.lines().skip(1) {
+            let mut f = line.split_whitespace();
+            let (Some(_), Some(local), Some(remote), Some(state)) =
+                (f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let port = |s: &str| {
+                s.rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
+            let addr = |s: &str| {
+                s.split(':')
+                    .next()
+                    .and_then(|a| u128::from_str_radix(a, 16).ok())
+            };
+            black_box((
+                addr(local),
+                port(local),
+                addr(remote),
+                port(remote),
+                u8::from_str_radix(state, 16).ok(),
+            ));
+            n += 1;
+        }
+    }
+    n
+}
+
+fn bench_baseline(n: usize, quick: bool) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping the baseline dump figure - needs root (it makes a network namespace)");
+        return;
+    }
+    let name = format!("portx-bench-{}", std::process::id());
+    if !Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipping the baseline dump figure - cannot create a namespace");
+        return;
+    }
+    let ns = BenchNs(name);
+    let ok = sh(&ns.0, "ip link set lo up")
+        && sh(
+            &ns.0,
+            "echo '1024 65535' > /proc/sys/net/ipv4/ip_local_port_range",
+        )
+        && sh(
+            &ns.0,
+            &format!("echo {} > /proc/sys/net/ipv4/tcp_max_tw_buckets", n * 2),
+        );
+    if !ok {
+        eprintln!("skipping the baseline dump figure - cannot configure the namespace");
+        return;
+    }
+    // n TIME_WAIT sockets: connect, accept, client closes first. Spread over two
+    // listeners so no 4-tuple repeats within the 64k ports.
+    let made = in_netns(&ns.0, || {
+        let mut made = 0;
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        // Both listeners first: with the range covering 1024-65535, connections to
+        // the first would otherwise take the second's port as a source port (the very
+        // outage portx explains).
+        let listeners =
+            [9001u16, 9002].map(|p| (p, TcpListener::bind(("127.0.0.1", p)).expect("listen")));
+        for (port, l) in &listeners {
+            let port = *port;
+            while made < n && Instant::now() < deadline && made < (port - 9000) as usize * n / 2 {
+                let Ok(c) = TcpStream::connect(("127.0.0.1", port)) else {
+                    break;
+                };
+                let (s, _) = l.accept().expect("accept");
+                drop(c);
+                drop(s);
+                made += 1;
+            }
+        }
+        made
+    });
+    // Let the last closes finish their handshakes.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let runs = if quick { 3 } else { 5 };
+    let path = format!("/run/netns/{}", ns.0);
+    let inode = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
+        .unwrap_or(0);
+    let probe = match NetnsProbe::open(&NetnsRef {
+        inode,
+        name: Some(ns.0.clone()),
+        path: path.into(),
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skipping the baseline dump figure - {e:#}");
+            return;
+        }
+    };
+    let mut diag = Vec::new();
+    let mut dumped = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        dumped = probe
+            .dump_tcp(sockdiag::ALL_STATES)
+            .map(|v| v.len())
+            .unwrap_or(0);
+        diag.push(t.elapsed().as_secs_f64());
+    }
+    let mut proc = Vec::new();
+    let mut parsed = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        parsed = in_netns(&ns.0, parse_proc_net_tcp);
+        proc.push(t.elapsed().as_secs_f64());
+    }
+    let mut ss = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "ss", "-tan"])
+            .output();
+        ss.push(t.elapsed().as_secs_f64());
+    }
+    let (d, spread) = median(diag);
+    let (p, _) = median(proc);
+    let (s, _) = median(ss);
+    eprintln!(
+        "baseline dump: {made} connections made, sock_diag listed {dumped}, /proc/net/tcp {parsed}"
+    );
+    let label = format!("baseline dump at {}k sockets (sock_diag)", made / 1000);
+    report(
+        &label,
+        d * 1e3,
+        "ms",
+        Some((p * 1e3, "parsing /proc/net/tcp{,6}")),
+        "/proc/net/tcp >= 5x slower",
+        Some(p >= 5.0 * d),
+        spread,
+    );
+    report(
+        &format!("{label} vs ss -tan"),
+        d * 1e3,
+        "ms",
+        Some((s * 1e3, "ss -tan (process)")),
+        "reported",
+        None,
+        spread,
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; ignore it.
+    let quick = args.iter().any(|a| a == "--quick");
+    bench_ingest(quick);
+    bench_memory(100_000);
+    if !quick {
+        bench_memory(1_000_000);
+    }
+    bench_baseline(if quick { 20_000 } else { 100_000 }, quick);
+}
