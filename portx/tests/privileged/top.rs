@@ -364,3 +364,36 @@ pub fn capacity_matches_kernel() -> Result<()> {
     }
     Ok(())
 }
+
+/// The TIME_WAIT model disagrees with the kernel when the kernel refuses timewait
+/// sockets (`tcp_max_tw_buckets` reached): the drift check corrects it and says so.
+pub fn drift_check_corrects_timewait() -> Result<()> {
+    let ns = Netns::new(Some((20000, 29999)))?;
+    ns.sysctl("net/ipv4/tcp_max_tw_buckets", "2")?;
+    let mut server = Peer::spawn(&ns, "serve", &["127.0.0.1:9001"])?;
+    server.go()?;
+    server.expect("listening")?;
+    let mut client = Peer::spawn(&ns, "hold", &["127.0.0.1:9001", "5", "5"])?;
+    let top = TopOnce::start(&[
+        "--netns",
+        &ns.name,
+        "--interval",
+        "4",
+        "--drift-interval",
+        "0.5",
+    ])?;
+    client.go()?;
+    client.expect("done")?;
+    settle(&ns)?;
+    let snap = top.snapshot()?;
+    let kernel_tw = ss(&ns)?.iter().filter(|s| s.state == "TIME_WAIT").count() as u64;
+    client.finish()?;
+    server.finish()?;
+    ensure!(kernel_tw == 2, "the kernel kept {kernel_tw} TIME_WAIT sockets, expected 2");
+    let d = dest(netns_entry(&snap, &ns)?, 9001)?;
+    ensure!(states(d).get("TIME_WAIT") == Some(&kernel_tw), "model after drift check: {d}");
+    let drift = &snap["drift"];
+    ensure!(drift["checks"].as_u64() >= Some(1), "{drift}");
+    ensure!(drift["removed"] == 3 && drift["added"] == 0, "{drift}");
+    Ok(())
+}
