@@ -103,6 +103,84 @@ struct TupleKey {
     tuple: Tuple,
 }
 
+/// An address as interned in [`Addrs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Addr {
+    v6: bool,
+    bytes: [u8; 16],
+}
+
+/// Interned addresses. Sockets hold 4-byte ids instead of two 16-byte addresses, which
+/// halves a socket's entry; ids are reference-counted so the table follows the live
+/// sockets (a server with many clients does not grow it forever).
+#[derive(Default)]
+struct Addrs {
+    slots: Vec<(Addr, u32)>,
+    index: FxHashMap<Addr, u32>,
+    free: Vec<u32>,
+}
+
+impl Addrs {
+    fn acquire(&mut self, a: Addr) -> u32 {
+        if let Some(&id) = self.index.get(&a) {
+            self.slots[id as usize].1 += 1;
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = (a, 1);
+                id
+            }
+            None => {
+                self.slots.push((a, 1));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(a, id);
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        let slot = &mut self.slots[id as usize];
+        slot.1 -= 1;
+        if slot.1 == 0 {
+            let a = slot.0;
+            self.index.remove(&a);
+            self.free.push(id);
+        }
+    }
+
+    fn find(&self, a: &Addr) -> Option<u32> {
+        self.index.get(a).copied()
+    }
+
+    fn get(&self, id: u32) -> Addr {
+        self.slots[id as usize].0
+    }
+}
+
+/// A 4-tuple with interned addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Quad {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+}
+
+impl Quad {
+    fn complete(&self) -> bool {
+        self.sport != 0 && self.dport != 0
+    }
+}
+
+/// A TIME_WAIT entry's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TwKey {
+    netns: u32,
+    quad: Quad,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct DestKey {
     netns: u32,
@@ -124,20 +202,21 @@ impl DestKey {
     }
 }
 
-/// A live full socket.
+/// A live full socket: 28 bytes, so a tracked socket costs well under 128 bytes with
+/// the hash table's overhead (see the benchmark).
 #[derive(Clone, Copy, Debug)]
 struct Sock {
     netns: u32,
-    tuple: Tuple,
+    quad: Quad,
     state: TcpState,
     /// Client side (connect()ed): counts toward its destination.
     active: bool,
     /// The local port came from bind(), not from the ephemeral allocator.
     explicit_bind: bool,
     owner: u32,
-    since_ns: u64,
     dest: u32,
 }
+const _: () = assert!(size_of::<Sock>() == 28);
 
 /// A 4-tuple held after the full socket closed.
 #[derive(Clone, Copy, Debug)]
@@ -221,9 +300,10 @@ pub struct Model {
     /// Baseline sockets not yet named by an event, by 4-tuple.
     baseline: FxHashMap<TupleKey, u64>,
     next_synthetic: u64,
-    timewait: FxHashMap<TupleKey, TimeWait>,
+    timewait: FxHashMap<TwKey, TimeWait>,
     /// TIME_WAIT expiries in insertion order (all share one lifetime, so FIFO).
-    tw_queue: VecDeque<(u64, TupleKey)>,
+    tw_queue: VecDeque<(u64, TwKey)>,
+    addrs: Addrs,
     dests: Vec<DestAgg>,
     dest_free: Vec<u32>,
     dest_index: FxHashMap<DestKey, u32>,
@@ -305,12 +385,12 @@ impl Model {
             .sockets
             .values()
             .filter(|s| s.netns == netns && s.dest != NO_DEST && s.state != TcpState::Close)
-            .map(|s| (s.dest, s.tuple.sport, s.explicit_bind))
+            .map(|s| (s.dest, s.quad.sport, s.explicit_bind))
             .chain(
                 self.timewait
                     .iter()
                     .filter(|(k, t)| k.netns == netns && t.dest != NO_DEST)
-                    .map(|(k, t)| (t.dest, k.tuple.sport, t.explicit_bind)),
+                    .map(|(k, t)| (t.dest, k.quad.sport, t.explicit_bind)),
             )
             .collect::<Vec<_>>();
         for (dest, sport, explicit) in held {
@@ -427,7 +507,7 @@ impl Model {
             s.netns,
             s.dest,
             s.state,
-            s.tuple.sport,
+            s.quad.sport,
             s.explicit_bind,
             s.owner,
             s.active,
@@ -435,12 +515,12 @@ impl Model {
         );
     }
 
-    fn count_tw(&mut self, k: &TupleKey, t: &TimeWait, sign: i32) {
+    fn count_tw(&mut self, k: &TwKey, t: &TimeWait, sign: i32) {
         self.count(
             k.netns,
             t.dest,
             TcpState::TimeWait,
-            k.tuple.sport,
+            k.quad.sport,
             t.explicit_bind,
             t.owner,
             t.active,
@@ -448,12 +528,59 @@ impl Model {
         );
     }
 
-    fn insert_timewait(&mut self, key: TupleKey, mut tw: TimeWait) {
+    fn addr(t: &Tuple, bytes: [u8; 16]) -> Addr {
+        Addr { v6: t.v6, bytes }
+    }
+
+    fn quad_acquire(&mut self, t: &Tuple) -> Quad {
+        Quad {
+            saddr: self.addrs.acquire(Self::addr(t, t.saddr)),
+            daddr: self.addrs.acquire(Self::addr(t, t.daddr)),
+            sport: t.sport,
+            dport: t.dport,
+        }
+    }
+
+    fn quad_release(&mut self, q: Quad) {
+        self.addrs.release(q.saddr);
+        self.addrs.release(q.daddr);
+    }
+
+    /// The interned form of `t`, if both its addresses are interned.
+    fn quad_find(&self, t: &Tuple) -> Option<Quad> {
+        Some(Quad {
+            saddr: self.addrs.find(&Self::addr(t, t.saddr))?,
+            daddr: self.addrs.find(&Self::addr(t, t.daddr))?,
+            sport: t.sport,
+            dport: t.dport,
+        })
+    }
+
+    fn tuple_of(&self, q: &Quad) -> Tuple {
+        let (s, d) = (self.addrs.get(q.saddr), self.addrs.get(q.daddr));
+        Tuple {
+            v6: s.v6,
+            saddr: s.bytes,
+            daddr: d.bytes,
+            sport: q.sport,
+            dport: q.dport,
+        }
+    }
+
+    /// Records that `tuple` is held in TIME_WAIT (replacing an entry for the same
+    /// 4-tuple).
+    fn insert_timewait(&mut self, netns: u32, tuple: &Tuple, mut tw: TimeWait) {
+        let key = TwKey {
+            netns,
+            quad: self.quad_acquire(tuple),
+        };
         if let Some(old) = self.timewait.remove(&key) {
             self.count_tw(&key, &old, -1);
+            // The old entry's references.
+            self.quad_release(key.quad);
         }
         tw.dest = if tw.active {
-            self.dest_for(key.netns, &key.tuple)
+            self.dest_for(netns, tuple)
         } else {
             NO_DEST
         };
@@ -462,10 +589,11 @@ impl Model {
         self.tw_queue.push_back((tw.expires_ns, key));
     }
 
-    fn remove_timewait(&mut self, key: &TupleKey) -> bool {
+    fn remove_timewait(&mut self, key: &TwKey) -> bool {
         match self.timewait.remove(key) {
             Some(tw) => {
                 self.count_tw(key, &tw, -1);
+                self.quad_release(key.quad);
                 true
             }
             None => false,
@@ -550,7 +678,7 @@ impl Model {
         }
         let tuple = Tuple::of(e);
         let owner = self.intern_owner(e.pid, &e.comm, e.cgroup_id);
-        let mut key = e.sock;
+        let key = e.sock;
         if !self.sockets.contains_key(&key) && tuple.complete() {
             // A socket from the baseline, named by an event for the first time.
             if let Some(synthetic) = self.baseline.remove(&TupleKey {
@@ -573,10 +701,8 @@ impl Model {
                     if matches!(old, TcpState::FinWait2 | TcpState::Closing) && tuple.complete() {
                         let active = self.in_range(e.netns, tuple.sport);
                         self.insert_timewait(
-                            TupleKey {
-                                netns: e.netns,
-                                tuple,
-                            },
+                            e.netns,
+                            &tuple,
                             TimeWait {
                                 expires_ns: e.ts_ns + TIME_WAIT_NS,
                                 since_ns: e.ts_ns,
@@ -597,15 +723,13 @@ impl Model {
                     _ => self.in_range(e.netns, tuple.sport),
                 };
                 let explicit_bind = self.pending_binds.remove(&key).is_some();
-                key = e.sock;
                 Sock {
                     netns: e.netns,
-                    tuple,
+                    quad: self.quad_acquire(&tuple),
                     state: old,
                     active,
                     explicit_bind,
                     owner,
-                    since_ns: e.ts_ns,
                     dest: NO_DEST,
                 }
             }
@@ -616,13 +740,15 @@ impl Model {
             // socket (tcp_time_wait); other closes (RST, failed connect, LAST_ACK)
             // release it.
             if matches!(old, TcpState::FinWait2 | TcpState::Closing) {
-                let full = if tuple.complete() { tuple } else { s.tuple };
+                let full = if tuple.complete() {
+                    tuple
+                } else {
+                    self.tuple_of(&s.quad)
+                };
                 if full.complete() {
                     self.insert_timewait(
-                        TupleKey {
-                            netns: s.netns,
-                            tuple: full,
-                        },
+                        s.netns,
+                        &full,
                         TimeWait {
                             expires_ns: e.ts_ns + TIME_WAIT_NS,
                             since_ns: e.ts_ns,
@@ -634,35 +760,43 @@ impl Model {
                     );
                 }
             }
+            self.quad_release(s.quad);
             return;
         }
         if s.owner == NO_OWNER {
             s.owner = owner;
         }
-        if s.state != new {
-            s.since_ns = e.ts_ns;
-        }
         s.state = new;
         // The kernel fills in the tuple as the socket progresses (sport is 0 at
         // CLOSE->SYN_SENT); keep the most complete view.
-        if tuple.sport != 0 || s.tuple.sport == 0 {
-            let was_complete = s.tuple.complete();
-            s.tuple = tuple;
+        let mut moved = s.dest == NO_DEST;
+        if tuple.sport != 0 || s.quad.sport == 0 {
+            let was_complete = s.quad.complete();
+            let (sa, da) = (self.addrs.get(s.quad.saddr), self.addrs.get(s.quad.daddr));
+            if sa.bytes != tuple.saddr || da.bytes != tuple.daddr || sa.v6 != tuple.v6 {
+                let q = self.quad_acquire(&tuple);
+                self.quad_release(s.quad);
+                s.quad = q;
+                moved = true;
+            }
+            moved |= s.quad.dport != tuple.dport;
+            s.quad.sport = tuple.sport;
+            s.quad.dport = tuple.dport;
             if !was_complete && tuple.complete() {
                 self.drop_baseline_twin(s.netns, &tuple);
             }
         }
-        s.dest = if s.active {
-            self.dest_for(s.netns, &s.tuple)
-        } else {
-            NO_DEST
-        };
-        if old == TcpState::SynSent && s.tuple.complete() {
+        if !s.active {
+            s.dest = NO_DEST;
+        } else if moved {
+            s.dest = self.dest_for(s.netns, &self.tuple_of(&s.quad));
+        }
+        if old == TcpState::SynSent && s.quad.complete() {
             // A new connection on a 4-tuple still in TIME_WAIT: tcp_tw_reuse let the
             // kernel free it early.
-            self.remove_timewait(&TupleKey {
+            self.remove_timewait(&TwKey {
                 netns: s.netns,
-                tuple: s.tuple,
+                quad: s.quad,
             });
         }
         self.count_sock(&s, 1);
@@ -678,6 +812,7 @@ impl Model {
         }) && let Some(twin) = self.sockets.remove(&id)
         {
             self.count_sock(&twin, -1);
+            self.quad_release(twin.quad);
         }
     }
 
@@ -730,12 +865,12 @@ impl Model {
         let live = |want_listen: bool| {
             self.sockets
                 .values()
-                .filter(|s| s.netns == netns && s.tuple.sport == port)
+                .filter(|s| s.netns == netns && s.quad.sport == port)
                 .find(|s| (s.state == TcpState::Listen) == want_listen)
                 .map(|s| {
                     self.holder(
                         netns,
-                        &s.tuple,
+                        &self.tuple_of(&s.quad),
                         s.state,
                         s.owner,
                         s.active && !s.explicit_bind,
@@ -745,11 +880,11 @@ impl Model {
         live(true).or_else(|| live(false)).or_else(|| {
             self.timewait
                 .iter()
-                .find(|(k, _)| k.netns == netns && k.tuple.sport == port)
+                .find(|(k, _)| k.netns == netns && k.quad.sport == port)
                 .map(|(k, t)| {
                     self.holder(
                         netns,
-                        &k.tuple,
+                        &self.tuple_of(&k.quad),
                         TcpState::TimeWait,
                         t.owner,
                         t.active && !t.explicit_bind,
@@ -833,17 +968,23 @@ impl Model {
                 .and_then(|d| d.owners.iter().max_by_key(|(_, n)| *n))
                 .and_then(|&(owner, _)| {
                     // A representative socket of the top owner toward that destination.
-                    let want = ip_bytes(e.daddr);
+                    let want = self.addrs.find(&Addr {
+                        v6: e.daddr.is_ipv6(),
+                        bytes: ip_bytes(e.daddr),
+                    })?;
                     self.sockets
                         .values()
                         .find(|s| {
                             s.netns == e.netns
                                 && s.owner == owner
                                 && s.active
-                                && s.tuple.daddr == want
-                                && s.tuple.dport == e.dport
+                                && s.quad.daddr == want
+                                && s.quad.dport == e.dport
                         })
-                        .map(|s| self.holder(e.netns, &s.tuple, s.state, s.owner, !s.explicit_bind))
+                        .map(|s| {
+                            let t = self.tuple_of(&s.quad);
+                            self.holder(e.netns, &t, s.state, s.owner, !s.explicit_bind)
+                        })
                 }),
             _ => None,
         };
@@ -883,7 +1024,8 @@ impl Model {
             // without any tracepoint: keep them with their own expiry.
             if b.state == TcpState::TimeWait || (b.orphan && b.state == TcpState::FinWait2) {
                 self.insert_timewait(
-                    key,
+                    netns,
+                    &b.tuple,
                     TimeWait {
                         expires_ns: now_ns + u64::from(b.expires_ms) * 1_000_000,
                         since_ns: now_ns,
@@ -902,16 +1044,15 @@ impl Model {
             let id = SYNTHETIC | self.next_synthetic;
             let mut s = Sock {
                 netns,
-                tuple: b.tuple,
+                quad: self.quad_acquire(&b.tuple),
                 state: b.state,
                 active,
                 explicit_bind: false,
                 owner,
-                since_ns: now_ns,
                 dest: NO_DEST,
             };
             if active {
-                s.dest = self.dest_for(netns, &s.tuple);
+                s.dest = self.dest_for(netns, &b.tuple);
             }
             self.count_sock(&s, 1);
             self.sockets.insert(id, s);
@@ -930,12 +1071,16 @@ impl Model {
         kernel: &[(Tuple, u32)],
         dump_started_ns: u64,
     ) -> (u64, u64) {
-        let in_kernel: rustc_hash::FxHashSet<Tuple> = kernel.iter().map(|(t, _)| *t).collect();
-        let stale: Vec<TupleKey> = self
+        // Kernel tuples whose addresses are not interned match no model entry.
+        let in_kernel: rustc_hash::FxHashSet<Quad> = kernel
+            .iter()
+            .filter_map(|(t, _)| self.quad_find(t))
+            .collect();
+        let stale: Vec<TwKey> = self
             .timewait
             .iter()
             .filter(|(k, t)| {
-                k.netns == netns && t.since_ns < dump_started_ns && !in_kernel.contains(&k.tuple)
+                k.netns == netns && t.since_ns < dump_started_ns && !in_kernel.contains(&k.quad)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -945,14 +1090,11 @@ impl Model {
         }
         let mut added = 0;
         for (tuple, expires_ms) in kernel {
-            let key = TupleKey {
-                netns,
-                tuple: *tuple,
-            };
             let expires_ns = dump_started_ns + u64::from(*expires_ms) * 1_000_000;
-            match self.timewait.get_mut(&key) {
+            let key = self.quad_find(tuple).map(|quad| TwKey { netns, quad });
+            match key.and_then(|k| self.timewait.get_mut(&k).map(|t| (k, t))) {
                 // Known: take the kernel's expiry, which is exact.
-                Some(t) => {
+                Some((key, t)) => {
                     if t.expires_ns != expires_ns {
                         t.expires_ns = expires_ns;
                         self.tw_queue.push_back((expires_ns, key));
@@ -962,7 +1104,8 @@ impl Model {
                     added += 1;
                     let active = self.in_range(netns, tuple.sport);
                     self.insert_timewait(
-                        key,
+                        netns,
+                        tuple,
                         TimeWait {
                             expires_ns,
                             since_ns: dump_started_ns,
@@ -1136,7 +1279,7 @@ impl Model {
         self.timewait
             .keys()
             .filter(|k| k.netns == netns)
-            .map(|k| k.tuple)
+            .map(|k| self.tuple_of(&k.quad))
             .collect()
     }
 
