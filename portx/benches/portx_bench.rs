@@ -83,43 +83,65 @@ fn median(mut v: Vec<f64>) -> (f64, f64) {
     (m, spread)
 }
 
+/// An event of connection `i` (socket address, owner and timestamp derived from `i`)
+/// toward `daddr:5432`, shaped as the BPF side reports it.
+fn conn_event(
+    i: u64,
+    ts_ns: u64,
+    kind: Kind,
+    sport: u16,
+    daddr: Ipv4Addr,
+    states: Option<(TcpState, TcpState)>,
+    comm: String,
+) -> TraceEvent {
+    let pid = 1000 + (i % 16) as u32;
+    TraceEvent {
+        kind,
+        ts_ns,
+        pid,
+        tid: pid,
+        comm,
+        cgroup_id: 1,
+        netns: NS,
+        sock: 0xffff_8880_0000_0000 + i * 64,
+        family: Family::Ipv4,
+        saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        sport,
+        daddr: IpAddr::V4(daddr),
+        dport: 5432,
+        old_state: states.map(|s| s.0),
+        new_state: states.map(|s| s.1),
+        errno: None,
+    }
+}
+
 /// The events of `n` short connections (open, allocate, active close) spread over 64
 /// destinations and 16 processes, as the BPF side reports them.
 fn connection_events(n: u64) -> Vec<TraceEvent> {
     let mut out = Vec::with_capacity(n as usize * 6);
     let comms: Vec<String> = (0..16).map(|i| format!("worker{i}")).collect();
     for i in 0..n {
-        let sock = 0xffff_8880_0000_0000 + i * 64;
         let sport = 1024 + (i % 64000) as u16;
         let ts = i * 10_000; // 100k connections per second of event time
-        let pid = 1000 + (i % 16) as u32;
-        let ev = |k: u64, kind: Kind, sport: u16, old: Option<TcpState>, new: Option<TcpState>| {
-            TraceEvent {
+        let daddr = Ipv4Addr::new(10, 0, (i % 64) as u8, 1);
+        let ev = |k: u64, kind: Kind, sport: u16, states: Option<(TcpState, TcpState)>| {
+            conn_event(
+                i,
+                ts + k,
                 kind,
-                ts_ns: ts + k,
-                pid,
-                tid: pid,
-                comm: comms[(i % 16) as usize].clone(),
-                cgroup_id: 1,
-                netns: NS,
-                sock,
-                family: Family::Ipv4,
-                saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 sport,
-                daddr: IpAddr::V4(Ipv4Addr::new(10, 0, (i % 64) as u8, 1)),
-                dport: 5432,
-                old_state: old,
-                new_state: new,
-                errno: None,
-            }
+                daddr,
+                states,
+                comms[(i % 16) as usize].clone(),
+            )
         };
         use TcpState::*;
-        out.push(ev(0, Kind::State, 0, Some(Close), Some(SynSent)));
-        out.push(ev(1, Kind::State, sport, Some(SynSent), Some(Established)));
-        out.push(ev(2, Kind::Connect, sport, None, None));
-        out.push(ev(3, Kind::State, sport, Some(Established), Some(FinWait1)));
-        out.push(ev(4, Kind::State, sport, Some(FinWait1), Some(FinWait2)));
-        out.push(ev(5, Kind::State, sport, Some(FinWait2), Some(Close)));
+        out.push(ev(0, Kind::State, 0, Some((Close, SynSent))));
+        out.push(ev(1, Kind::State, sport, Some((SynSent, Established))));
+        out.push(ev(2, Kind::Connect, sport, None));
+        out.push(ev(3, Kind::State, sport, Some((Established, FinWait1))));
+        out.push(ev(4, Kind::State, sport, Some((FinWait1, FinWait2))));
+        out.push(ev(5, Kind::State, sport, Some((FinWait2, Close))));
     }
     out
 }
@@ -185,27 +207,19 @@ fn bench_memory(n: u64) {
     let before = LIVE.load(Ordering::Relaxed);
     let mut m = model();
     for i in 0..n {
-        let sock = 0xffff_8880_0000_0000 + i * 64;
         let sport = 1024 + (i % 64000) as u16;
-        let pid = 1000 + (i % 16) as u32;
-        let mk = |old, new, sport| TraceEvent {
-            kind: Kind::State,
-            ts_ns: i,
-            pid,
-            tid: pid,
-            comm: "worker".into(),
-            cgroup_id: 1,
-            netns: NS,
-            sock,
-            family: Family::Ipv4,
-            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            sport,
-            // Enough destinations that no 4-tuple repeats.
-            daddr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i / 64000) as u32)),
-            dport: 5432,
-            old_state: Some(old),
-            new_state: Some(new),
-            errno: None,
+        // Enough destinations that no 4-tuple repeats.
+        let daddr = Ipv4Addr::from(0x0a00_0000 + (i / 64000) as u32);
+        let mk = |old, new, sport| {
+            conn_event(
+                i,
+                i,
+                Kind::State,
+                sport,
+                daddr,
+                Some((old, new)),
+                "worker".into(),
+            )
         };
         m.apply(&mk(TcpState::Close, TcpState::SynSent, 0));
         m.apply(&mk(TcpState::SynSent, TcpState::Established, sport));

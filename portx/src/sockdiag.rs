@@ -710,21 +710,11 @@ pub(crate) mod tests {
         uid: u32,
         inode: u32,
     ) -> Vec<u8> {
-        fn addr16(a: IpAddr) -> [u8; 16] {
-            match a {
-                IpAddr::V4(a) => {
-                    let mut b = [0; 16];
-                    b[..4].copy_from_slice(&a.octets());
-                    b
-                }
-                IpAddr::V6(a) => a.octets(),
-            }
-        }
         let mut m = vec![family, state, 3, 0];
         m.extend(sport.to_be_bytes());
         m.extend(dport.to_be_bytes());
-        m.extend(addr16(src));
-        m.extend(addr16(dst));
+        m.extend(crate::model::ip_bytes(src));
+        m.extend(crate::model::ip_bytes(dst));
         m.extend(0u32.to_ne_bytes()); // if
         m.extend((cookie as u32).to_ne_bytes());
         m.extend(((cookie >> 32) as u32).to_ne_bytes());

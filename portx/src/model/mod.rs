@@ -49,7 +49,8 @@ pub struct Tuple {
     pub dport: u16,
 }
 
-fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+/// An address as 16 bytes, IPv4 in the first four.
+pub(crate) fn ip_bytes(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(a) => {
             let mut b = [0; 16];

@@ -618,5 +618,9 @@ fn memory_stays_bounded_through_churn() {
     assert!(snap.netns[0].destinations.is_empty());
     assert!(m.tw_queue.len() < 1024, "{}", m.tw_queue.len());
     // Interned addresses are released with the last socket using them.
-    assert!(m.addrs.index.is_empty(), "{} addresses left", m.addrs.index.len());
+    assert!(
+        m.addrs.index.is_empty(),
+        "{} addresses left",
+        m.addrs.index.len()
+    );
 }

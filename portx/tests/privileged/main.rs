@@ -49,7 +49,10 @@ fn main() {
             top::bind_conflict_names_holder,
         ),
         ("capacity_rule_matches_kernel", top::capacity_matches_kernel),
-        ("top_drift_check_corrects_timewait", top::drift_check_corrects_timewait),
+        (
+            "top_drift_check_corrects_timewait",
+            top::drift_check_corrects_timewait,
+        ),
     ];
     let trials = tests
         .into_iter()

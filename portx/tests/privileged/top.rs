@@ -389,9 +389,15 @@ pub fn drift_check_corrects_timewait() -> Result<()> {
     let kernel_tw = ss(&ns)?.iter().filter(|s| s.state == "TIME_WAIT").count() as u64;
     client.finish()?;
     server.finish()?;
-    ensure!(kernel_tw == 2, "the kernel kept {kernel_tw} TIME_WAIT sockets, expected 2");
+    ensure!(
+        kernel_tw == 2,
+        "the kernel kept {kernel_tw} TIME_WAIT sockets, expected 2"
+    );
     let d = dest(netns_entry(&snap, &ns)?, 9001)?;
-    ensure!(states(d).get("TIME_WAIT") == Some(&kernel_tw), "model after drift check: {d}");
+    ensure!(
+        states(d).get("TIME_WAIT") == Some(&kernel_tw),
+        "model after drift check: {d}"
+    );
     let drift = &snap["drift"];
     ensure!(drift["checks"].as_u64() >= Some(1), "{drift}");
     ensure!(drift["removed"] == 3 && drift["added"] == 0, "{drift}");
