@@ -24,6 +24,8 @@ pub enum EventKind {
     Bind = 4,
     /// `bind()` failed.
     BindError = 5,
+    /// A TIME_WAIT socket was freed (only with a hook on `inet_twsk_kill`).
+    TimewaitEnd = 6,
 }
 
 impl EventKind {
@@ -34,6 +36,7 @@ impl EventKind {
             3 => Self::ConnectError,
             4 => Self::Bind,
             5 => Self::BindError,
+            6 => Self::TimewaitEnd,
             _ => return None,
         })
     }
@@ -87,7 +90,8 @@ pub struct Event {
     /// TCP states (`TCP_ESTABLISHED` = 1 ...), only for [`EventKind::State`].
     pub old_state: u8,
     pub new_state: u8,
-    pub _pad: [u8; 2],
+    /// `bind`: the local port the socket got (differs from `sport` for port 0).
+    pub bound_port: u16,
     /// Positive errno for failures, 0 otherwise.
     pub errno: u32,
 }
@@ -152,6 +156,16 @@ pub struct KernelOffsets {
     pub socket_type: u32,
     /// `socket.sk`
     pub socket_sk: u32,
+    /// `sock.__sk_common.skc_family`
+    pub sock_family: u32,
+    /// `sock.__sk_common.skc_dport` (network order)
+    pub sock_dport: u32,
+    /// `sock.__sk_common.skc_daddr`
+    pub sock_daddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr`
+    pub sock_v6_daddr: u32,
+    /// `sock.sk_protocol` (a plain u16 since 5.6; a bitfield before, then unusable)
+    pub sock_protocol: u32,
 }
 
 /// Everything the BPF programs need to know about the running kernel, set as one
@@ -209,10 +223,15 @@ impl Config {
             file_private_data: NO_OFFSET,
             socket_type: NO_OFFSET,
             socket_sk: NO_OFFSET,
+            sock_family: NO_OFFSET,
+            sock_dport: NO_OFFSET,
+            sock_daddr: NO_OFFSET,
+            sock_v6_daddr: NO_OFFSET,
+            sock_protocol: NO_OFFSET,
         },
     };
 }
-const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 14) * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 19) * 4);
 
 /// Key of the listener map: a listening port in a network namespace.
 #[repr(C)]
@@ -224,9 +243,19 @@ pub struct ListenerKey {
 }
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 
+/// Bits of the `HOOKS` map: which events kernel-function hooks emit, so the syscall
+/// tracepoints (always attached, for errors the hooks do not see) do not repeat them.
+pub mod hooks {
+    /// Allocations and EADDRNOTAVAIL come from `__inet_hash_connect`.
+    pub const CONNECT_IN_KERNEL: u32 = 1;
+    /// bind() results come from `inet_bind`/`inet6_bind`.
+    pub const BIND_IN_KERNEL: u32 = 2;
+}
+
 /// Names of the maps and the global, shared so both sides spell them the same.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
+    pub const HOOKS: &str = "HOOKS";
     pub const DROPPED: &str = "DROPPED";
     pub const OWNERS: &str = "OWNERS";
     pub const CONFIG: &str = "CONFIG";
@@ -240,6 +269,7 @@ pub mod uapi {
     pub const IPPROTO_MPTCP: u16 = 262;
     pub const SOCK_STREAM: u16 = 1;
     pub const EINPROGRESS: i64 = 115;
+    pub const EADDRNOTAVAIL: i64 = 99;
     /// TCP states, `include/net/tcp_states.h`.
     pub const TCP_ESTABLISHED: u8 = 1;
     pub const TCP_SYN_SENT: u8 = 2;

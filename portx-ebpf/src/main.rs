@@ -14,17 +14,20 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
-    macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 use portx_common::{
     COMM_LEN, Config, Event, EventHeader, EventKind, ListenerKey, NO_OFFSET, Owner,
-    SysEnterOffsets,
+    SysEnterOffsets, hooks,
     uapi::{
-        AF_INET, AF_INET6, EINPROGRESS, IPPROTO_MPTCP, IPPROTO_TCP, SOCK_STREAM, TCP_CLOSE,
-        TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_RECV,
-        TCP_SYN_SENT,
+        AF_INET, AF_INET6, EADDRNOTAVAIL, EINPROGRESS, IPPROTO_MPTCP, IPPROTO_TCP, SOCK_STREAM,
+        TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
+        TCP_SYN_RECV, TCP_SYN_SENT,
     },
 };
 
@@ -70,6 +73,23 @@ struct Pending {
 
 #[map]
 static PENDING_CONNECT: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// Which events kernel-function hooks emit (`portx_common::hooks` bits), set by the
+/// loader once they are attached.
+#[map]
+static HOOKS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// kprobe entry -> kretprobe: the arguments of `__inet_hash_connect` (sk) and of
+/// `inet_bind`/`inet6_bind` (sock, uaddr), by thread id.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct ProbeArgs {
+    a0: u64,
+    a1: u64,
+}
+
+#[map]
+static PROBE_ARGS: HashMap<u32, ProbeArgs> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 static PENDING_BIND: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
@@ -214,6 +234,17 @@ fn in_owner_context(old: u8, new: u8) -> bool {
     )
 }
 
+/// A socket's family, protocol and 4-tuple (ports in host order).
+#[derive(Clone, Copy)]
+struct Endpoints {
+    family: u16,
+    protocol: u16,
+    sport: u16,
+    dport: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     let protocol: u16 = tp_read(ctx, conf!(state_tp.protocol))?;
     if protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP {
@@ -222,20 +253,72 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = tp_read(ctx, conf!(state_tp.skaddr))?;
     let old = tp_read::<i32>(ctx, conf!(state_tp.oldstate))? as u8;
     let new = tp_read::<i32>(ctx, conf!(state_tp.newstate))? as u8;
-    let family: u16 = tp_read(ctx, conf!(state_tp.family))?;
-    let sport: u16 = tp_read(ctx, conf!(state_tp.sport))?;
-    let dport: u16 = tp_read(ctx, conf!(state_tp.dport))?;
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET6 {
-        saddr = tp_read(ctx, conf!(state_tp.saddr_v6))?;
-        daddr = tp_read(ctx, conf!(state_tp.daddr_v6))?;
+    let mut ep = Endpoints {
+        family: tp_read(ctx, conf!(state_tp.family))?,
+        protocol,
+        sport: tp_read(ctx, conf!(state_tp.sport))?,
+        dport: tp_read(ctx, conf!(state_tp.dport))?,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    if ep.family == AF_INET6 {
+        ep.saddr = tp_read(ctx, conf!(state_tp.saddr_v6))?;
+        ep.daddr = tp_read(ctx, conf!(state_tp.daddr_v6))?;
     } else {
         let s: [u8; 4] = tp_read(ctx, conf!(state_tp.saddr))?;
         let d: [u8; 4] = tp_read(ctx, conf!(state_tp.daddr))?;
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
+        ep.saddr[..4].copy_from_slice(&s);
+        ep.daddr[..4].copy_from_slice(&d);
     }
+    handle_state(sk, old, new, &ep)
+}
+
+/// The same tracepoint through BTF: the socket pointer and states as arguments, the
+/// rest read from the socket (what the plain tracepoint copies out of it).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if let Some(ep) = sock_endpoints(sk)
+        && (ep.protocol == IPPROTO_TCP || ep.protocol == IPPROTO_MPTCP)
+    {
+        let _ = handle_state(sk, old as u8, new as u8, &ep);
+    }
+    0
+}
+
+/// Reads a socket's endpoints through its `sock_common` (also a timewait socket's).
+#[inline(always)]
+fn sock_endpoints(sk: u64) -> Option<Endpoints> {
+    // SAFETY: probe reads at BTF offsets.
+    unsafe {
+        let family: u16 = read_at(sk, conf!(kernel.sock_family))?;
+        let mut ep = Endpoints {
+            family,
+            protocol: read_at(sk, conf!(kernel.sock_protocol)).unwrap_or(IPPROTO_TCP),
+            sport: read_at(sk, conf!(kernel.sock_num))?,
+            dport: u16::from_be(read_at(sk, conf!(kernel.sock_dport))?),
+            saddr: [0; 16],
+            daddr: [0; 16],
+        };
+        if family == AF_INET6 {
+            ep.saddr = read_at(sk, conf!(kernel.sock_v6_rcv_saddr))?;
+            ep.daddr = read_at(sk, conf!(kernel.sock_v6_daddr))?;
+        } else if family == AF_INET {
+            let s: [u8; 4] = read_at(sk, conf!(kernel.sock_rcv_saddr))?;
+            let d: [u8; 4] = read_at(sk, conf!(kernel.sock_daddr))?;
+            ep.saddr[..4].copy_from_slice(&s);
+            ep.daddr[..4].copy_from_slice(&d);
+        } else {
+            return None;
+        }
+        Some(ep)
+    }
+}
+
+fn handle_state(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Option<()> {
+    let (sport, saddr) = (ep.sport, ep.saddr);
     let netns = sock_netns(sk).or_else(task_netns).unwrap_or(0);
 
     if old == TCP_SYN_SENT && sport != 0 {
@@ -292,12 +375,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     emit(|ev| {
         ev.header = header(EventKind::State, netns, owner);
         ev.skaddr = sk;
-        ev.saddr = saddr;
-        ev.daddr = daddr;
-        ev.sport = sport;
-        ev.dport = dport;
-        ev.family = family;
-        ev.protocol = protocol;
+        ev.saddr = ep.saddr;
+        ev.daddr = ep.daddr;
+        ev.sport = ep.sport;
+        ev.dport = ep.dport;
+        ev.family = ep.family;
+        ev.protocol = ep.protocol;
         ev.old_state = old;
         ev.new_state = new;
     });
@@ -407,6 +490,15 @@ fn finish(
     let _ = pending.remove(tid);
     let ret: i64 = tp_read(ctx, conf!(exit_ret))?;
     let ok = ret == 0 || (is_connect && ret == -EINPROGRESS);
+    // Kernel-function hooks, when attached, report what they see exactly; the syscall
+    // side then only adds the connect() errors that happen outside the allocation.
+    let hooked = hooks_in_use();
+    if is_connect && hooked & hooks::CONNECT_IN_KERNEL != 0 && (ok || ret == -EADDRNOTAVAIL) {
+        return None;
+    }
+    if !is_connect && hooked & hooks::BIND_IN_KERNEL != 0 {
+        return None;
+    }
     let kind = match (is_connect, ok) {
         (true, true) => EventKind::Connect,
         (true, false) => EventKind::ConnectError,
@@ -437,9 +529,212 @@ fn finish(
         } else {
             ev.saddr = p.addr;
             ev.sport = p.port;
+            if ok {
+                // The port bind() gave, which differs from the one asked for with 0.
+                // SAFETY: probe read at a BTF offset.
+                ev.bound_port = unsafe { read_at(p.sk, conf!(kernel.sock_num)) }.unwrap_or(0);
+            }
         }
     });
     Some(())
+}
+
+fn hooks_in_use() -> u32 {
+    HOOKS.get(0).copied().unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------
+// Kernel-function hooks, where the kernel allows them (fentry/fexit, else kprobes).
+// They see every caller (io_uring, in-kernel clients), not only the syscalls.
+// Argument positions are checked against the running kernel's BTF before loading.
+// ---------------------------------------------------------------------------------
+
+/// `__inet_hash_connect(death_row, sk, ...)` returned `ret`: the ephemeral port
+/// allocation (0) or its failure (-EADDRNOTAVAIL), for IPv4 and IPv6 alike.
+fn on_hash_connect(sk: u64, ret: i64) -> Option<()> {
+    let ep = sock_endpoints(sk)?;
+    let netns = sock_netns(sk).or_else(task_netns).unwrap_or(0);
+    emit(|ev| {
+        ev.header = header(
+            if ret == 0 {
+                EventKind::Connect
+            } else {
+                EventKind::ConnectError
+            },
+            netns,
+            current_owner(),
+        );
+        ev.skaddr = sk;
+        ev.family = ep.family;
+        ev.protocol = ep.protocol;
+        ev.saddr = ep.saddr;
+        ev.sport = ep.sport;
+        ev.daddr = ep.daddr;
+        ev.dport = ep.dport;
+        if ret != 0 {
+            ev.errno = (-ret) as u32;
+        }
+    });
+    Some(())
+}
+
+#[fexit(function = "__inet_hash_connect")]
+pub fn hash_connect_fexit(ctx: FExitContext) -> i32 {
+    let sk: u64 = ctx.arg(1);
+    if let Ok(ret) = ctx.ret::<i32>() {
+        let _ = on_hash_connect(sk, i64::from(ret));
+    }
+    0
+}
+
+#[kprobe]
+pub fn hash_connect_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(1) {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = PROBE_ARGS.insert(tid, ProbeArgs { a0: sk, a1: 0 }, 0);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn hash_connect_kretprobe(ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: copied out before the entry is removed.
+    if let Some(args) = unsafe { PROBE_ARGS.get(tid) }.copied() {
+        let _ = PROBE_ARGS.remove(tid);
+        let ret: i32 = ctx.ret();
+        let _ = on_hash_connect(args.a0, i64::from(ret));
+    }
+    0
+}
+
+/// `inet_bind`/`inet6_bind(sock, uaddr, addr_len)` returned `ret`.
+fn on_bind(sock: u64, uaddr: u64, ret: i64) -> Option<()> {
+    // SAFETY: probe reads of kernel memory (uaddr is the kernel's copy).
+    let (sock_type, sk, family) = unsafe {
+        (
+            read_at::<u16>(sock, conf!(kernel.socket_type))?,
+            read_at::<u64>(sock, conf!(kernel.socket_sk))?,
+            bpf_probe_read_kernel(uaddr as *const u16).ok()?,
+        )
+    };
+    if sock_type != SOCK_STREAM || (family != AF_INET && family != AF_INET6) {
+        return None;
+    }
+    let netns = sock_netns(sk).or_else(task_netns).unwrap_or(0);
+    let mut addr = [0u8; 16];
+    // SAFETY: as above; sockaddr_in / sockaddr_in6 layouts.
+    let port = unsafe {
+        if family == AF_INET {
+            let a: [u8; 4] = bpf_probe_read_kernel((uaddr + 4) as *const [u8; 4]).ok()?;
+            addr[..4].copy_from_slice(&a);
+        } else {
+            addr = bpf_probe_read_kernel((uaddr + 8) as *const [u8; 16]).ok()?;
+        }
+        u16::from_be(bpf_probe_read_kernel((uaddr + 2) as *const u16).ok()?)
+    };
+    emit(|ev| {
+        ev.header = header(
+            if ret == 0 {
+                EventKind::Bind
+            } else {
+                EventKind::BindError
+            },
+            netns,
+            current_owner(),
+        );
+        ev.skaddr = sk;
+        ev.family = family;
+        ev.saddr = addr;
+        ev.sport = port;
+        if ret == 0 {
+            // SAFETY: probe read at a BTF offset.
+            ev.bound_port = unsafe { read_at(sk, conf!(kernel.sock_num)) }.unwrap_or(0);
+        } else {
+            ev.errno = (-ret) as u32;
+        }
+    });
+    Some(())
+}
+
+#[fexit(function = "inet_bind")]
+pub fn inet_bind_fexit(ctx: FExitContext) -> i32 {
+    bind_fexit(&ctx)
+}
+
+#[fexit(function = "inet6_bind")]
+pub fn inet6_bind_fexit(ctx: FExitContext) -> i32 {
+    bind_fexit(&ctx)
+}
+
+#[inline(always)]
+fn bind_fexit(ctx: &FExitContext) -> i32 {
+    let sock: u64 = ctx.arg(0);
+    let uaddr: u64 = ctx.arg(1);
+    if let Ok(ret) = ctx.ret::<i32>() {
+        let _ = on_bind(sock, uaddr, i64::from(ret));
+    }
+    0
+}
+
+#[kprobe]
+pub fn bind_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sock), Some(uaddr)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = PROBE_ARGS.insert(
+            tid,
+            ProbeArgs {
+                a0: sock,
+                a1: uaddr,
+            },
+            0,
+        );
+    }
+    0
+}
+
+#[kretprobe]
+pub fn bind_kretprobe(ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: copied out before the entry is removed.
+    if let Some(args) = unsafe { PROBE_ARGS.get(tid) }.copied() {
+        let _ = PROBE_ARGS.remove(tid);
+        let ret: i32 = ctx.ret();
+        let _ = on_bind(args.a0, args.a1, i64::from(ret));
+    }
+    0
+}
+
+/// `inet_twsk_kill(tw)`: a TIME_WAIT socket is freed, by its timer or because a new
+/// connection reused its 4-tuple. Runs in softirq: no owner.
+fn on_twsk_kill(tw: u64) -> Option<()> {
+    let ep = sock_endpoints(tw)?;
+    let netns = sock_netns(tw).unwrap_or(0);
+    emit(|ev| {
+        ev.header = header(EventKind::TimewaitEnd, netns, Owner::default());
+        ev.skaddr = tw;
+        ev.family = ep.family;
+        ev.protocol = IPPROTO_TCP;
+        ev.saddr = ep.saddr;
+        ev.sport = ep.sport;
+        ev.daddr = ep.daddr;
+        ev.dport = ep.dport;
+    });
+    Some(())
+}
+
+#[fentry(function = "inet_twsk_kill")]
+pub fn twsk_kill_fentry(ctx: FEntryContext) -> i32 {
+    let _ = on_twsk_kill(ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn twsk_kill_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(tw) = ctx.arg::<u64>(0) {
+        let _ = on_twsk_kill(tw);
+    }
+    0
 }
 
 /// The socket's bound local address and port (`skc_rcv_saddr`, `skc_num`).

@@ -112,6 +112,7 @@ fn conn_event(
         old_state: states.map(|s| s.0),
         new_state: states.map(|s| s.1),
         errno: None,
+        bound_port: None,
     }
 }
 

@@ -18,6 +18,8 @@ pub enum Kind {
     ConnectError,
     Bind,
     BindError,
+    /// A TIME_WAIT socket was freed (needs a hook on `inet_twsk_kill`).
+    TimewaitEnd,
 }
 
 impl Kind {
@@ -28,6 +30,7 @@ impl Kind {
             Self::ConnectError => "connect_error",
             Self::Bind => "bind",
             Self::BindError => "bind_error",
+            Self::TimewaitEnd => "timewait_end",
         }
     }
 
@@ -165,6 +168,8 @@ pub struct TraceEvent {
     pub new_state: Option<TcpState>,
     /// Positive errno on `*_error` events.
     pub errno: Option<u32>,
+    /// `bind`: the port the socket got (what port 0 turned into).
+    pub bound_port: Option<u16>,
 }
 
 impl TraceEvent {
@@ -214,6 +219,7 @@ pub fn decode_event(raw: &Event) -> Result<TraceEvent, DecodeError> {
         EventKind::ConnectError => Kind::ConnectError,
         EventKind::Bind => Kind::Bind,
         EventKind::BindError => Kind::BindError,
+        EventKind::TimewaitEnd => Kind::TimewaitEnd,
     };
     let family = match raw.family {
         AF_INET => Family::Ipv4,
@@ -246,6 +252,7 @@ pub fn decode_event(raw: &Event) -> Result<TraceEvent, DecodeError> {
             None
         },
         errno: kind.is_error().then_some(raw.errno),
+        bound_port: (kind == Kind::Bind && raw.bound_port != 0).then_some(raw.bound_port),
     })
 }
 
@@ -279,7 +286,7 @@ pub(crate) mod tests {
             protocol: 6,
             old_state: 7,
             new_state: 2,
-            _pad: [0; 2],
+            bound_port: 0,
             errno: 0,
         }
     }

@@ -134,6 +134,24 @@ impl KernelBtf {
             .map_err(|e| BtfError::Parse(e.to_string()))
     }
 
+    /// Parameter names of kernel function `name`, or `None` if this kernel's BTF has
+    /// no such function (inlined, renamed or absent).
+    pub fn func_params(&self, name: &str) -> Option<Vec<String>> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.into_iter().find_map(|t| match t {
+            Type::Func(f) => match self.btf.resolve_chained_type(&f).ok()? {
+                Type::FuncProto(p) => Some(
+                    p.parameters
+                        .iter()
+                        .map(|a| self.btf.resolve_name(a).unwrap_or_default())
+                        .collect(),
+                ),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// Resolves every offset the BPF programs use. Members this kernel lacks are left
     /// as [`NO_OFFSET`] (the BPF side then skips that read) and reported in the list.
     pub fn kernel_offsets(&self) -> (KernelOffsets, Vec<BtfError>) {
@@ -160,6 +178,11 @@ impl KernelBtf {
             file_private_data: get("file", &["private_data"]),
             socket_type: get("socket", &["type"]),
             socket_sk: get("socket", &["sk"]),
+            sock_family: get("sock", &["__sk_common", "skc_family"]),
+            sock_dport: get("sock", &["__sk_common", "skc_dport"]),
+            sock_daddr: get("sock", &["__sk_common", "skc_daddr"]),
+            sock_v6_daddr: get("sock", &["__sk_common", "skc_v6_daddr"]),
+            sock_protocol: get("sock", &["sk_protocol"]),
         };
         (offsets, missing)
     }
@@ -203,6 +226,17 @@ mod tests {
         );
         assert!(o.task_files > 0 && o.task_nsproxy > 0);
         assert_ne!(o.socket_type, o.socket_sk);
+    }
+
+    #[test]
+    fn function_signatures_from_btf() {
+        let Some(btf) = btf() else { return };
+        // Stable across kernels since 4.x; the hooks rely on these positions.
+        let bind = btf.func_params("inet_bind").expect("inet_bind in BTF");
+        assert_eq!(&bind[..2], ["sock", "uaddr"]);
+        let connect = btf.func_params("__inet_hash_connect").expect("in BTF");
+        assert_eq!(connect.get(1).map(String::as_str), Some("sk"));
+        assert_eq!(btf.func_params("portx_no_such_function"), None);
     }
 
     #[test]

@@ -7,11 +7,12 @@ use std::path::Path;
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint},
 };
-use portx_common::{Config, names};
+use portx_common::{Config, hooks, names};
+use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{kernel_btf::KernelBtf, tracefs};
@@ -19,14 +20,286 @@ use crate::{kernel_btf::KernelBtf, tracefs};
 /// The BPF object built by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portx-ebpf"));
 
-/// Each program and the tracepoint it attaches to.
-pub const PROGRAMS: &[(&str, &str, &str)] = &[
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+/// The syscall tracepoints, always attached: they see connect() errors that happen
+/// outside the port allocation, and are the fallback for everything else.
+pub const SYSCALL_PROGRAMS: &[(&str, &str, &str)] = &[
     ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
     ("sys_enter_bind", "syscalls", "sys_enter_bind"),
     ("sys_exit_bind", "syscalls", "sys_exit_bind"),
 ];
+
+/// Setting `PORTX_HOOKS=tracepoints` keeps portx on the plain tracepoints even where
+/// better hooks load (to compare paths, or to work around a kernel bug).
+pub const HOOKS_ENV: &str = "PORTX_HOOKS";
+
+/// One way to serve a need; tried in order until one loads and attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    TpBtf {
+        prog: &'static str,
+        tracepoint: &'static str,
+    },
+    Tracepoint {
+        prog: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
+    /// fexit (or fentry) programs, one per kernel function.
+    Tracing {
+        entry: bool,
+        progs: &'static [(&'static str, &'static str)],
+        /// Parameters the program reads: (position, name) as the kernel's BTF must say.
+        params: &'static [(usize, &'static str)],
+    },
+    /// A kprobe (and kretprobe) attached to each function.
+    Kprobe {
+        entry: &'static str,
+        ret: Option<&'static str>,
+        functions: &'static [&'static str],
+        params: &'static [(usize, &'static str)],
+    },
+}
+
+impl Attempt {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::TpBtf { tracepoint, .. } => format!("tp_btf/{tracepoint}"),
+            Self::Tracepoint { category, name, .. } => format!("tracepoint {category}:{name}"),
+            Self::Tracing { entry, progs, .. } => format!(
+                "{} {}",
+                if *entry { "fentry" } else { "fexit" },
+                progs.iter().map(|(_, f)| *f).collect::<Vec<_>>().join("+")
+            ),
+            Self::Kprobe { ret, functions, .. } => format!(
+                "{} {}",
+                if ret.is_some() {
+                    "kprobe+kretprobe"
+                } else {
+                    "kprobe"
+                },
+                functions.join("+")
+            ),
+        }
+    }
+
+    /// Whether this is one of the plain tracepoints (used when `PORTX_HOOKS=tracepoints`).
+    fn is_plain_tracepoint(&self) -> bool {
+        matches!(self, Self::Tracepoint { .. })
+    }
+}
+
+/// How one need is served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookPath {
+    /// `state`, `connect`, `bind`, `timewait`.
+    pub hook: String,
+    /// The attach point in use.
+    pub path: String,
+    /// Better attach points that were tried, each with why it was not used.
+    pub rejected: Vec<String>,
+}
+
+/// Tries `attempts` in order with `try_one`; the first success is used. When all fail,
+/// `fallback` names what serves the need instead (or, with `None`, it is an error).
+pub fn choose(
+    hook: &str,
+    attempts: &[Attempt],
+    fallback: Option<&str>,
+    mut try_one: impl FnMut(&Attempt) -> anyhow::Result<()>,
+) -> anyhow::Result<HookPath> {
+    let mut rejected = Vec::new();
+    for a in attempts {
+        match try_one(a) {
+            Ok(()) => {
+                return Ok(HookPath {
+                    hook: hook.to_owned(),
+                    path: a.describe(),
+                    rejected,
+                });
+            }
+            Err(e) => rejected.push(format!("{}: {e:#}", a.describe())),
+        }
+    }
+    match fallback {
+        Some(f) => Ok(HookPath {
+            hook: hook.to_owned(),
+            path: f.to_owned(),
+            rejected,
+        }),
+        None => bail!("no attach point for {hook} works: {}", rejected.join("; ")),
+    }
+}
+
+const STATE_HOOKS: &[Attempt] = &[
+    Attempt::TpBtf {
+        prog: "inet_sock_set_state_btf",
+        tracepoint: "inet_sock_set_state",
+    },
+    Attempt::Tracepoint {
+        prog: "inet_sock_set_state",
+        category: "sock",
+        name: "inet_sock_set_state",
+    },
+];
+
+const CONNECT_HOOKS: &[Attempt] = &[
+    Attempt::Tracing {
+        entry: false,
+        progs: &[("hash_connect_fexit", "__inet_hash_connect")],
+        params: &[(1, "sk")],
+    },
+    Attempt::Kprobe {
+        entry: "hash_connect_kprobe",
+        ret: Some("hash_connect_kretprobe"),
+        functions: &["__inet_hash_connect"],
+        params: &[(1, "sk")],
+    },
+];
+
+const BIND_HOOKS: &[Attempt] = &[
+    Attempt::Tracing {
+        entry: false,
+        progs: &[
+            ("inet_bind_fexit", "inet_bind"),
+            ("inet6_bind_fexit", "inet6_bind"),
+        ],
+        params: &[(0, "sock"), (1, "uaddr")],
+    },
+    Attempt::Kprobe {
+        entry: "bind_kprobe",
+        ret: Some("bind_kretprobe"),
+        functions: &["inet_bind", "inet6_bind"],
+        params: &[(0, "sock"), (1, "uaddr")],
+    },
+];
+
+const TIMEWAIT_HOOKS: &[Attempt] = &[
+    Attempt::Tracing {
+        entry: true,
+        progs: &[("twsk_kill_fentry", "inet_twsk_kill")],
+        params: &[(0, "tw")],
+    },
+    Attempt::Kprobe {
+        entry: "twsk_kill_kprobe",
+        ret: None,
+        functions: &["inet_twsk_kill"],
+        params: &[(0, "tw")],
+    },
+];
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("BPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} has an unexpected program type"))
+}
+
+/// Checks that `function`'s parameters in this kernel's BTF are where the program
+/// reads them: names move between kernels, and a wrong position would read garbage.
+fn check_params(btf: &KernelBtf, function: &str, params: &[(usize, &str)]) -> anyhow::Result<()> {
+    let have = btf
+        .func_params(function)
+        .ok_or_else(|| anyhow!("{function} is not in this kernel's BTF (inlined or renamed)"))?;
+    for &(i, name) in params {
+        if have.get(i).map(String::as_str) != Some(name) {
+            bail!("{function} has parameters {have:?}, portx expects `{name}` at position {i}");
+        }
+    }
+    Ok(())
+}
+
+/// One attach attempt; on failure, whatever it attached is detached again so the
+/// next attempt does not double events.
+fn try_attach(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, a: &Attempt) -> anyhow::Result<()> {
+    match *a {
+        Attempt::TpBtf { prog, tracepoint } => {
+            let p: &mut BtfTracePoint = program(ebpf, prog)?;
+            p.load(tracepoint, btf).map_err(|e| load_error(prog, e))?;
+            if let Err(e) = p.attach() {
+                let _ = p.unload();
+                return Err(e.into());
+            }
+            Ok(())
+        }
+        Attempt::Tracepoint {
+            prog,
+            category,
+            name,
+        } => {
+            let p: &mut TracePoint = program(ebpf, prog)?;
+            p.load().map_err(|e| load_error(prog, e))?;
+            p.attach(category, name)
+                .with_context(|| format!("attaching {prog} to tracepoint {category}:{name}"))?;
+            Ok(())
+        }
+        Attempt::Tracing {
+            entry,
+            progs,
+            params,
+        } => {
+            for (_, function) in progs {
+                check_params(kbtf, function, params)?;
+            }
+            let mut done: Vec<&str> = Vec::new();
+            let result = progs.iter().try_for_each(|&(prog, function)| {
+                let r = if entry {
+                    let p: &mut FEntry = program(ebpf, prog)?;
+                    p.load(function, btf).map_err(|e| load_error(prog, e))?;
+                    p.attach().map(drop)
+                } else {
+                    let p: &mut FExit = program(ebpf, prog)?;
+                    p.load(function, btf).map_err(|e| load_error(prog, e))?;
+                    p.attach().map(drop)
+                };
+                done.push(prog);
+                r.with_context(|| format!("attaching {prog} to {function}"))
+            });
+            if result.is_err() {
+                for prog in done {
+                    let _ = if entry {
+                        program::<FEntry>(ebpf, prog).map(|p| p.unload())
+                    } else {
+                        program::<FExit>(ebpf, prog).map(|p| p.unload())
+                    };
+                }
+            }
+            result
+        }
+        Attempt::Kprobe {
+            entry,
+            ret,
+            functions,
+            params,
+        } => {
+            for function in functions {
+                check_params(kbtf, function, params)?;
+            }
+            let mut loaded = Vec::new();
+            let result = (|| {
+                for prog in std::iter::once(entry).chain(ret) {
+                    let p: &mut KProbe = program(ebpf, prog)?;
+                    p.load().map_err(|e| load_error(prog, e))?;
+                    loaded.push(prog);
+                    for function in functions {
+                        p.attach(function, 0)
+                            .with_context(|| format!("attaching {prog} to {function}"))?;
+                    }
+                }
+                anyhow::Ok(())
+            })();
+            if result.is_err() {
+                for prog in loaded {
+                    let _ = program::<KProbe>(ebpf, prog).map(|p| p.unload());
+                }
+            }
+            result
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
@@ -49,12 +322,14 @@ pub struct Setup {
     pub config: Config,
     /// BTF members this kernel lacks; the matching fields are left empty.
     pub btf_missing: Vec<String>,
-    /// `program -> category:tracepoint` for each attached program.
+    /// `program -> category:tracepoint` for the syscall tracepoints.
     pub attached: Vec<String>,
+    /// The attach point chosen for each need, and why better ones were not used.
+    pub hooks: Vec<HookPath>,
 }
 
 /// Reads the tracepoint formats and BTF of the running kernel.
-pub fn kernel_config(tracefs_root: &Path) -> anyhow::Result<(Config, Vec<String>)> {
+pub fn kernel_config(tracefs_root: &Path) -> anyhow::Result<(Config, Vec<String>, KernelBtf)> {
     let fmt = |cat, name| tracefs::Format::read(tracefs_root, cat, name);
     let exit_connect = fmt("syscalls", "sys_exit_connect")?;
     let exit_bind = fmt("syscalls", "sys_exit_bind")?;
@@ -73,13 +348,19 @@ pub fn kernel_config(tracefs_root: &Path) -> anyhow::Result<(Config, Vec<String>
         exit_ret,
         kernel,
     };
-    Ok((config, missing.iter().map(ToString::to_string).collect()))
+    Ok((
+        config,
+        missing.iter().map(ToString::to_string).collect(),
+        btf,
+    ))
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
     dropped: PerCpuArray<MapData, u64>,
+    /// A hook reports each TIME_WAIT socket's end.
+    pub exact_timewait: bool,
     pub setup: Setup,
 }
 
@@ -89,9 +370,14 @@ fn load_error(program: &str, e: ProgramError) -> anyhow::Error {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => anyhow!(
-            "loading BPF program {program} failed: {io_error}\nverifier log:\n{verifier_log}"
-        ),
+        } => {
+            let log = verifier_log.to_string();
+            if log.trim().is_empty() {
+                anyhow!("loading BPF program {program} failed: {io_error}")
+            } else {
+                anyhow!("loading BPF program {program} failed: {io_error}\nverifier log:\n{log}")
+            }
+        }
         other => anyhow!("loading BPF program {program} failed: {other}"),
     }
 }
@@ -105,7 +391,7 @@ impl Probes {
             );
         }
         let tracefs = tracefs::ensure_mounted()?;
-        let (config, btf_missing) = kernel_config(&tracefs)?;
+        let (config, btf_missing, kbtf) = kernel_config(&tracefs)?;
         // RLIMIT_MEMLOCK only matters before memcg accounting (5.11); raise it anyway.
         let unlimited = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,
@@ -120,17 +406,60 @@ impl Probes {
             .load(BPF_OBJECT)
             .context("loading the BPF object")?;
         let mut attached = Vec::new();
-        for &(program, category, name) in PROGRAMS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| anyhow!("BPF object has no program {program}"))?
-                .try_into()
-                .with_context(|| format!("{program} is not a tracepoint program"))?;
-            prog.load().map_err(|e| load_error(program, e))?;
-            prog.attach(category, name)
-                .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
-            attached.push(format!("{program} -> tracepoint {category}:{name}"));
+        for &(prog, category, name) in SYSCALL_PROGRAMS {
+            try_attach(
+                &mut ebpf,
+                &Btf::from_sys_fs()?,
+                &kbtf,
+                &Attempt::Tracepoint {
+                    prog,
+                    category,
+                    name,
+                },
+            )?;
+            attached.push(format!("{prog} -> tracepoint {category}:{name}"));
         }
+        let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf/fentry/fexit")?;
+        let plain_only = std::env::var(HOOKS_ENV).is_ok_and(|v| v == "tracepoints");
+        let mut try_one = |a: &Attempt| {
+            if plain_only && !a.is_plain_tracepoint() {
+                bail!("not tried ({HOOKS_ENV}=tracepoints)");
+            }
+            try_attach(&mut ebpf, &btf, &kbtf, a)
+        };
+        let mut hook_paths = vec![choose("state", STATE_HOOKS, None, &mut try_one)?];
+        let connect = choose(
+            "connect",
+            CONNECT_HOOKS,
+            Some("tracepoint syscalls:sys_exit_connect"),
+            &mut try_one,
+        )?;
+        let bind = choose(
+            "bind",
+            BIND_HOOKS,
+            Some("tracepoint syscalls:sys_exit_bind"),
+            &mut try_one,
+        )?;
+        let timewait = choose(
+            "timewait",
+            TIMEWAIT_HOOKS,
+            Some("model (60 s after an active close, checked against sock_diag)"),
+            &mut try_one,
+        )?;
+        let mut bits = 0;
+        if connect.rejected.len() < CONNECT_HOOKS.len() {
+            bits |= hooks::CONNECT_IN_KERNEL;
+        }
+        if bind.rejected.len() < BIND_HOOKS.len() {
+            bits |= hooks::BIND_IN_KERNEL;
+        }
+        let exact_timewait = timewait.rejected.len() < TIMEWAIT_HOOKS.len();
+        hook_paths.extend([connect, bind, timewait]);
+        let mut hooks_map: Array<_, u32> = Array::try_from(
+            ebpf.map_mut(names::HOOKS)
+                .ok_or_else(|| anyhow!("BPF object has no {} map", names::HOOKS))?,
+        )?;
+        hooks_map.set(0, bits, 0).context("setting the HOOKS map")?;
         let dropped = PerCpuArray::try_from(
             ebpf.take_map(names::DROPPED)
                 .ok_or_else(|| anyhow!("BPF object has no {} map", names::DROPPED))?,
@@ -138,11 +467,13 @@ impl Probes {
         Ok(Self {
             ebpf,
             dropped,
+            exact_timewait,
             setup: Setup {
                 tracefs,
                 config,
                 btf_missing,
                 attached,
+                hooks: hook_paths,
             },
         })
     }
@@ -196,5 +527,53 @@ impl EventReader {
             }
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_working_attempt_wins_and_rejections_keep_their_reason() {
+        let mut tried = Vec::new();
+        let path = choose("connect", CONNECT_HOOKS, Some("syscalls"), |a| {
+            tried.push(a.describe());
+            match a {
+                Attempt::Tracing { .. } => bail!("BPF_PROG_LOAD: Operation not permitted"),
+                _ => Ok(()),
+            }
+        })
+        .unwrap();
+        assert_eq!(path.path, "kprobe+kretprobe __inet_hash_connect");
+        assert_eq!(
+            path.rejected,
+            ["fexit __inet_hash_connect: BPF_PROG_LOAD: Operation not permitted"]
+        );
+        assert_eq!(tried.len(), 2);
+    }
+
+    #[test]
+    fn fallback_when_nothing_loads_and_error_without_one() {
+        let fail = |_: &Attempt| -> anyhow::Result<()> { bail!("no kprobe PMU") };
+        let path = choose(
+            "bind",
+            BIND_HOOKS,
+            Some("tracepoint syscalls:sys_exit_bind"),
+            fail,
+        )
+        .unwrap();
+        assert_eq!(path.path, "tracepoint syscalls:sys_exit_bind");
+        assert_eq!(path.rejected.len(), 2);
+        assert!(path.rejected[0].starts_with("fexit inet_bind+inet6_bind: "));
+        let err = choose("state", STATE_HOOKS, None, fail)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "no attach point for state works: tp_btf/inet_sock_set_state: no kprobe PMU"
+            ),
+            "{err}"
+        );
     }
 }

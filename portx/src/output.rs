@@ -25,6 +25,8 @@ pub struct JsonEvent {
     pub new_state: Option<String>,
     pub errno: Option<u32>,
     pub error: Option<String>,
+    /// `bind`: the port the socket got (differs from `sport` when it asked for 0).
+    pub bound_port: Option<u16>,
     /// Kernel socket address as hex, "" when unknown: groups the events of one socket.
     pub sock: String,
 }
@@ -48,6 +50,7 @@ impl From<&TraceEvent> for JsonEvent {
             new_state: e.new_state.map(|s| s.name().to_owned()),
             errno: e.errno,
             error: e.error_name().map(str::to_owned),
+            bound_port: e.bound_port,
             sock: if e.sock == 0 {
                 String::new()
             } else {
@@ -141,7 +144,12 @@ pub fn text_line(e: &TraceEvent, clock: &Clock) -> String {
             (None, Some(n)) => format!("errno {n}"),
             (None, None) => String::new(),
         },
-        Kind::Connect | Kind::Bind => String::new(),
+        Kind::Bind => match e.bound_port {
+            Some(p) if p != e.sport => format!("got port {p}"),
+            _ => String::new(),
+        },
+        Kind::TimewaitEnd => "TIME_WAIT freed".to_owned(),
+        Kind::Connect => String::new(),
     };
     let pid = if e.pid == 0 {
         "-".to_owned()

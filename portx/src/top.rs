@@ -248,6 +248,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
         for a in &probes.setup.attached {
             eprintln!("portx: attached {a}");
         }
+        crate::trace::print_hooks(&probes.setup.hooks);
         eprintln!(
             "portx: TIME_WAIT: modelled from FIN_WAIT2/CLOSING -> CLOSE (no tracepoint reports it); drift check {}",
             if args.no_drift_check {
@@ -267,6 +268,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
         .context("starting the prober thread")?;
 
     let mut model = Model::new();
+    model.set_exact_timewait(probes.exact_timewait);
     let view = View {
         netns: netns_filter,
         pid: args.pid,
@@ -375,11 +377,13 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                 if interactive {
                     let mut snap = model.snapshot(view);
                     snap.dropped_events = probes.dropped()?;
+                    snap.hooks.clone_from(&probes.setup.hooks);
                     let _ = snap_tx.send(snap);
                 } else if now >= next_print {
                     next_print = now + interval;
                     let mut snap = model.snapshot(view);
                     snap.dropped_events = probes.dropped()?;
+                    snap.hooks.clone_from(&probes.setup.hooks);
                     print_snapshot(&snap, args.json, tui_view)?;
                     if args.once {
                         break;

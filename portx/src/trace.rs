@@ -15,6 +15,16 @@ use crate::{
     preflight,
 };
 
+/// Says which attach point serves each need and why better ones were not used.
+pub fn print_hooks(hooks: &[crate::loader::HookPath]) {
+    for h in hooks {
+        eprintln!("portx: {} via {}", h.hook, h.path);
+        for r in &h.rejected {
+            eprintln!("portx:   not {r}");
+        }
+    }
+}
+
 /// Counts printed on exit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -68,9 +78,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         for a in &s.attached {
             eprintln!("portx: attached {a}");
         }
-        eprintln!(
-            "portx: fallback in use: syscall tracepoints for connect/bind (kprobe/fentry paths not built yet)"
-        );
+        print_hooks(&s.hooks);
         eprintln!("portx: kernel offsets from BTF: {:?}", s.config.kernel);
         for m in &s.btf_missing {
             eprintln!("portx: degraded: {m}");

@@ -803,6 +803,9 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState)
             if state.reversed { " (reversed)" } else { "" },
         )),
     ];
+    if !snap.hooks.is_empty() {
+        spans.push(Span::raw(format!("  hooks {}", hook_summary(&snap.hooks))));
+    }
     if !state.filter.is_empty() {
         spans.push(Span::raw("  filter "));
         spans.push(Span::styled(
@@ -811,6 +814,19 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState)
         ));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// `state:tp_btf connect:fexit ...`: the kind of attach point serving each need
+/// (`portx top -v` and `portx trace -v` give the full names and the reasons).
+fn hook_summary(hooks: &[crate::loader::HookPath]) -> String {
+    hooks
+        .iter()
+        .map(|h| {
+            let kind = h.path.split(['/', ' ']).next().unwrap_or("");
+            format!("{}:{kind}", h.hook)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn level_style(level: Level) -> Style {
@@ -1091,6 +1107,7 @@ mod tests {
             new_state: None,
             errno: Some(errno),
             error: Some(error.to_owned()),
+            bound_port: None,
             sock: String::new(),
         }
     }
@@ -1195,6 +1212,18 @@ mod tests {
                 added: 2,
                 removed: 1,
             },
+            hooks: vec![
+                crate::loader::HookPath {
+                    hook: "state".into(),
+                    path: "tp_btf/inet_sock_set_state".into(),
+                    rejected: vec![],
+                },
+                crate::loader::HookPath {
+                    hook: "connect".into(),
+                    path: "tracepoint syscalls:sys_exit_connect".into(),
+                    rejected: vec!["fexit __inet_hash_connect: EPERM".into()],
+                },
+            ],
         }
     }
 
@@ -1290,6 +1319,11 @@ mod tests {
         assert!(lines[0].contains("dropped 17"), "{}", lines[0]);
         assert!(lines[0].contains("2 netns  3 dests"), "{}", lines[0]);
         assert!(lines[0].contains("drift 5 checks +2 -1"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("hooks state:tp_btf connect:tracepoint"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[0].contains("sort % used"), "{}", lines[0]);
     }
 

@@ -318,6 +318,8 @@ pub struct Model {
     failures: VecDeque<Failure>,
     now_ns: u64,
     drift: Drift,
+    /// A hook reports each TIME_WAIT socket's end; the 60 s guess is only a backstop.
+    exact_timewait: bool,
 }
 
 impl Model {
@@ -330,6 +332,20 @@ impl Model {
             cgroup_id: 0,
         });
         m
+    }
+
+    /// With a hook on the kernel freeing timewait sockets, entries end when the kernel
+    /// says so; expiry by time stays only as a backstop for missed events.
+    pub fn set_exact_timewait(&mut self, exact: bool) {
+        self.exact_timewait = exact;
+    }
+
+    fn timewait_lifetime_ns(&self) -> u64 {
+        if self.exact_timewait {
+            2 * TIME_WAIT_NS
+        } else {
+            TIME_WAIT_NS
+        }
     }
 
     /// Live full sockets tracked (LISTEN included).
@@ -667,6 +683,15 @@ impl Model {
                 }
             }
             Kind::ConnectError | Kind::BindError => self.on_failure(e),
+            Kind::TimewaitEnd => {
+                // The kernel freed it: its real expiry, or an early reuse.
+                if let Some(quad) = self.quad_find(&Tuple::of(e)) {
+                    self.remove_timewait(&TwKey {
+                        netns: e.netns,
+                        quad,
+                    });
+                }
+            }
         }
     }
 
@@ -705,7 +730,7 @@ impl Model {
                             e.netns,
                             &tuple,
                             TimeWait {
-                                expires_ns: e.ts_ns + TIME_WAIT_NS,
+                                expires_ns: e.ts_ns + self.timewait_lifetime_ns(),
                                 since_ns: e.ts_ns,
                                 owner,
                                 active,
@@ -751,7 +776,7 @@ impl Model {
                         s.netns,
                         &full,
                         TimeWait {
-                            expires_ns: e.ts_ns + TIME_WAIT_NS,
+                            expires_ns: e.ts_ns + self.timewait_lifetime_ns(),
                             since_ns: e.ts_ns,
                             owner: s.owner,
                             active: s.active,
@@ -1272,6 +1297,7 @@ impl Model {
             failures,
             dropped_events: 0,
             drift: self.drift,
+            hooks: Vec::new(),
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Snapshot {
     /// TIME_WAIT entries the model corrected after comparing with the kernel's own
     /// view (sock_diag): added (the model missed them) and removed (already gone).
     pub drift: Drift,
+    /// The attach point serving each need (state, connect, bind, timewait).
+    pub hooks: Vec<crate::loader::HookPath>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -76,6 +76,7 @@ impl Sk {
             old_state: old,
             new_state: new,
             errno: None,
+            bound_port: None,
         }
     }
 
