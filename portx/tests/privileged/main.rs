@@ -29,11 +29,19 @@ fn main() {
         );
     }
     let tests: Vec<(&str, Scenario)> = vec![
-        ("exhaustion_ipv4", || exhaustion(false)),
-        ("exhaustion_ipv6", || exhaustion(true)),
+        ("exhaustion_ipv4", || exhaustion(false, false)),
+        ("exhaustion_ipv6", || exhaustion(true, false)),
+        ("exhaustion_ipv4_tracepoints_only", || {
+            exhaustion(false, true)
+        }),
         ("bind_conflict_with_ephemeral_port", bind_conflict),
-        ("connect_accept_close_cycle_ipv4", || cycle(false)),
-        ("connect_accept_close_cycle_ipv6", || cycle(true)),
+        ("connect_accept_close_cycle_ipv4", || cycle(false, false)),
+        ("connect_accept_close_cycle_ipv6", || cycle(true, false)),
+        ("connect_accept_close_cycle_ipv4_tracepoints_only", || {
+            cycle(false, true)
+        }),
+        ("bind_port_zero_reports_the_port_it_got", bind_port_zero),
+        ("timewait_end_seen_where_hooked", timewait_end),
         ("filters_netns_pid_errors", filters),
         ("burst_without_drops", burst),
         ("bad_netns_is_a_clear_error", bad_netns),
@@ -90,13 +98,32 @@ fn ports_until_done(peer: &mut Peer) -> Result<(Vec<u16>, Option<i32>)> {
     }
 }
 
+/// Starts `portx trace` on `ns`; with `tracepoints_only`, forced onto the plain
+/// tracepoints (the same scenario must then give the same events as the best path).
+fn trace_ns(ns: &Netns, tracepoints_only: bool) -> Result<Tracer> {
+    let env: &[(&str, &str)] = if tracepoints_only {
+        &[("PORTX_HOOKS", "tracepoints")]
+    } else {
+        &[]
+    };
+    let (tracer, hooks) = Tracer::start_with(&["--netns", &ns.name], env)?;
+    eprintln!("hooks in use: {hooks:?}");
+    if tracepoints_only {
+        for need in ["state", "connect", "bind"] {
+            let path = hooks.get(need).map(String::as_str).unwrap_or("");
+            ensure!(path.starts_with("tracepoint "), "{need} via {path}");
+        }
+    }
+    Ok(tracer)
+}
+
 /// 1 and 4: connect() until the namespace's tiny port range runs out.
-fn exhaustion(v6: bool) -> Result<()> {
+fn exhaustion(v6: bool, tracepoints_only: bool) -> Result<()> {
     let (lo, hi) = (20000, 20004);
     let ns = Netns::new(Some((lo, hi)))?;
     let target = loopback(v6, 9000);
     let mut peer = Peer::spawn(&ns, "exhaust", &[&target, "64"])?;
-    let tracer = Tracer::start(&["--netns", &ns.name])?;
+    let tracer = trace_ns(&ns, tracepoints_only)?;
     peer.go()?;
     let (ports, error) = ports_until_done(&mut peer)?;
     ensure!(
@@ -219,12 +246,12 @@ fn transitions(evs: &[&Value]) -> Vec<String> {
 }
 
 /// 3 and 4: connect, accept, active close by the client, passive close by the server.
-fn cycle(v6: bool) -> Result<()> {
+fn cycle(v6: bool, tracepoints_only: bool) -> Result<()> {
     let ns = Netns::new(None)?;
     let addr = loopback(v6, 7000);
     let mut server = Peer::spawn(&ns, "server", &[&addr])?;
     let mut client = Peer::spawn(&ns, "client", &[&addr])?;
-    let tracer = Tracer::start(&["--netns", &ns.name])?;
+    let tracer = trace_ns(&ns, tracepoints_only)?;
     server.go()?;
     server.expect("listening")?;
     client.go()?;
@@ -533,5 +560,79 @@ fn mounts_tracefs() -> Result<()> {
         "portx failed without tracefs: {stderr}"
     );
     ensure!(stderr.contains("portx: tracing"), "{stderr}");
+    Ok(())
+}
+
+/// A bind() of port 0 reports the port the kernel gave.
+fn bind_port_zero() -> Result<()> {
+    let ns = Netns::new(None)?;
+    let mut peer = Peer::spawn(&ns, "bind", &["127.0.0.1:0"])?;
+    let tracer = Tracer::start(&["--netns", &ns.name])?;
+    peer.go()?;
+    let port: u64 = peer.expect("bound")?.parse()?;
+    tracer.wait_for("the bind", |evs| evs.iter().any(|e| e.is("bind")))?;
+    let (events, _) = tracer.stop()?;
+    peer.finish()?;
+    let bind = events.iter().find(|e| e.is("bind")).context("no bind")?;
+    ensure!(
+        bind.n("sport") == 0 && bind.s("saddr") == "127.0.0.1",
+        "{bind}"
+    );
+    ensure!(
+        bind.n("bound_port") == port && port != 0,
+        "got {port}: {bind}"
+    );
+    ensure!(bind.n("pid") == u64::from(peer.pid), "{bind}");
+    Ok(())
+}
+
+/// Where a hook on the kernel freeing timewait sockets loads, their end is an event
+/// and the model's TIME_WAIT count drops at that moment, not 60 s later. An orphaned
+/// FIN_WAIT2 with `tcp_fin_timeout = 1` becomes a timewait socket that lives ~1 s.
+fn timewait_end() -> Result<()> {
+    let ns = Netns::new(Some((20000, 29999)))?;
+    ns.sysctl("net/ipv4/tcp_fin_timeout", "1")?;
+    let mut sink = Peer::spawn(&ns, "sink", &["127.0.0.1:9001"])?;
+    let mut client = Peer::spawn(&ns, "hold", &["127.0.0.1:9001", "1", "1"])?;
+    let (tracer, hooks) = Tracer::start_with(&["--netns", &ns.name], &[])?;
+    let tw_path = hooks.get("timewait").cloned().unwrap_or_default();
+    if tw_path.starts_with("model") {
+        eprintln!(
+            "skipping test - no hook on inet_twsk_kill on this kernel (timewait via {tw_path})"
+        );
+        return Ok(());
+    }
+    let top = top::TopOnce::start(&["--netns", &ns.name, "--interval", "5", "--no-drift-check"])?;
+    sink.go()?;
+    sink.expect("listening")?;
+    client.go()?;
+    client.expect("done")?;
+    tracer.wait_for("the timewait_end", |evs| {
+        evs.iter().any(|e| e.is("timewait_end"))
+    })?;
+    let snap = top.snapshot()?;
+    let (events, _) = tracer.stop()?;
+    client.finish()?;
+    sink.finish()?;
+    let closed = events
+        .iter()
+        .find(|e| e.transition() == "FIN_WAIT2->CLOSE" && e.n("dport") == 9001)
+        .context("no FIN_WAIT2->CLOSE")?;
+    let end = events
+        .iter()
+        .find(|e| e.is("timewait_end"))
+        .context("no timewait_end")?;
+    ensure!(
+        end.n("sport") == closed.n("sport") && end.n("dport") == 9001,
+        "{end}"
+    );
+    let lived_ms = (end.n("ts_ns") - closed.n("ts_ns")) / 1_000_000;
+    ensure!(lived_ms < 10_000, "timewait lived {lived_ms} ms");
+    let d = top::dest(top::netns_entry(&snap, &ns)?, 9001)?;
+    ensure!(
+        d["states"].get("TIME_WAIT").is_none(),
+        "model still counts it: {d}"
+    );
+    eprintln!("timewait via {tw_path}: freed {lived_ms} ms after the close");
     Ok(())
 }

@@ -82,7 +82,7 @@ pub fn run_if_peer() -> bool {
         // bind()s ADDR and reports the result.
         "bind" => {
             match TcpListener::bind(addr(arg(&args, 0))) {
-                Ok(_l) => say("bound"),
+                Ok(l) => say(&format!("bound {}", l.local_addr().expect("local").port())),
                 Err(e) => say(&format!("error {}", errno(&e))),
             }
             wait_for_eof();
@@ -138,6 +138,20 @@ pub fn run_if_peer() -> bool {
                     }
                 });
             }
+            say("listening");
+            wait_for_eof();
+        }
+        // Accepts connections on ADDR and keeps them open, unread, until stdin closes:
+        // its clients' active closes end as orphans in FIN_WAIT2.
+        "sink" => {
+            let listener = TcpListener::bind(addr(arg(&args, 0))).expect("listen");
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for conn in listener.incoming().take(MAX_CONNECTIONS) {
+                    let Ok(conn) = conn else { break };
+                    held.push(conn);
+                }
+            });
             say("listening");
             wait_for_eof();
         }

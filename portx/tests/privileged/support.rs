@@ -234,14 +234,25 @@ pub struct Tracer {
 impl Tracer {
     /// Starts portx and waits until its programs are attached.
     pub fn start(args: &[&str]) -> Result<Self> {
+        Self::start_with(args, &[]).map(|(t, _)| t)
+    }
+
+    /// Starts portx with `-v` and extra environment; also returns the attach point
+    /// it chose for each need (`state`, `connect`, `bind`, `timewait`).
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(Self, std::collections::BTreeMap<String, String>)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
-            .args(["trace", "--json"])
+            .args(["trace", "--json", "-v"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting portx")?;
         let stderr = LineReader::new(child.stderr.take().expect("piped"));
+        let mut hooks = std::collections::BTreeMap::new();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         let stdout = child.stdout.take().expect("piped");
@@ -261,13 +272,23 @@ impl Tracer {
             if line.starts_with("portx: tracing") {
                 break;
             }
+            // "portx: connect via fexit __inet_hash_connect"
+            if let Some((hook, path)) = line
+                .strip_prefix("portx: ")
+                .and_then(|l| l.split_once(" via "))
+            {
+                hooks.insert(hook.to_owned(), path.to_owned());
+            }
         }
-        Ok(Self {
-            child,
-            events,
-            stderr,
-            collector: Some(collector),
-        })
+        Ok((
+            Self {
+                child,
+                events,
+                stderr,
+                collector: Some(collector),
+            },
+            hooks,
+        ))
     }
 
     /// Waits until `done` holds for the events so far (or fails after [`WAIT`]).

@@ -86,13 +86,13 @@ fn settle(ns: &Netns) -> Result<()> {
 }
 
 /// A running `portx top --once --json`.
-struct TopOnce {
+pub struct TopOnce {
     child: std::process::Child,
 }
 
 impl TopOnce {
     /// Starts it and waits until its baseline is taken.
-    fn start(args: &[&str]) -> Result<Self> {
+    pub fn start(args: &[&str]) -> Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
             .args(["top", "--once", "--json"])
             .args(args)
@@ -119,21 +119,21 @@ impl TopOnce {
         }
     }
 
-    fn snapshot(self) -> Result<Value> {
+    pub fn snapshot(self) -> Result<Value> {
         let out = self.child.wait_with_output()?;
         ensure!(out.status.success(), "portx top exited with {}", out.status);
         serde_json::from_slice(&out.stdout).context("portx top printed invalid JSON")
     }
 }
 
-fn netns_entry<'a>(snap: &'a Value, ns: &Netns) -> Result<&'a Value> {
+pub fn netns_entry<'a>(snap: &'a Value, ns: &Netns) -> Result<&'a Value> {
     snap["netns"]
         .as_array()
         .and_then(|a| a.iter().find(|n| n["inode"] == ns.inode))
         .with_context(|| format!("namespace {} missing from {snap}", ns.inode))
 }
 
-fn dest(ns_entry: &Value, dport: u16) -> Result<&Value> {
+pub fn dest(ns_entry: &Value, dport: u16) -> Result<&Value> {
     ns_entry["destinations"]
         .as_array()
         .and_then(|a| {
