@@ -22,6 +22,22 @@ pub enum Command {
     Trace(TraceArgs),
     /// Live view of ephemeral port use per destination, process and cgroup.
     Top(TopArgs),
+    /// Audit the port configuration and say exactly what to change.
+    /// Exit status: 0 nothing above info, 1 warnings, 2 critical, 3+ errors.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CheckArgs {
+    /// Print JSON (one object; an array with --all-netns).
+    #[arg(long)]
+    pub json: bool,
+    /// Check this network namespace (name, path or inode) instead of the current one.
+    #[arg(long, value_name = "NAME|PATH|INODE", conflicts_with = "all_netns")]
+    pub netns: Option<String>,
+    /// Check every network namespace that has a process or a name.
+    #[arg(long)]
+    pub all_netns: bool,
 }
 
 /// What `portx top` groups by.
@@ -126,7 +142,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|c| match c.command {
             Command::Trace(t) => t,
-            Command::Top(_) => unreachable!("parsed `trace`"),
+            Command::Top(_) | Command::Check(_) => unreachable!("parsed `trace`"),
         })
     }
 

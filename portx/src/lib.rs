@@ -4,6 +4,7 @@
 //! apart from the pure parts ([`event`], [`filter`], [`output`], [`netns`]), so that
 //! each can be tested alone.
 
+pub mod check;
 pub mod cli;
 pub mod event;
 pub mod filter;

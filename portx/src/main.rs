@@ -4,7 +4,28 @@ use clap::Parser as _;
 use portx::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (EX_USAGE): `portx check` gives 1 and 2 their own meaning.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if let Command::Check(args) = &cli.command {
+        // Errors (unreadable settings, unknown namespace) exit 3 and above.
+        return match portx::check::run(args) {
+            Ok(status) => ExitCode::from(status),
+            Err(e) => {
+                eprintln!("portx: error: {e:#}");
+                ExitCode::from(3)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -19,6 +40,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => portx::trace::run(args, cli.verbose).await,
             Command::Top(args) => portx::top::run(args, cli.verbose).await,
+            Command::Check(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

@@ -186,6 +186,10 @@ pub struct DiagSocket {
     /// Remaining time of the socket's active timer, from `idiag_expires` (ms); for
     /// TIME_WAIT, the time left before it is freed.
     pub expires_ms: u32,
+    /// Listeners: connections waiting in the accept queue; others: unread bytes.
+    pub recv_queue: u32,
+    /// Listeners: the accept backlog (after the somaxconn cap); others: unsent bytes.
+    pub send_queue: u32,
 }
 
 /// Byte offset of `idiag_expires` in `struct inet_diag_msg` (4 single bytes, then the
@@ -226,6 +230,8 @@ fn diag_socket_from_payload(payload: &[u8]) -> Result<Option<DiagSocket>> {
         uid: h.uid,
         cookie,
         expires_ms: u32::from_ne_bytes(expires),
+        recv_queue: h.recv_queue,
+        send_queue: h.send_queue,
     }))
 }
 
@@ -772,6 +778,8 @@ pub(crate) mod tests {
                 uid: 0,
                 cookie: 0x1122_3344_5566_7788,
                 expires_ms: 59_000,
+                recv_queue: 0,
+                send_queue: 0,
             }
         );
         let p = diag_msg(

@@ -42,6 +42,7 @@ fn main() {
         }),
         ("bind_port_zero_reports_the_port_it_got", bind_port_zero),
         ("timewait_end_seen_where_hooked", timewait_end),
+        ("check_flags_listener_in_range_then_clears", check_listener),
         ("filters_netns_pid_errors", filters),
         ("burst_without_drops", burst),
         ("bad_netns_is_a_clear_error", bad_netns),
@@ -634,5 +635,59 @@ fn timewait_end() -> Result<()> {
         "model still counts it: {d}"
     );
     eprintln!("timewait via {tw_path}: freed {lived_ms} ms after the close");
+    Ok(())
+}
+
+/// Runs `portx check --json --netns NS`: its exit status and findings.
+fn check(ns: &Netns) -> Result<(i32, Vec<Value>)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portx"))
+        .args(["check", "--json", "--netns", &ns.name])
+        .output()?;
+    let code = out.status.code().context("portx check killed")?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("check printed: {}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure!(v["netns"] == ns.inode, "{v}");
+    Ok((code, v["findings"].as_array().cloned().unwrap_or_default()))
+}
+
+/// A service listening inside the ephemeral range is critical (exit 2), naming the
+/// port and the process; once the port is reserved the finding is gone (exit 0).
+fn check_listener() -> Result<()> {
+    // A range holding none of the well-known service ports, so only the listener counts.
+    let ns = Netns::new(Some((40000, 49999)))?;
+    let mut server = Peer::spawn(&ns, "serve", &["0.0.0.0:40500"])?;
+    server.go()?;
+    server.expect("listening")?;
+    let (code, findings) = check(&ns)?;
+    let hit: Vec<&Value> = findings
+        .iter()
+        .filter(|f| f.s("id") == "listener-in-ephemeral-range")
+        .collect();
+    ensure!(code == 2, "exit {code}: {findings:?}");
+    ensure!(
+        hit.len() == 1 && hit[0].s("severity") == "critical",
+        "{findings:?}"
+    );
+    let title = hit[0].s("title");
+    let who = format!("{}({})", server.comm, server.pid);
+    ensure!(
+        title.contains("port 40500") && title.contains(&who),
+        "{title}"
+    );
+    ensure!(
+        hit[0]["fix"][0] == "sysctl -w net.ipv4.ip_local_reserved_ports=40500",
+        "{}",
+        hit[0]
+    );
+    ns.sysctl("net/ipv4/ip_local_reserved_ports", "40500")?;
+    let (code, findings) = check(&ns)?;
+    server.finish()?;
+    ensure!(
+        !findings
+            .iter()
+            .any(|f| f.s("id") == "listener-in-ephemeral-range"),
+        "{findings:?}"
+    );
+    ensure!(code == 0, "exit {code} after reserving: {findings:?}");
     Ok(())
 }
