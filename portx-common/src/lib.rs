@@ -166,6 +166,10 @@ pub struct KernelOffsets {
     pub sock_v6_daddr: u32,
     /// `sock.sk_protocol` (a plain u16 since 5.6; a bitfield before, then unusable)
     pub sock_protocol: u32,
+    /// `inet_sock.inet_sport` (network order): what the plain tracepoint reports.
+    /// Unlike `skc_num` it survives `inet_put_port()`, which runs before the state
+    /// store (and so before the tracepoint) on a transition to CLOSE on 6.1/6.12.
+    pub inet_sport: u32,
 }
 
 /// Everything the BPF programs need to know about the running kernel, set as one
@@ -228,10 +232,11 @@ impl Config {
             sock_daddr: NO_OFFSET,
             sock_v6_daddr: NO_OFFSET,
             sock_protocol: NO_OFFSET,
+            inet_sport: NO_OFFSET,
         },
     };
 }
-const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 19) * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 20) * 4);
 
 /// Key of the listener map: a listening port in a network namespace.
 #[repr(C)]

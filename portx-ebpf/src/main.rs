@@ -280,9 +280,15 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if let Some(ep) = sock_endpoints(sk)
+    if let Some(mut ep) = sock_endpoints(sk)
         && (ep.protocol == IPPROTO_TCP || ep.protocol == IPPROTO_MPTCP)
     {
+        // The port as the plain tracepoint reports it (inet_sport): on a move to CLOSE
+        // some kernels fire this after inet_put_port() has zeroed skc_num.
+        // SAFETY: probe read at a BTF offset; a full socket is an inet_sock.
+        if let Some(port) = unsafe { read_at::<u16>(sk, conf!(kernel.inet_sport)) } {
+            ep.sport = u16::from_be(port);
+        }
         let _ = handle_state(sk, old as u8, new as u8, &ep);
     }
     0

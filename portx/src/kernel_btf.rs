@@ -183,6 +183,7 @@ impl KernelBtf {
             sock_daddr: get("sock", &["__sk_common", "skc_daddr"]),
             sock_v6_daddr: get("sock", &["__sk_common", "skc_v6_daddr"]),
             sock_protocol: get("sock", &["sk_protocol"]),
+            inet_sport: get("inet_sock", &["inet_sport"]),
         };
         (offsets, missing)
     }

@@ -16,8 +16,18 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde_json::Value;
 
-/// How long any single wait in a test may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(20);
+/// How long any single wait in a test may take before the test fails:
+/// `PORTX_TEST_WAIT_SECS`, 20 s by default (the QEMU runs, emulated, set more).
+pub fn wait() -> Duration {
+    static WAIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        let secs = std::env::var("PORTX_TEST_WAIT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20);
+        Duration::from_secs(secs)
+    })
+}
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
@@ -160,7 +170,7 @@ impl Peer {
     /// The next line of output.
     pub fn line(&mut self) -> Result<String> {
         self.stdout
-            .next(WAIT)
+            .next(wait())
             .with_context(|| format!("peer {}", self.role))
     }
 
@@ -177,7 +187,7 @@ impl Peer {
     /// Closes stdin (the peer's signal to exit) and waits for it.
     pub fn finish(&mut self) -> Result<()> {
         drop(self.stdin.take());
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait();
         loop {
             if let Some(st) = self.child.try_wait()? {
                 ensure!(st.success(), "peer {} exited with {st}", self.role);
@@ -259,13 +269,14 @@ impl Tracer {
         let collector = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("portx printed non-JSON `{line}`: {e}"));
+                // A line that is not JSON is kept as a string: stop() fails on it, and a
+                // test that fails early and kills portx mid-line does not panic here.
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
                 sink.lock().unwrap().push(v);
             }
         });
         loop {
-            let line = stderr.next(WAIT).context("waiting for portx to attach")?;
+            let line = stderr.next(wait()).context("waiting for portx to attach")?;
             if line.starts_with("portx: error") {
                 bail!("{line}");
             }
@@ -291,9 +302,9 @@ impl Tracer {
         ))
     }
 
-    /// Waits until `done` holds for the events so far (or fails after [`WAIT`]).
+    /// Waits until `done` holds for the events so far (or fails after [`wait`]).
     pub fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Result<()> {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait();
         while Instant::now() < deadline {
             if done(&self.events.lock().unwrap()) {
                 return Ok(());
@@ -301,7 +312,8 @@ impl Tracer {
             thread::sleep(Duration::from_millis(20));
         }
         bail!(
-            "portx did not report {what} within {WAIT:?}; it printed:\n{}",
+            "portx did not report {what} within {:?}; it printed:\n{}",
+            wait(),
             self.events
                 .lock()
                 .unwrap()
@@ -316,7 +328,7 @@ impl Tracer {
     pub fn stop(mut self) -> Result<(Vec<Value>, Summary)> {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait();
         let status = loop {
             if let Some(st) = self.child.try_wait()? {
                 break st;
@@ -336,6 +348,9 @@ impl Tracer {
                 .map_err(|_| anyhow!("portx printed invalid JSON"))?;
         }
         let events = std::mem::take(&mut *self.events.lock().unwrap());
+        if let Some(bad) = events.iter().find(|v| v.is_string()) {
+            bail!("portx printed a line that is not JSON: {bad}");
+        }
         Ok((events, summary.context("portx printed no summary")?))
     }
 }

@@ -10,14 +10,14 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::support::{Netns, Peer, WAIT};
+use crate::support::{Netns, Peer, wait};
 
 /// `ss` state names to portx's.
 fn state_name(ss: &str) -> String {
     match ss {
         "ESTAB" => "ESTABLISHED".into(),
-        "FIN-WAIT-1" => "FIN_WAIT1".into(),
-        "FIN-WAIT-2" => "FIN_WAIT2".into(),
+        "FIN-wait()-1" => "FIN_WAIT1".into(),
+        "FIN-wait()-2" => "FIN_WAIT2".into(),
         "SYN-RECV" => "SYN_RECV".into(),
         other => other.replace('-', "_"),
     }
@@ -64,7 +64,7 @@ fn ss(ns: &Netns) -> Result<Vec<SsSocket>> {
 /// Waits until no socket in `ns` is between ESTABLISHED and TIME_WAIT, so counts are
 /// stable for the comparison.
 fn settle(ns: &Netns) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait();
     while Instant::now() < deadline {
         let busy = ss(ns)?.iter().any(|s| {
             [
@@ -110,7 +110,7 @@ impl TopOnce {
         });
         loop {
             let line = rx
-                .recv_timeout(WAIT)
+                .recv_timeout(wait())
                 .context("portx top did not take its baseline")?;
             ensure!(!line.starts_with("portx: error"), "{line}");
             if line.starts_with("portx: baseline taken") {
