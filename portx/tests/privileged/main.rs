@@ -485,9 +485,17 @@ fn burst() -> Result<()> {
         let n = count(&events, &|e| e.transition() == t);
         ensure!(n == N, "{n} {t} events for {N} connections");
     }
+    // timewait_end (where that hook loads) has no owner by design: the kernel frees
+    // the timewait socket from a timer, or when loopback connects reuse its port.
+    let unowned: Vec<&Value> = events
+        .iter()
+        .filter(|e| !e.is("timewait_end") && e.n("pid") != u64::from(peer.pid))
+        .collect();
     ensure!(
-        events.iter().all(|e| e.n("pid") == u64::from(peer.pid)),
-        "an event without the burst's owner"
+        unowned.is_empty(),
+        "{} events without the burst's owner, first: {}",
+        unowned.len(),
+        unowned[0]
     );
     Ok(())
 }
@@ -629,11 +637,17 @@ fn timewait_end() -> Result<()> {
     );
     let lived_ms = (end.n("ts_ns") - closed.n("ts_ns")) / 1_000_000;
     ensure!(lived_ms < 10_000, "timewait lived {lived_ms} ms");
-    let d = top::dest(top::netns_entry(&snap, &ns)?, 9001)?;
-    ensure!(
-        d["states"].get("TIME_WAIT").is_none(),
-        "model still counts it: {d}"
-    );
+    // The model dropped it when the kernel freed it: no TIME_WAIT toward :9001 is
+    // left (the destination row goes with it), where 60 s would still remain.
+    let entry = top::netns_entry(&snap, &ns)?;
+    let left: u64 = entry["destinations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["dport"] == 9001)
+        .map(|d| d["states"]["TIME_WAIT"].as_u64().unwrap_or(0))
+        .sum();
+    ensure!(left == 0, "model still counts {left} TIME_WAIT: {entry}");
     eprintln!("timewait via {tw_path}: freed {lived_ms} ms after the close");
     Ok(())
 }
