@@ -1,12 +1,13 @@
-//! Project tasks: `cargo xtask setup | build | run | test`.
+//! Project tasks: `cargo xtask setup | build | run | test | vm-test`.
 //!
 //! Every command first runs the idempotent set-up (see `setup.rs`), so the README's
 //! commands work on a fresh machine.
 
 mod bench;
 mod setup;
+mod vm;
 
-use std::{ffi::OsString, process::Command};
+use std::{ffi::OsString, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -44,9 +45,23 @@ enum Task {
         record: bool,
     },
     /// Everything CI checks: formatting, clippy, unit tests and, as root, the
-    /// privileged tests that load the BPF programs into this kernel.
+    /// privileged tests that load the BPF programs into this kernel, then the same
+    /// tests in QEMU on Debian's 6.1 and 6.12 kernels (skip those: PORTX_SKIP_VM=1).
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// The privileged tests inside QEMU (TCG) on Debian's 6.1 and 6.12 cloud kernels,
+    /// e.g. `cargo xtask vm-test --kernel 6.1 -- top_`.
+    VmTest {
+        /// Which kernels to boot.
+        #[arg(long, value_enum, default_value = "all")]
+        kernel: vm::KernelChoice,
+        /// Wall-clock limit per kernel, in seconds (TCG is slow).
+        #[arg(long, default_value_t = 1500)]
+        timeout: u64,
+        /// Extra arguments for the test binary (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -98,8 +113,21 @@ fn main() -> Result<()> {
             let tools = setup::run(false)?;
             bench::run(&mut cargo(&tools, &[])?, quick, record)?;
         }
+        Task::VmTest {
+            kernel,
+            timeout,
+            args,
+        } => {
+            let tools = setup::run(true)?;
+            let series = kernel.series();
+            if !vm::run(&tools, &series, &args, Duration::from_secs(timeout))? {
+                // The summary's "N passed, M failed" stays the closing line.
+                std::process::exit(1);
+            }
+        }
         Task::Test { args } => {
             let tools = setup::run(true)?;
+            let skip_vm = std::env::var_os("PORTX_SKIP_VM").is_some_and(|v| v == "1");
             run(
                 &mut cargo(&tools, &["fmt", "--all", "--", "--check"])?,
                 "cargo fmt --check",
@@ -111,8 +139,15 @@ fn main() -> Result<()> {
             let mut unit = cargo(&tools, &["test", "--lib", "--bins", "--"])?;
             unit.args(&args);
             run(&mut unit, "unit tests")?;
-            // Last, so its result is the run's closing line. One test at a time: each
-            // loads the BPF programs and times its own namespaces' events.
+            // Said before the host privileged tests, so that their result stays the
+            // closing line when the VM tests are skipped.
+            if skip_vm {
+                eprintln!(
+                    "xtask: PORTX_SKIP_VM=1: skipping the VM tests (Debian 6.1 and 6.12 kernels in QEMU)"
+                );
+            }
+            // One test at a time: each loads the BPF programs and times its own
+            // namespaces' events.
             let mut privileged = cargo(
                 &tools,
                 &[
@@ -130,6 +165,14 @@ fn main() -> Result<()> {
                 &mut privileged,
                 "privileged tests (root: real BPF programs, real sockets)",
             )?;
+            if !skip_vm {
+                eprintln!("xtask: VM tests (set PORTX_SKIP_VM=1 to skip them)");
+                let series = vm::KernelChoice::All.series();
+                // Its closing line is "N passed, M failed" over both kernels.
+                if !vm::run(&tools, &series, &args, Duration::from_secs(1500))? {
+                    std::process::exit(1);
+                }
+            }
         }
     }
     Ok(())
