@@ -29,8 +29,9 @@ pub const SYSCALL_PROGRAMS: &[(&str, &str, &str)] = &[
     ("sys_exit_bind", "syscalls", "sys_exit_bind"),
 ];
 
-/// Setting `PORTX_HOOKS=tracepoints` keeps portx on the plain tracepoints even where
-/// better hooks load (to compare paths, or to work around a kernel bug).
+/// `PORTX_HOOKS=tracepoints` keeps portx on the plain tracepoints even where better
+/// hooks load; `PORTX_HOOKS=kprobes` rules out the BTF-based program types (tp_btf,
+/// fentry, fexit). For comparing paths, or working around a kernel bug.
 pub const HOOKS_ENV: &str = "PORTX_HOOKS";
 
 /// One way to serve a need; tried in order until one loads and attaches.
@@ -83,9 +84,13 @@ impl Attempt {
         }
     }
 
-    /// Whether this is one of the plain tracepoints (used when `PORTX_HOOKS=tracepoints`).
-    fn is_plain_tracepoint(&self) -> bool {
-        matches!(self, Self::Tracepoint { .. })
+    /// Whether `PORTX_HOOKS=<mode>` allows this attempt.
+    fn allowed_in(&self, mode: &str) -> bool {
+        match mode {
+            "tracepoints" => matches!(self, Self::Tracepoint { .. }),
+            "kprobes" => matches!(self, Self::Tracepoint { .. } | Self::Kprobe { .. }),
+            _ => true,
+        }
     }
 }
 
@@ -420,10 +425,10 @@ impl Probes {
             attached.push(format!("{prog} -> tracepoint {category}:{name}"));
         }
         let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf/fentry/fexit")?;
-        let plain_only = std::env::var(HOOKS_ENV).is_ok_and(|v| v == "tracepoints");
+        let mode = std::env::var(HOOKS_ENV).unwrap_or_default();
         let mut try_one = |a: &Attempt| {
-            if plain_only && !a.is_plain_tracepoint() {
-                bail!("not tried ({HOOKS_ENV}=tracepoints)");
+            if !a.allowed_in(&mode) {
+                bail!("not tried ({HOOKS_ENV}={mode})");
             }
             try_attach(&mut ebpf, &btf, &kbtf, a)
         };
