@@ -91,10 +91,20 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         writeln!(out, "{TEXT_HEADER}")?;
         out.flush()?;
     }
-    eprintln!(
-        "portx: tracing {} programs; Ctrl-C to stop",
-        probes.setup.attached.len()
-    );
+    // What serves each need is in -v; here just the one line to know it is running.
+    let needs: Vec<String> = probes
+        .setup
+        .hooks
+        .iter()
+        .map(|h| {
+            format!(
+                "{} via {}",
+                h.hook,
+                h.path.split(['/', ' ']).next().unwrap_or("")
+            )
+        })
+        .collect();
+    eprintln!("portx: tracing ({}); Ctrl-C to stop", needs.join(", "));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
