@@ -92,7 +92,6 @@ pub fn run(cargo: &mut Command, quick: bool, record: bool) -> Result<()> {
         }
     }
     println!("{}\n{table}", machine());
-    println!("not yet measured: connect storm and detection latency (issue 6)");
     if record {
         let mut md = std::fs::read_to_string("BENCHMARKS.md").unwrap_or_else(|_| {
             "# portx benchmarks\n\nAppended by `cargo xtask bench --record`.\n".into()

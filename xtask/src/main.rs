@@ -111,6 +111,8 @@ fn main() -> Result<()> {
         }
         Task::Bench { quick, record } => {
             let tools = setup::run(false)?;
+            // The peer the connect storm compares against.
+            setup::ensure_commands(&[("bpftrace", "bpftrace"), ("ss", "iproute2")])?;
             bench::run(&mut cargo(&tools, &[])?, quick, record)?;
         }
         Task::VmTest {

@@ -214,7 +214,7 @@ fn on_path(binary: &str) -> bool {
 }
 
 /// Installs Debian packages for commands the tests run, when they are missing.
-fn ensure_commands(wanted: &[(&str, &str)]) -> Result<()> {
+pub fn ensure_commands(wanted: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(cmd, _)| !on_path(cmd))

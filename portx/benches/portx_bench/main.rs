@@ -15,6 +15,8 @@ use std::{
     time::Instant,
 };
 
+mod storm;
+
 use portx::{
     event::{Family, Kind, TcpState, TraceEvent},
     model::{Model, NetnsConfig, View},
@@ -49,15 +51,29 @@ static ALLOC: Counting = Counting;
 
 const NS: u32 = 4026532000;
 
-fn report(
-    figure: &str,
+/// One row of the table.
+struct Figure<'a> {
+    figure: &'a str,
     value: f64,
-    unit: &str,
-    baseline: Option<(f64, &str)>,
-    target: &str,
+    unit: &'a str,
+    /// Value and name of the baseline measured in the same run.
+    baseline: Option<(f64, &'a str)>,
+    target: &'a str,
     pass: Option<bool>,
+    /// (max - min) / median of the repeats, in percent.
     spread: f64,
-) {
+}
+
+fn report(f: Figure<'_>) {
+    let Figure {
+        figure,
+        value,
+        unit,
+        baseline,
+        target,
+        pass,
+        spread,
+    } = f;
     let (b, bname) = baseline.unwrap_or((f64::NAN, ""));
     println!(
         "{}",
@@ -193,15 +209,15 @@ fn bench_ingest(quick: bool) {
     }
     let (rate, spread) = median(model_rates);
     let (base, _) = median(base_rates);
-    report(
-        "model ingest rate (1 core)",
-        rate,
-        "events/s",
-        Some((base, "plain hash map insert/remove")),
-        ">= 5000000 events/s",
-        Some(rate >= 5e6),
+    report(Figure {
+        figure: "model ingest rate (1 core)",
+        value: rate,
+        unit: "events/s",
+        baseline: Some((base, "plain hash map insert/remove")),
+        target: ">= 5000000 events/s",
+        pass: Some(rate >= 5e6),
         spread,
-    );
+    });
 }
 
 fn bench_memory(n: u64) {
@@ -227,18 +243,18 @@ fn bench_memory(n: u64) {
     }
     let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64;
     let per = bytes / m.socket_count() as f64;
-    report(
-        &format!("model memory per socket at {}k sockets", n / 1000),
-        per,
-        "bytes",
-        Some((
+    report(Figure {
+        figure: &format!("model memory per socket at {}k sockets", n / 1000),
+        value: per,
+        unit: "bytes",
+        baseline: Some((
             size_of::<portx_common::Event>() as f64,
             "one raw event record",
         )),
-        "<= 128 bytes",
-        Some(per <= 128.0),
-        0.0,
-    );
+        target: "<= 128 bytes",
+        pass: Some(per <= 128.0),
+        spread: 0.0,
+    });
     drop(m);
 }
 
@@ -423,24 +439,24 @@ fn bench_baseline(n: usize, quick: bool) {
         "baseline dump: {made} connections made, sock_diag listed {dumped}, /proc/net/tcp {parsed}"
     );
     let label = format!("baseline dump at {}k sockets (sock_diag)", dumped / 1000);
-    report(
-        &label,
-        d * 1e3,
-        "ms",
-        Some((p * 1e3, "parsing /proc/net/tcp{,6}")),
-        "/proc/net/tcp >= 5x slower",
-        Some(p >= 5.0 * d),
+    report(Figure {
+        figure: &label,
+        value: d * 1e3,
+        unit: "ms",
+        baseline: Some((p * 1e3, "parsing /proc/net/tcp{,6}")),
+        target: "/proc/net/tcp >= 5x slower",
+        pass: Some(p >= 5.0 * d),
         spread,
-    );
-    report(
-        &format!("{label} vs ss -tan"),
-        d * 1e3,
-        "ms",
-        Some((s * 1e3, "ss -tan (process)")),
-        "reported",
-        None,
+    });
+    report(Figure {
+        figure: &format!("{label} vs ss -tan"),
+        value: d * 1e3,
+        unit: "ms",
+        baseline: Some((s * 1e3, "ss -tan (process)")),
+        target: "reported",
+        pass: None,
         spread,
-    );
+    });
 }
 
 fn main() {
@@ -453,4 +469,6 @@ fn main() {
         bench_memory(1_000_000);
     }
     bench_baseline(if quick { 20_000 } else { 100_000 }, quick);
+    storm::bench_storm(quick);
+    storm::bench_latency(quick);
 }

@@ -1,0 +1,494 @@
+//! What tracing costs a connect storm, and how fast an exhaustion is reported: each
+//! against a baseline in the same run (no tracer; bpftrace as the peer; `ss` polled
+//! once a second, the usual way people watch for this today).
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{BenchNs, Figure, in_netns, median, report, sh};
+
+/// A namespace for one run, with loopback up and its own port range.
+fn bench_ns(tag: &str, range: &str) -> Option<BenchNs> {
+    let name = format!("portx-bench-{tag}-{}", std::process::id());
+    let added = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !added {
+        return None;
+    }
+    let ns = BenchNs(name);
+    let ok = sh(&ns.0, "ip link set lo up")
+        && sh(
+            &ns.0,
+            &format!("echo '{range}' > /proc/sys/net/ipv4/ip_local_port_range"),
+        );
+    ok.then_some(ns)
+}
+
+/// Byte a client sends to stop a server thread.
+const STOP: u8 = 0xff;
+
+/// `total` short connections from `workers` client threads to a server in `ns`:
+/// connect, one byte each way, the client closes first. Connections per second.
+fn storm(ns: &str, total: usize, workers: usize) -> f64 {
+    in_netns(ns, || {
+        // Threads spawned from here inherit this thread's namespace.
+        let listener = TcpListener::bind("127.0.0.1:9000").expect("listen");
+        let servers: Vec<_> = (0..workers)
+            .map(|_| {
+                let l = listener.try_clone().expect("clone listener");
+                thread::spawn(move || {
+                    while let Ok((mut s, _)) = l.accept() {
+                        let mut b = [0u8];
+                        if s.read_exact(&mut b).is_err() || b[0] == STOP {
+                            break;
+                        }
+                        let _ = s.write_all(&b);
+                        let mut rest = Vec::new();
+                        let _ = s.read_to_end(&mut rest);
+                    }
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        let clients: Vec<_> = (0..workers)
+            .map(|_| {
+                thread::spawn(move || {
+                    for _ in 0..total / workers {
+                        let mut s = TcpStream::connect("127.0.0.1:9000").expect("connect");
+                        let mut b = [1u8];
+                        s.write_all(&b).expect("write");
+                        s.read_exact(&mut b).expect("read");
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("client");
+        }
+        let rate = (total / workers * workers) as f64 / start.elapsed().as_secs_f64();
+        for _ in &servers {
+            let _ = TcpStream::connect("127.0.0.1:9000").and_then(|mut s| s.write_all(&[STOP]));
+        }
+        for s in servers {
+            let _ = s.join();
+        }
+        rate
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tracer {
+    None,
+    Trace,
+    Top,
+    Bpftrace,
+}
+
+/// The peer: bpftrace on the same tracepoints, counting in kernel maps.
+const BPFTRACE_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state { @s[args->oldstate, args->newstate] = count(); } \
+    tracepoint:syscalls:sys_enter_connect, tracepoint:syscalls:sys_enter_bind { @e = count(); } \
+    tracepoint:syscalls:sys_exit_connect, tracepoint:syscalls:sys_exit_bind { @x[args->ret] = count(); }";
+
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+/// Lines of a pipe, on a thread.
+fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for l in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn start(t: Tracer) -> Option<Running> {
+    let portx = env!("CARGO_BIN_EXE_portx");
+    let (mut cmd, ready, from_stdout) = match t {
+        Tracer::None => return None,
+        Tracer::Trace => {
+            let mut c = Command::new(portx);
+            c.args(["trace", "--json"]);
+            (c, "portx: tracing", false)
+        }
+        Tracer::Top => {
+            let mut c = Command::new(portx);
+            // Headless: stdout is not a terminal, and nothing is printed before the
+            // (long) interval, so this measures the model keeping up.
+            c.args(["top", "-v", "--interval", "3600"]);
+            (c, "portx: baseline taken", false)
+        }
+        Tracer::Bpftrace => {
+            let mut c = Command::new("bpftrace");
+            c.args(["-e", BPFTRACE_SCRIPT]);
+            (c, "Attaching", true)
+        }
+    };
+    let mut child = if from_stdout {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null())
+    } else {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped())
+    }
+    .spawn()
+    .ok()?;
+    let rx = if from_stdout {
+        lines(child.stdout.take()?)
+    } else {
+        lines(child.stderr.take()?)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(l) if l.contains(ready) => return Some(Running { child, lines: rx }),
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    None
+}
+
+/// CPU seconds and peak RSS (KiB) of a process, from /proc.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised comm: utime and stime are the 12th and 13th.
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / hz;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+/// Stops a tracer with SIGINT; returns its CPU time, peak RSS and (portx) drops.
+fn stop(mut r: Running) -> (f64, u64, Option<u64>) {
+    let (cpu, rss) = usage(r.child.id());
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGINT) };
+    let _ = r.child.wait();
+    let mut dropped = None;
+    while let Ok(l) = r.lines.recv_timeout(Duration::from_millis(500)) {
+        // "portx: N events seen, M shown, D dropped" or "portx: D events dropped, ..."
+        if let Some(rest) = l.strip_prefix("portx: ") {
+            let words: Vec<&str> = rest.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+            for (i, w) in words.iter().enumerate() {
+                if w.starts_with("dropped") && i > 0 {
+                    dropped = words[i - 1].parse().ok();
+                } else if *w == "events" && words.get(i + 1) == Some(&"dropped") {
+                    dropped = words.get(i.wrapping_sub(1)).and_then(|n| n.parse().ok());
+                }
+            }
+        }
+    }
+    (cpu, rss, dropped)
+}
+
+pub fn bench_storm(quick: bool) {
+    let (total, reps, workers) = if quick { (2000, 3, 4) } else { (6000, 5, 4) };
+    let bpftrace = Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let conds = [Tracer::None, Tracer::Trace, Tracer::Top, Tracer::Bpftrace];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
+    let mut trace_cpu = Vec::new();
+    let mut trace_rss = 0;
+    let mut dropped = 0u64;
+    for rep in 0..reps {
+        for (i, &c) in conds.iter().enumerate() {
+            if c == Tracer::Bpftrace && !bpftrace {
+                continue;
+            }
+            let Some(ns) = bench_ns(&format!("storm{rep}{i}"), "10000 60999") else {
+                eprintln!("skipping the connect storm - cannot make a namespace");
+                return;
+            };
+            let running = start(c);
+            if c != Tracer::None && running.is_none() {
+                eprintln!("skipping {c:?} in the connect storm - it did not start");
+                continue;
+            }
+            rates[i].push(storm(&ns.0, total, workers));
+            if let Some(r) = running {
+                let (cpu, rss, d) = stop(r);
+                if c == Tracer::Trace {
+                    trace_cpu.push(cpu);
+                    trace_rss = trace_rss.max(rss);
+                }
+                if matches!(c, Tracer::Trace | Tracer::Top) {
+                    dropped += d.unwrap_or(0);
+                }
+            }
+        }
+    }
+    let Some(base) = (!rates[0].is_empty()).then(|| median(rates[0].clone())) else {
+        return;
+    };
+    report(Figure {
+        figure: "connect storm, untraced",
+        value: base.0,
+        unit: "conn/s",
+        baseline: None,
+        target: "reported",
+        pass: None,
+        spread: base.1,
+    });
+    let mut ratios = [f64::NAN; 4];
+    for (i, name, target) in [
+        (1, "connect storm with portx trace --json", Some(0.97)),
+        (2, "connect storm with portx top (headless)", Some(0.97)),
+        (3, "connect storm with bpftrace (peer)", None),
+    ] {
+        if rates[i].is_empty() {
+            continue;
+        }
+        let (v, spread) = median(rates[i].clone());
+        ratios[i] = v / base.0;
+        report(Figure {
+            figure: name,
+            value: v,
+            unit: "conn/s",
+            baseline: Some((base.0, "untraced")),
+            target: if target.is_some() {
+                "ratio >= 0.97"
+            } else {
+                "reported"
+            },
+            pass: target.map(|t| ratios[i] >= t),
+            spread,
+        });
+    }
+    if !ratios[3].is_nan() {
+        report(Figure {
+            figure: "portx trace throughput ratio vs bpftrace's",
+            value: ratios[1],
+            unit: "",
+            baseline: Some((ratios[3], "bpftrace's ratio")),
+            target: "at least bpftrace's",
+            pass: Some(ratios[1] >= ratios[3]),
+            spread: 0.0,
+        });
+    }
+    if !trace_cpu.is_empty() {
+        let (cpu, spread) = median(trace_cpu);
+        report(Figure {
+            figure: &format!("portx trace CPU time per storm of {total} connections"),
+            value: cpu,
+            unit: "s",
+            baseline: None,
+            target: "reported",
+            pass: None,
+            spread,
+        });
+        report(Figure {
+            figure: "portx trace peak RSS",
+            value: trace_rss as f64 / 1024.0,
+            unit: "MiB",
+            baseline: None,
+            target: "reported",
+            pass: None,
+            spread: 0.0,
+        });
+    }
+    report(Figure {
+        figure: "events dropped during the storms (trace and top)",
+        value: dropped as f64,
+        unit: "events",
+        baseline: None,
+        target: "0",
+        pass: Some(dropped == 0),
+        spread: 0.0,
+    });
+}
+
+/// Closes with a RST (SO_LINGER 0), so the port does not stay in TIME_WAIT.
+fn reset(s: TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and option struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn bench_latency(quick: bool) {
+    let (trials, ss_trials) = if quick { (100, 3) } else { (400, 8) };
+    let Some(ns) = bench_ns("latency", "20000 20001") else {
+        eprintln!("skipping detection latency - cannot make a namespace");
+        return;
+    };
+    let name = ns.0.clone();
+    let Some(mut child) = Command::new(env!("CARGO_BIN_EXE_portx"))
+        .args(["trace", "--json", "--errors", "--netns", &name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()
+    else {
+        return;
+    };
+    let err = lines(child.stderr.take().expect("piped"));
+    let out = child.stdout.take().expect("piped");
+    // Each printed line, timestamped as it arrives.
+    let (tx, printed) = mpsc::channel::<Instant>();
+    thread::spawn(move || {
+        for _ in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = (0..30).any(|_| {
+        err.recv_timeout(Duration::from_secs(1))
+            .is_ok_and(|l| l.starts_with("portx: tracing"))
+    });
+    if !ready {
+        let _ = child.kill();
+        eprintln!("skipping detection latency - portx did not start");
+        return;
+    }
+    let inner_name = name.clone();
+    let (portx_lat, ss_lat) = in_netns(&name, move || {
+        let listener = TcpListener::bind("127.0.0.1:9000").expect("listen");
+        // Two ports in the range: hold both, and every further connect() fails.
+        let mut held: Vec<_> = (0..2)
+            .map(|_| {
+                let c = TcpStream::connect("127.0.0.1:9000").expect("connect");
+                let (s, _) = listener.accept().expect("accept");
+                (c, s)
+            })
+            .collect();
+        let mut portx_lat = Vec::new();
+        for _ in 0..trials {
+            thread::sleep(Duration::from_millis(5));
+            let t0 = Instant::now();
+            let r = TcpStream::connect("127.0.0.1:9000");
+            assert!(r.is_err(), "the range should be exhausted");
+            if let Ok(t1) = printed.recv_timeout(Duration::from_secs(2)) {
+                portx_lat.push(t1.saturating_duration_since(t0).as_secs_f64() * 1e3);
+            }
+        }
+        // Polling ss once a second: the time from the range filling up to the first
+        // poll that shows it. One connection is released (RST) and taken again per trial.
+        // Release one of the two ports (RST: no TIME_WAIT), keep the other.
+        let (c, _s) = held.remove(0);
+        reset(c);
+        let mut ss_lat = Vec::new();
+        let (poll_tx, polls) = mpsc::channel::<(Instant, usize)>();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let ns_name = inner_name;
+        let poller = thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns_name,
+                        "ss",
+                        "-tanH",
+                        "state",
+                        "established",
+                        "( dport = :9000 )",
+                    ])
+                    .output();
+                let n = out
+                    .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+                    .unwrap_or(0);
+                let _ = poll_tx.send((Instant::now(), n));
+                thread::sleep(Duration::from_secs(1));
+            }
+        });
+        for i in 0..ss_trials {
+            // Start at different points of the poll period.
+            thread::sleep(Duration::from_millis(1000 + (i as u64 * 370) % 1000));
+            while polls.try_recv().is_ok() {}
+            let t0 = Instant::now();
+            let c = TcpStream::connect("127.0.0.1:9000").expect("connect");
+            let (s, _) = listener.accept().expect("accept");
+            let deadline = t0 + Duration::from_secs(5);
+            let seen = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match polls.recv_timeout(left) {
+                    Ok((t, n)) if n >= 2 && t > t0 => break Some(t),
+                    Ok(_) if Instant::now() < deadline => {}
+                    _ => break None,
+                }
+            };
+            if let Some(t) = seen {
+                ss_lat.push(t.saturating_duration_since(t0).as_secs_f64() * 1e3);
+            }
+            reset(c);
+            drop(s);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = poller.join();
+        drop(held);
+        (portx_lat, ss_lat)
+    });
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    if portx_lat.is_empty() || ss_lat.is_empty() {
+        eprintln!("skipping detection latency - no measurements");
+        return;
+    }
+    let (mut p, mut s) = (portx_lat, ss_lat);
+    let n = p.len();
+    let (p50, p99) = (percentile(&mut p, 0.5), percentile(&mut p, 0.99));
+    let (s50, s99) = (percentile(&mut s, 0.5), percentile(&mut s, 0.99));
+    report(Figure {
+        figure: &format!("detection latency p50 ({n} EADDRNOTAVAIL, portx trace)"),
+        value: p50,
+        unit: "ms",
+        baseline: Some((s50, "ss -tan polled at 1 Hz")),
+        target: "reported",
+        pass: None,
+        spread: 0.0,
+    });
+    report(Figure {
+        figure: "detection latency p99 (portx trace)",
+        value: p99,
+        unit: "ms",
+        baseline: Some((s99, "ss -tan polled at 1 Hz")),
+        target: "< 5 ms",
+        pass: Some(p99 < 5.0),
+        spread: 0.0,
+    });
+}
