@@ -3,9 +3,9 @@
 //! [`gather`] reads the settings and one sock_diag dump (kernel-facing); [`findings`]
 //! applies the rules to them (pure, unit-tested with fixture values).
 
-use std::{collections::HashMap, io::Read as _, os::fd::AsRawFd as _, path::Path};
+use std::{collections::HashMap, io::Read as _};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Result, anyhow};
 use serde::Serialize;
 
 use crate::{
@@ -495,28 +495,6 @@ fn read_tcp_sysctls(s: &mut Settings) {
     s.max_syn_backlog = read_u32("/proc/sys/net/ipv4/tcp_max_syn_backlog");
 }
 
-/// Runs `f` on a thread that joined the namespace at `path` (a `setns` moves only the
-/// calling thread; /proc/sys follows the thread's namespace).
-fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: setns on this thread only, with a valid fd.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(anyhow!(
-                        "entering {}: {} (other namespaces need root)",
-                        path.display(),
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow!("namespace reader panicked"))?
-    })
-}
-
 /// Config files that still mention `tcp_tw_recycle`.
 fn tw_recycle_files() -> Vec<String> {
     let mut files = vec!["/etc/sysctl.conf".to_owned()];
@@ -558,9 +536,9 @@ pub fn gather(ns: Option<&NetnsRef>) -> Result<Inputs> {
     match ns {
         Some(ns) => {
             let mut s = inputs.settings.clone();
-            in_netns(&ns.path, || {
+            sockdiag::in_netns(ns, || {
                 read_tcp_sysctls(&mut s);
-                s
+                Ok(s)
             })
             .map(|s| inputs.settings = s)?;
         }

@@ -105,6 +105,14 @@ pub struct HookPath {
     pub rejected: Vec<String>,
 }
 
+impl HookPath {
+    /// The kind of attach point: `tp_btf`, `tracepoint`, `fexit`, `kprobe+kretprobe`,
+    /// `model`, ...
+    pub fn kind(&self) -> &str {
+        self.path.split(['/', ' ']).next().unwrap_or("")
+    }
+}
+
 /// Tries `attempts` in order with `try_one`; the first success is used. When all fail,
 /// `fallback` names what serves the need instead (or, with `None`, it is an error).
 pub fn choose(
@@ -410,11 +418,12 @@ impl Probes {
             .map_max_entries(names::EVENTS, opts.ring_bytes)
             .load(BPF_OBJECT)
             .context("loading the BPF object")?;
+        let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf/fentry/fexit")?;
         let mut attached = Vec::new();
         for &(prog, category, name) in SYSCALL_PROGRAMS {
             try_attach(
                 &mut ebpf,
-                &Btf::from_sys_fs()?,
+                &btf,
                 &kbtf,
                 &Attempt::Tracepoint {
                     prog,
@@ -424,7 +433,6 @@ impl Probes {
             )?;
             attached.push(format!("{prog} -> tracepoint {category}:{name}"));
         }
-        let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf/fentry/fexit")?;
         let mode = std::env::var(HOOKS_ENV).unwrap_or_default();
         let mut try_one = |a: &Attempt| {
             if !a.allowed_in(&mode) {

@@ -119,7 +119,8 @@ impl Clock {
     }
 }
 
-fn endpoint(addr: IpAddr, port: u16) -> String {
+/// `127.0.0.1:80` or `[::1]:80`.
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
     match addr {
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => format!("[{a}]:{port}"),

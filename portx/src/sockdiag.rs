@@ -454,6 +454,40 @@ fn thread_netns_inode() -> Result<u32> {
     u32::try_from(meta.ino()).context("netns inode does not fit in 32 bits")
 }
 
+/// Runs `f` inside namespace `ns`, on a short-lived thread that joins it (a `setns`
+/// only moves the calling thread; /proc/sys and new sockets follow the thread's
+/// namespace). Needs CAP_SYS_ADMIN.
+pub fn in_netns<T: Send>(ns: &NetnsRef, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let nsfile =
+        File::open(&ns.path).with_context(|| format!("{ns}: cannot open {}", ns.path.display()))?;
+    in_netns_file(&nsfile, ns.inode, f)
+}
+
+fn in_netns_file<T: Send>(
+    nsfile: &File,
+    inode: u32,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("portx-setns".into())
+            .spawn_scoped(s, || -> Result<T> {
+                // SAFETY: plain syscall on an fd we own; affects this thread only.
+                if unsafe { libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error()).context("setns(CLONE_NEWNET) failed");
+                }
+                let now = thread_netns_inode()?;
+                if now != inode {
+                    bail!("setns landed in netns {now}");
+                }
+                f()
+            })
+            .context("cannot spawn the setns thread")?
+            .join()
+            .map_err(|_| anyhow!("the setns thread panicked"))?
+    })
+}
+
 /// Handles to inspect one network namespace, opened once.
 ///
 /// `Send` but not `Sync`: two dumps on one netlink socket at once would interleave.
@@ -494,8 +528,7 @@ impl NetnsProbe {
         }
     }
 
-    /// Opens the handles inside `ns`, from a thread that joins it and exits (a
-    /// `setns` only moves the calling thread). Needs CAP_SYS_ADMIN.
+    /// Opens the handles inside `ns` (see [`in_netns`]). Needs CAP_SYS_ADMIN.
     pub fn open(ns: &NetnsRef) -> Result<Self> {
         let label = ns.to_string();
         let nsfile = File::open(&ns.path)
@@ -505,26 +538,8 @@ impl NetnsProbe {
             // e.g. the process behind /proc/PID exited and the pid was reused.
             bail!("{label}: {} now refers to netns {inode}", ns.path.display());
         }
-        let handles = std::thread::scope(|s| {
-            std::thread::Builder::new()
-                .name("portx-setns".into())
-                .spawn_scoped(s, || -> Result<Handles> {
-                    // SAFETY: plain syscall on an fd we own; affects this thread only.
-                    if unsafe { libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error())
-                            .context("setns(CLONE_NEWNET) failed");
-                    }
-                    let now = thread_netns_inode()?;
-                    if now != ns.inode {
-                        bail!("setns landed in netns {now}");
-                    }
-                    Handles::open_here()
-                })
-                .context("cannot spawn the setns thread")?
-                .join()
-                .map_err(|_| anyhow!("the setns thread panicked"))?
-        })
-        .with_context(|| format!("{label}: cannot open probe handles"))?;
+        let handles = in_netns_file(&nsfile, ns.inode, Handles::open_here)
+            .with_context(|| format!("{label}: cannot open probe handles"))?;
         Ok(Self::new(ns.inode, label, handles))
     }
 

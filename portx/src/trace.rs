@@ -96,13 +96,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         .setup
         .hooks
         .iter()
-        .map(|h| {
-            format!(
-                "{} via {}",
-                h.hook,
-                h.path.split(['/', ' ']).next().unwrap_or("")
-            )
-        })
+        .map(|h| format!("{} via {}", h.hook, h.kind()))
         .collect();
     eprintln!("portx: tracing ({}); Ctrl-C to stop", needs.join(", "));
 

@@ -821,10 +821,7 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState)
 fn hook_summary(hooks: &[crate::loader::HookPath]) -> String {
     hooks
         .iter()
-        .map(|h| {
-            let kind = h.path.split(['/', ' ']).next().unwrap_or("");
-            format!("{}:{kind}", h.hook)
-        })
+        .map(|h| format!("{}:{}", h.hook, h.kind()))
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -79,7 +79,7 @@ fn nightly() -> Result<Nightly> {
 }
 
 /// Where set-up keeps what it builds: `$PORTX_TOOLS_DIR`, else `~/.cache/portx`.
-fn tools_dir() -> Result<PathBuf> {
+pub fn tools_dir() -> Result<PathBuf> {
     if let Some(dir) = env::var_os("PORTX_TOOLS_DIR") {
         return Ok(PathBuf::from(dir));
     }

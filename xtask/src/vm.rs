@@ -252,12 +252,7 @@ struct Kernel {
 
 /// `$PORTX_TOOLS_DIR/kernels`, else `~/.cache/portx/kernels` (as set-up's tools).
 fn kernels_dir() -> Result<PathBuf> {
-    let base = match env::var_os("PORTX_TOOLS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?)
-            .join(".cache/portx"),
-    };
-    Ok(base.join("kernels"))
+    Ok(crate::setup::tools_dir()?.join("kernels"))
 }
 
 fn load_cached(dir: &Path) -> Result<Kernel> {

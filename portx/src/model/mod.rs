@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     event::{Kind, TcpState, TraceEvent},
-    output::JsonEvent,
+    output::{JsonEvent, endpoint},
 };
 use rate::RateWindow;
 use snapshot::{DestUsage, Drift, Failure, Holder, NetnsUsage, OwnerPorts, ProcessUsage, Snapshot};
@@ -1308,26 +1308,6 @@ impl Model {
             .filter(|k| k.netns == netns)
             .map(|k| self.tuple_of(&k.quad))
             .collect()
-    }
-
-    /// Namespaces the model has seen sockets or settings for.
-    pub fn known_netns(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self
-            .netns
-            .keys()
-            .copied()
-            .chain(self.sockets.values().map(|s| s.netns))
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    }
-}
-
-fn endpoint(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
     }
 }
 
