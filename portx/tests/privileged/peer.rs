@@ -116,8 +116,11 @@ pub fn run_if_peer() -> bool {
             let mut done = 0;
             while done < n && std::time::Instant::now() < deadline {
                 let c = TcpStream::connect(target).expect("connect");
-                let (s, _) = listener.accept().expect("accept");
+                let (mut s, _) = listener.accept().expect("accept");
+                // The client closes first and the server only after reading EOF, so
+                // the client ends in TIME_WAIT (not a simultaneous close via CLOSING).
                 drop(c);
+                let _ = s.read(&mut [0u8; 1]);
                 drop(s);
                 done += 1;
             }
@@ -164,8 +167,14 @@ pub fn run_if_peer() -> bool {
             let mut held: Vec<TcpStream> = (0..count)
                 .map(|_| TcpStream::connect(target).expect("connect"))
                 .collect();
-            held.drain(..close.min(count));
-            say("done");
+            // Names the local ports it closed: a later connect may legitimately take
+            // one over from TIME_WAIT (tcp_tw_reuse), so tests check them against ss.
+            let closed: Vec<String> = held
+                .drain(..close.min(count))
+                .filter_map(|s| s.local_addr().ok())
+                .map(|a| a.port().to_string())
+                .collect();
+            say(&format!("done {}", closed.join(",")));
             wait_for_eof();
         }
         other => {

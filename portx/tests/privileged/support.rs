@@ -311,12 +311,15 @@ impl Tracer {
             }
             thread::sleep(Duration::from_millis(20));
         }
+        // The last events only: a burst prints tens of thousands.
+        const SHOWN: usize = 40;
+        let events = self.events.lock().unwrap();
         bail!(
-            "portx did not report {what} within {:?}; it printed:\n{}",
+            "portx did not report {what} within {:?}; of the {} events it printed, the last {}:\n{}",
             wait(),
-            self.events
-                .lock()
-                .unwrap()
+            events.len(),
+            SHOWN.min(events.len()),
+            events[events.len().saturating_sub(SHOWN)..]
                 .iter()
                 .map(Value::to_string)
                 .collect::<Vec<_>>()

@@ -178,20 +178,27 @@ pub fn agrees_with_ss(started_before: bool) -> Result<()> {
         .iter()
         .map(|(d, n, c)| Peer::spawn(&ns, "hold", &[d, &n.to_string(), &c.to_string()]))
         .collect::<Result<Vec<_>>>()?;
-    let run = |clients: &mut Vec<Peer>| -> Result<()> {
+    // Each client's closed local ports.
+    let run = |clients: &mut Vec<Peer>| -> Result<Vec<Vec<u16>>> {
+        let mut closed = Vec::new();
         for c in clients.iter_mut() {
             c.go()?;
-            c.expect("done")?;
+            let ports = c.expect("done")?;
+            closed.push(ports.split(',').filter_map(|p| p.parse().ok()).collect());
         }
-        settle(&ns)
+        settle(&ns)?;
+        Ok(closed)
     };
-    let top = if started_before {
-        run(&mut clients)?;
-        TopOnce::start(&["--netns", &ns.name, "--interval", "1"])?
+    let (top, closed) = if started_before {
+        let closed = run(&mut clients)?;
+        (
+            TopOnce::start(&["--netns", &ns.name, "--interval", "1"])?,
+            closed,
+        )
     } else {
         let top = TopOnce::start(&["--netns", &ns.name, "--interval", "4"])?;
-        run(&mut clients)?;
-        top
+        let closed = run(&mut clients)?;
+        (top, closed)
     };
     let snap = top.snapshot()?;
     let kernel = ss(&ns)?;
@@ -223,17 +230,23 @@ pub fn agrees_with_ss(started_before: bool) -> Result<()> {
         ensure!(d["capacity"] == 10000, "capacity: {d}");
     }
     // Per process: live sockets as ss attributes them, plus (when portx saw them
-    // close) the TIME_WAITs each process left behind.
-    for (peer, (_, _, closed)) in clients.iter().zip(plan) {
+    // close) the TIME_WAITs each process left behind that the kernel still holds.
+    for ((peer, (_, _, n_closed)), closed) in clients.iter().zip(plan).zip(&closed) {
+        ensure!(closed.len() == n_closed, "peer closed {closed:?}");
         let live = kernel
             .iter()
             .filter(|s| s.pid == Some(peer.pid) && s.lport != 9001 && s.lport != 9002)
             .count() as u64;
-        let want = live + if started_before { 0 } else { closed };
+        let timewait = kernel
+            .iter()
+            .filter(|s| s.state == "TIME_WAIT" && closed.contains(&s.lport))
+            .count() as u64;
+        let want = live + if started_before { 0 } else { timewait };
         let got = process_ports(entry, peer.pid);
         ensure!(
             got == want,
-            "pid {}: portx {got} ports, expected {want} ({live} live)",
+            "pid {}: portx {got} ports, expected {want} ({live} live, {timewait} of \
+             {closed:?} in TIME_WAIT); snapshot {entry}",
             peer.pid
         );
     }
