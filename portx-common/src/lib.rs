@@ -183,6 +183,10 @@ pub struct Config {
     /// Offset of `ret` in `sys_exit_connect` / `sys_exit_bind`.
     pub exit_ret: u32,
     pub kernel: KernelOffsets,
+    /// Unread ring-buffer bytes above which an ordinary event wakes the reader; below
+    /// it only failures do, and the reader drains on a short timer. 0: every event
+    /// may wake it (the kernel's default).
+    pub wakeup_bytes: u32,
 }
 
 impl Config {
@@ -234,9 +238,10 @@ impl Config {
             sock_protocol: NO_OFFSET,
             inet_sport: NO_OFFSET,
         },
+        wakeup_bytes: 0,
     };
 }
-const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 20) * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 20 + 1) * 4);
 
 /// Key of the listener map: a listening port in a network namespace.
 #[repr(C)]

@@ -3,7 +3,7 @@
 //! The kernel-facing half of portx: everything here needs root. Offsets come from
 //! tracefs format files ([`crate::tracefs`]) and BTF ([`crate::kernel_btf`]).
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -318,15 +318,23 @@ fn try_attach(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, a: &Attempt) -> anyh
 pub struct LoadOptions {
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
+    /// Batch wake-ups: only failures, or a ring an eighth full, wake the reader, which
+    /// otherwise drains every [`DRAIN_INTERVAL`]. Off: every event may wake it.
+    pub batch_wakeups: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             ring_bytes: 16 << 20,
+            batch_wakeups: true,
         }
     }
 }
+
+/// How often the reader drains events that did not wake it (see
+/// [`LoadOptions::batch_wakeups`]): the most an ordinary event waits to be seen.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The kernel facts the programs were configured with, for `--verbose`.
 #[derive(Debug)]
@@ -360,6 +368,7 @@ pub fn kernel_config(tracefs_root: &Path) -> anyhow::Result<(Config, Vec<String>
         bind_tp: fmt("syscalls", "sys_enter_bind")?.sys_enter_offsets("umyaddr")?,
         exit_ret,
         kernel,
+        wakeup_bytes: 0,
     };
     Ok((
         config,
@@ -372,6 +381,7 @@ pub fn kernel_config(tracefs_root: &Path) -> anyhow::Result<(Config, Vec<String>
 pub struct Probes {
     ebpf: Ebpf,
     dropped: PerCpuArray<MapData, u64>,
+    batch_wakeups: bool,
     /// A hook reports each TIME_WAIT socket's end.
     pub exact_timewait: bool,
     pub setup: Setup,
@@ -397,6 +407,18 @@ fn load_error(program: &str, e: ProgramError) -> anyhow::Error {
 
 impl Probes {
     pub fn load(opts: LoadOptions) -> anyhow::Result<Self> {
+        let probes = Self::load_and_attach(opts)?;
+        // Loading parsed the kernel's BTF (aya does, for relocations); that memory is
+        // free now but glibc keeps it in the heap unless asked to give it back.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        Ok(probes)
+    }
+
+    fn load_and_attach(opts: LoadOptions) -> anyhow::Result<Self> {
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             bail!(
                 "ring buffer size {} is not a power of two of at least 4096 bytes",
@@ -404,7 +426,10 @@ impl Probes {
             );
         }
         let tracefs = tracefs::ensure_mounted()?;
-        let (config, btf_missing, kbtf) = kernel_config(&tracefs)?;
+        let (mut config, btf_missing, kbtf) = kernel_config(&tracefs)?;
+        if opts.batch_wakeups {
+            config.wakeup_bytes = opts.ring_bytes / 8;
+        }
         // RLIMIT_MEMLOCK only matters before memcg accounting (5.11); raise it anyway.
         let unlimited = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,
@@ -480,6 +505,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             dropped,
+            batch_wakeups: opts.batch_wakeups,
             exact_timewait,
             setup: Setup {
                 tracefs,
@@ -489,6 +515,19 @@ impl Probes {
                 hooks: hook_paths,
             },
         })
+    }
+
+    /// How events reach the reader, for `--verbose`.
+    pub fn wakeup_policy(&self) -> String {
+        match self.setup.config.wakeup_bytes {
+            0 => "ring buffer: every event may wake the reader".to_owned(),
+            n => format!(
+                "ring buffer: failures wake the reader at once; other events are drained \
+                 every {} ms, or at once when {} KiB wait",
+                DRAIN_INTERVAL.as_millis(),
+                n >> 10
+            ),
+        }
     }
 
     /// Takes the event ring buffer for reading. Only once.
@@ -502,7 +541,12 @@ impl Probes {
         // long as the RingBuf, and so the AsyncFd, lives.
         let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
-        Ok(EventReader { fd })
+        let drain_timer = self.batch_wakeups.then(|| {
+            let mut t = tokio::time::interval(DRAIN_INTERVAL);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        Ok(EventReader { fd, drain_timer })
     }
 
     /// Events the BPF side could not reserve ring-buffer space for, summed over CPUs.
@@ -518,14 +562,27 @@ impl Probes {
 /// The consumer side of the event ring buffer.
 pub struct EventReader {
     fd: AsyncFd<RingBuf<MapData>>,
+    /// With batched wake-ups: events may be waiting without the fd being readable.
+    drain_timer: Option<tokio::time::Interval>,
 }
 
 impl EventReader {
-    /// Waits until the kernel has written events.
+    /// Waits until the kernel has written events (or, with batched wake-ups, until the
+    /// next drain is due).
     pub async fn readable(&mut self) -> anyhow::Result<()> {
-        let mut guard = self.fd.readable_mut().await?;
-        guard.clear_ready();
-        Ok(())
+        let Self { fd, drain_timer } = self;
+        let woken = async {
+            let mut guard = fd.readable_mut().await?;
+            guard.clear_ready();
+            anyhow::Ok(())
+        };
+        match drain_timer {
+            None => woken.await,
+            Some(timer) => tokio::select! {
+                r = woken => r,
+                _ = timer.tick() => Ok(()),
+            },
+        }
     }
 
     /// Hands records now in the ring buffer to `f` until it returns false or the

@@ -243,12 +243,14 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     let netns_filter = args.netns.as_deref().map(netns::resolve).transpose()?;
     let mut probes = Probes::load(LoadOptions {
         ring_bytes: args.ring_mib << 20,
+        ..LoadOptions::default()
     })?;
     if verbose {
         for a in &probes.setup.attached {
             eprintln!("portx: attached {a}");
         }
         crate::trace::print_hooks(&probes.setup.hooks);
+        eprintln!("portx: {}", probes.wakeup_policy());
         eprintln!(
             "portx: TIME_WAIT: modelled from FIN_WAIT2/CLOSING -> CLOSE (no tracepoint reports it); drift check {}",
             if args.no_drift_check {

@@ -71,6 +71,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     let filter = filter_from(&args)?;
     let mut probes = Probes::load(LoadOptions {
         ring_bytes: args.ring_mib << 20,
+        ..LoadOptions::default()
     })?;
     if verbose {
         let s = &probes.setup;
@@ -79,6 +80,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
             eprintln!("portx: attached {a}");
         }
         print_hooks(&s.hooks);
+        eprintln!("portx: {}", probes.wakeup_policy());
         eprintln!("portx: kernel offsets from BTF: {:?}", s.config.kernel);
         for m in &s.btf_missing {
             eprintln!("portx: degraded: {m}");

@@ -58,7 +58,11 @@ fn machine() -> String {
     format!("kernel {}, {cores} cores", kernel.trim())
 }
 
-pub fn run(cargo: &mut Command, quick: bool, record: bool) -> Result<()> {
+pub fn run(cargo: &mut Command, quick: bool, record: bool, only: &[String]) -> Result<()> {
+    const PARTS: [&str; 5] = ["ingest", "memory", "baseline", "storm", "latency"];
+    if let Some(p) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        bail!("unknown bench part `{p}`; parts: {}", PARTS.join(", "));
+    }
     cargo.args([
         "bench",
         "--package",
@@ -69,6 +73,9 @@ pub fn run(cargo: &mut Command, quick: bool, record: bool) -> Result<()> {
     ]);
     if quick {
         cargo.arg("--quick");
+    }
+    if !only.is_empty() {
+        cargo.args(["--only", &only.join(",")]);
     }
     let out = cargo.output().context("running the benchmark")?;
     if !out.status.success() {

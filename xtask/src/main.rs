@@ -43,6 +43,10 @@ enum Task {
         /// Append the table to BENCHMARKS.md.
         #[arg(long)]
         record: bool,
+        /// Run only these parts: ingest, memory, baseline, storm, latency
+        /// (comma-separated).
+        #[arg(long, value_delimiter = ',', conflicts_with = "record")]
+        only: Vec<String>,
     },
     /// Everything CI checks: formatting, clippy, unit tests and, as root, the
     /// privileged tests that load the BPF programs into this kernel, then the same
@@ -109,11 +113,15 @@ fn main() -> Result<()> {
             let st = cmd.status().context("starting cargo run")?;
             std::process::exit(st.code().unwrap_or(1));
         }
-        Task::Bench { quick, record } => {
+        Task::Bench {
+            quick,
+            record,
+            only,
+        } => {
             let tools = setup::run(false)?;
             // The peer the connect storm compares against.
             setup::ensure_commands(&[("bpftrace", "bpftrace"), ("ss", "iproute2")])?;
-            bench::run(&mut cargo(&tools, &[])?, quick, record)?;
+            bench::run(&mut cargo(&tools, &[])?, quick, record, &only)?;
         }
         Task::VmTest {
             kernel,

@@ -463,12 +463,29 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes --bench; ignore it.
     let quick = args.iter().any(|a| a == "--quick");
-    bench_ingest(quick);
-    bench_memory(100_000);
-    if !quick {
-        bench_memory(1_000_000);
+    // `--only PART[,PART]`: run some parts (ingest, memory, baseline, storm, latency).
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    let part = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == name));
+    if part("ingest") {
+        bench_ingest(quick);
     }
-    bench_baseline(if quick { 20_000 } else { 100_000 }, quick);
-    storm::bench_storm(quick);
-    storm::bench_latency(quick);
+    if part("memory") {
+        bench_memory(100_000);
+        if !quick {
+            bench_memory(1_000_000);
+        }
+    }
+    if part("baseline") {
+        bench_baseline(if quick { 20_000 } else { 100_000 }, quick);
+    }
+    if part("storm") {
+        storm::bench_storm(quick);
+    }
+    if part("latency") {
+        storm::bench_latency(quick);
+    }
 }
