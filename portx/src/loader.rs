@@ -381,7 +381,6 @@ pub fn kernel_config(tracefs_root: &Path) -> anyhow::Result<(Config, Vec<String>
 pub struct Probes {
     ebpf: Ebpf,
     dropped: PerCpuArray<MapData, u64>,
-    batch_wakeups: bool,
     /// A hook reports each TIME_WAIT socket's end.
     pub exact_timewait: bool,
     pub setup: Setup,
@@ -505,7 +504,6 @@ impl Probes {
         Ok(Self {
             ebpf,
             dropped,
-            batch_wakeups: opts.batch_wakeups,
             exact_timewait,
             setup: Setup {
                 tracefs,
@@ -541,7 +539,8 @@ impl Probes {
         // long as the RingBuf, and so the AsyncFd, lives.
         let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
-        let drain_timer = self.batch_wakeups.then(|| {
+        let batched = self.setup.config.wakeup_bytes != 0;
+        let drain_timer = batched.then(|| {
             let mut t = tokio::time::interval(DRAIN_INTERVAL);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t

@@ -65,6 +65,72 @@ pub fn json_line(e: &TraceEvent) -> String {
     serde_json::to_string(&JsonEvent::from(e)).expect("JsonEvent always serializes")
 }
 
+/// The same JSON as [`JsonEvent`], serialized straight from the event: `portx trace
+/// --json` writes one per event, and building a `JsonEvent` first costs eight
+/// allocations each.
+#[derive(Serialize)]
+struct JsonEventRef<'a> {
+    ts_ns: u64,
+    event: &'static str,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    cgroup_id: u64,
+    netns: u32,
+    family: &'static str,
+    #[serde(serialize_with = "as_display")]
+    saddr: IpAddr,
+    sport: u16,
+    #[serde(serialize_with = "as_display")]
+    daddr: IpAddr,
+    dport: u16,
+    old_state: Option<&'static str>,
+    new_state: Option<&'static str>,
+    errno: Option<u32>,
+    error: Option<&'static str>,
+    bound_port: Option<u16>,
+    #[serde(serialize_with = "sock_hex")]
+    sock: u64,
+}
+
+fn as_display<S: serde::Serializer>(v: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn sock_hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    if *v == 0 {
+        s.serialize_str("")
+    } else {
+        s.collect_str(&format_args!("{v:x}"))
+    }
+}
+
+/// Writes one NDJSON line, newline included.
+pub fn write_json_line(out: &mut impl std::io::Write, e: &TraceEvent) -> std::io::Result<()> {
+    let json = JsonEventRef {
+        ts_ns: e.ts_ns,
+        event: e.kind.as_str(),
+        pid: e.pid,
+        tid: e.tid,
+        comm: &e.comm,
+        cgroup_id: e.cgroup_id,
+        netns: e.netns,
+        family: e.family.as_str(),
+        saddr: e.saddr,
+        sport: e.sport,
+        daddr: e.daddr,
+        dport: e.dport,
+        old_state: e.old_state.map(|s| s.name()),
+        new_state: e.new_state.map(|s| s.name()),
+        errno: e.errno,
+        error: e.error_name(),
+        bound_port: e.bound_port,
+        sock: e.sock,
+    };
+    serde_json::to_writer(&mut *out, &json).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")
+}
+
 /// Converts the BPF boot-time clock to wall-clock time of day.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -214,6 +280,39 @@ mod tests {
         assert_eq!(v["dport"], 3306);
         assert_eq!(v["old_state"], serde_json::Value::Null);
         assert_eq!(v["sock"], "ffff888000001000");
+    }
+
+    #[test]
+    fn written_json_is_the_documented_json() {
+        let mut cases = Vec::new();
+        for kind in [
+            EventKind::State,
+            EventKind::Connect,
+            EventKind::ConnectError,
+            EventKind::Bind,
+            EventKind::BindError,
+            EventKind::TimewaitEnd,
+        ] {
+            let mut raw = raw_event(kind);
+            raw.errno = 98;
+            cases.push(raw);
+            // IPv6, no socket, a comm that needs escaping.
+            raw.family = portx_common::uapi::AF_INET6;
+            raw.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
+            raw.daddr = "2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets();
+            raw.skaddr = 0;
+            raw.header.owner.comm[..4].copy_from_slice(b"a\"b\\");
+            cases.push(raw);
+        }
+        for raw in cases {
+            let ev = decode_event(&raw).unwrap();
+            let mut out = Vec::new();
+            write_json_line(&mut out, &ev).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), json_line(&ev) + "\n");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::{
     filter::Filter,
     loader::{LoadOptions, Probes},
     netns,
-    output::{Clock, TEXT_HEADER, json_line, text_line},
+    output::{Clock, TEXT_HEADER, text_line, write_json_line},
     preflight,
 };
 
@@ -176,12 +176,12 @@ impl<W: io::Write> Printer<W> {
             return;
         }
         self.stats.shown += 1;
-        let line = if self.json {
-            json_line(&ev)
+        let written = if self.json {
+            write_json_line(&mut self.out, &ev)
         } else {
-            text_line(&ev, &self.clock)
+            writeln!(self.out, "{}", text_line(&ev, &self.clock))
         };
-        if let Err(e) = writeln!(self.out, "{line}") {
+        if let Err(e) = written {
             self.write_err.get_or_insert(e);
         }
     }
