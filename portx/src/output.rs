@@ -60,14 +60,9 @@ impl From<&TraceEvent> for JsonEvent {
     }
 }
 
-/// One NDJSON line (no trailing newline).
-pub fn json_line(e: &TraceEvent) -> String {
-    serde_json::to_string(&JsonEvent::from(e)).expect("JsonEvent always serializes")
-}
-
-/// The same JSON as [`JsonEvent`], serialized straight from the event: `portx trace
-/// --json` writes one per event, and building a `JsonEvent` first costs eight
-/// allocations each.
+/// The same JSON as [`JsonEvent`] (which snapshots embed), serialized straight from
+/// the event: `portx trace --json` writes one per event, and building a `JsonEvent`
+/// first costs eight allocations each.
 #[derive(Serialize)]
 struct JsonEventRef<'a> {
     ts_ns: u64,
@@ -246,6 +241,15 @@ mod tests {
     use super::*;
     use crate::event::{decode_event, tests::raw_event};
 
+    /// What `portx trace --json` prints for `ev`, without the newline.
+    fn json_line(ev: &TraceEvent) -> String {
+        let mut out = Vec::new();
+        write_json_line(&mut out, ev).unwrap();
+        let mut line = String::from_utf8(out).unwrap();
+        assert_eq!(line.pop(), Some('\n'));
+        line
+    }
+
     #[test]
     fn json_has_the_documented_fields() {
         let mut raw = raw_event(EventKind::ConnectError);
@@ -309,9 +313,10 @@ mod tests {
         }
         for raw in cases {
             let ev = decode_event(&raw).unwrap();
-            let mut out = Vec::new();
-            write_json_line(&mut out, &ev).unwrap();
-            assert_eq!(String::from_utf8(out).unwrap(), json_line(&ev) + "\n");
+            assert_eq!(
+                json_line(&ev),
+                serde_json::to_string(&JsonEvent::from(&ev)).unwrap()
+            );
         }
     }
 
