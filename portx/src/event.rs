@@ -6,7 +6,7 @@ use std::{
 };
 
 use portx_common::{
-    Event, EventKind,
+    COMM_LEN, Event, EventKind,
     uapi::{AF_INET, AF_INET6},
 };
 
@@ -154,7 +154,7 @@ pub struct TraceEvent {
     /// 0 when the owner is unknown (a socket that existed before portx started).
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup_id: u64,
     pub netns: u32,
     /// Kernel socket address (0 when unknown): stable identity for the socket's life.
@@ -195,9 +195,82 @@ fn addr(family: Family, raw: [u8; 16]) -> IpAddr {
     }
 }
 
-fn comm(raw: &[u8]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+/// A task's command name, held inline (at most `COMM_LEN` bytes, as the kernel keeps
+/// it): decoding an event allocates nothing, which at hundreds of thousands of events
+/// a second is most of the decoder's cost.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// From the kernel's NUL-padded bytes. Bytes that are not UTF-8 become `?`, so
+    /// the name stays printable and within its 16 bytes.
+    pub fn from_raw(raw: &[u8]) -> Self {
+        let raw = &raw[..raw.len().min(COMM_LEN)];
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let mut c = Self {
+            bytes: [0; COMM_LEN],
+            len: end as u8,
+        };
+        c.bytes[..end].copy_from_slice(&raw[..end]);
+        if std::str::from_utf8(&c.bytes[..end]).is_err() {
+            for b in &mut c.bytes[..end] {
+                if !b.is_ascii() {
+                    *b = b'?';
+                }
+            }
+        }
+        c
+    }
+
+    pub fn as_str(&self) -> &str {
+        // `from_raw` leaves only UTF-8 (ASCII where the input was not UTF-8).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl From<&str> for Comm {
+    /// Truncated to `COMM_LEN` bytes at a character boundary.
+    fn from(s: &str) -> Self {
+        let mut end = s.len().min(COMM_LEN);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self::from_raw(&s.as_bytes()[..end])
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for Comm {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// Decodes one ring-buffer record.
@@ -232,7 +305,7 @@ pub fn decode_event(raw: &Event) -> Result<TraceEvent, DecodeError> {
         ts_ns: h.ts_ns,
         pid: h.owner.pid,
         tid: h.owner.tid,
-        comm: comm(&h.owner.comm),
+        comm: Comm::from_raw(&h.owner.comm),
         cgroup_id: h.owner.cgroup_id,
         netns: h.netns,
         sock: raw.skaddr,
@@ -295,6 +368,28 @@ pub(crate) mod tests {
         // SAFETY: Event is POD.
         unsafe { std::slice::from_raw_parts((e as *const Event).cast::<u8>(), size_of::<Event>()) }
             .to_vec()
+    }
+
+    #[test]
+    fn comm_is_held_inline_and_stays_printable() {
+        assert_eq!(Comm::from_raw(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
+        assert_eq!(Comm::from_raw(&[0; 16]).as_str(), "");
+        // Not UTF-8 (a name cut inside a multi-byte character): non-ASCII bytes show
+        // as '?', the rest is kept.
+        assert_eq!(Comm::from_raw(b"w\xc3\0").as_str(), "w?");
+        assert_eq!(Comm::from_raw(b"a\xffb\xc3\xa9").as_str(), "a?b??");
+        // Valid UTF-8 is kept as it is.
+        assert_eq!(Comm::from_raw("caf\u{e9}".as_bytes()).as_str(), "caf\u{e9}");
+        // From a longer string: cut to 16 bytes, at a character boundary.
+        assert_eq!(
+            Comm::from("0123456789abcdefXYZ").as_str(),
+            "0123456789abcdef"
+        );
+        assert_eq!(
+            Comm::from("0123456789abcde\u{e9}").as_str(),
+            "0123456789abcde"
+        );
+        assert_eq!(format!("{:?}", Comm::from("x\"y")), r#""x\"y""#);
     }
 
     #[test]

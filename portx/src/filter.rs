@@ -15,7 +15,7 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, e: &TraceEvent) -> bool {
         self.pid.is_none_or(|p| p == e.pid)
-            && self.comm.as_deref().is_none_or(|c| c == e.comm)
+            && self.comm.as_deref().is_none_or(|c| e.comm == c)
             && self.port.is_none_or(|p| p == e.sport || p == e.dport)
             && self.netns.is_none_or(|n| n == e.netns)
             && (!self.errors_only || e.kind.is_error())

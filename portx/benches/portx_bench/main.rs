@@ -18,7 +18,7 @@ use std::{
 mod storm;
 
 use portx::{
-    event::{Family, Kind, TcpState, TraceEvent},
+    event::{Comm, Family, Kind, TcpState, TraceEvent},
     model::{Model, NetnsConfig, View},
     sockdiag::{self, NetnsProbe, NetnsRef},
 };
@@ -108,7 +108,7 @@ fn conn_event(
     sport: u16,
     daddr: Ipv4Addr,
     states: Option<(TcpState, TcpState)>,
-    comm: String,
+    comm: Comm,
 ) -> TraceEvent {
     let pid = 1000 + (i % 16) as u32;
     TraceEvent {
@@ -136,7 +136,9 @@ fn conn_event(
 /// destinations and 16 processes, as the BPF side reports them.
 fn connection_events(n: u64) -> Vec<TraceEvent> {
     let mut out = Vec::with_capacity(n as usize * 6);
-    let comms: Vec<String> = (0..16).map(|i| format!("worker{i}")).collect();
+    let comms: Vec<Comm> = (0..16)
+        .map(|i| Comm::from(format!("worker{i}").as_str()))
+        .collect();
     for i in 0..n {
         let sport = 1024 + (i % 64000) as u16;
         let ts = i * 10_000; // 100k connections per second of event time
@@ -149,7 +151,7 @@ fn connection_events(n: u64) -> Vec<TraceEvent> {
                 sport,
                 daddr,
                 states,
-                comms[(i % 16) as usize].clone(),
+                comms[(i % 16) as usize],
             )
         };
         use TcpState::*;

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::event::Family;
+use crate::event::{Comm, Family};
 
 const NS: u32 = 4026532000;
 const S: u64 = 1_000_000_000;
@@ -57,9 +57,9 @@ impl Sk {
             pid: self.pid,
             tid: self.pid,
             comm: if self.pid == 0 {
-                String::new()
+                Comm::default()
             } else {
-                self.comm.to_owned()
+                self.comm.into()
             },
             cgroup_id: 7,
             netns: NS,
