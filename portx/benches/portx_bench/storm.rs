@@ -102,9 +102,22 @@ enum Tracer {
     /// bpftrace counting in kernel maps, printing nothing per event: a lower bound on
     /// what any tracer of these tracepoints costs.
     BpftraceCount,
+    /// bpftrace counting calls on one syscall tracepoint, nothing else. Enabling any
+    /// syscall tracepoint sends every syscall of every task through the slow entry
+    /// path, so this is what seeing connect()/bind() results costs on a kernel that
+    /// does not allow fexit or kprobes (this one), before any tracing work.
+    /// https://elixir.bootlin.com/linux/v6.12/source/kernel/tracepoint.c (syscall_regfunc)
+    BpftraceSyscallFloor,
 }
 
 impl Tracer {
+    fn is_bpftrace(self) -> bool {
+        matches!(
+            self,
+            Tracer::BpftracePrint | Tracer::BpftraceCount | Tracer::BpftraceSyscallFloor
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             Tracer::None => "none",
@@ -112,6 +125,7 @@ impl Tracer {
             Tracer::Top => "top",
             Tracer::BpftracePrint => "bpftrace-print",
             Tracer::BpftraceCount => "bpftrace-count",
+            Tracer::BpftraceSyscallFloor => "bpftrace-syscall",
         }
     }
 }
@@ -130,6 +144,9 @@ const BPFTRACE_PRINT: &str = "tracepoint:sock:inet_sock_set_state { \
 const BPFTRACE_COUNT: &str = "tracepoint:sock:inet_sock_set_state { @s[args->oldstate, args->newstate] = count(); } \
     tracepoint:syscalls:sys_enter_connect, tracepoint:syscalls:sys_enter_bind { @e = count(); } \
     tracepoint:syscalls:sys_exit_connect, tracepoint:syscalls:sys_exit_bind { @x[args->ret] = count(); }";
+
+/// One counter on one syscall tracepoint.
+const BPFTRACE_SYSCALL_FLOOR: &str = "tracepoint:syscalls:sys_enter_connect { @ = count(); }";
 
 struct Running {
     child: Child,
@@ -177,14 +194,14 @@ fn start(t: Tracer) -> Option<Running> {
             c.args(["top", "-v", "--interval", "3600"]);
             (c, "portx: baseline taken", false)
         }
-        Tracer::BpftracePrint | Tracer::BpftraceCount => {
+        Tracer::BpftracePrint | Tracer::BpftraceCount | Tracer::BpftraceSyscallFloor => {
             let mut c = Command::new("bpftrace");
             c.args([
                 "-e",
-                if t == Tracer::BpftracePrint {
-                    BPFTRACE_PRINT
-                } else {
-                    BPFTRACE_COUNT
+                match t {
+                    Tracer::BpftracePrint => BPFTRACE_PRINT,
+                    Tracer::BpftraceCount => BPFTRACE_COUNT,
+                    _ => BPFTRACE_SYSCALL_FLOOR,
                 },
             ]);
             (c, "Attaching", true)
@@ -294,6 +311,7 @@ pub fn bench_storm(quick: bool) {
         Tracer::Top,
         Tracer::BpftracePrint,
         Tracer::BpftraceCount,
+        Tracer::BpftraceSyscallFloor,
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     // Each tracer's own CPU per 1000 connections, start-up excluded.
@@ -304,7 +322,7 @@ pub fn bench_storm(quick: bool) {
     let only = std::env::var("PORTX_BENCH_TRACER").ok();
     for rep in 0..reps {
         for (i, &c) in conds.iter().enumerate() {
-            if matches!(c, Tracer::BpftracePrint | Tracer::BpftraceCount) && !bpftrace {
+            if c.is_bpftrace() && !bpftrace {
                 continue;
             }
             if only.as_ref().is_some_and(|o| *o != c.name()) {
@@ -349,7 +367,7 @@ pub fn bench_storm(quick: bool) {
         pass: None,
         spread: base.1,
     });
-    let mut ratios = [f64::NAN; 5];
+    let mut ratios = [f64::NAN; 6];
     for (i, name, target) in [
         (1, "connect storm with portx trace --json", Some(0.97)),
         (2, "connect storm with portx top (headless)", Some(0.97)),
@@ -359,6 +377,11 @@ pub fn bench_storm(quick: bool) {
             None,
         ),
         (4, "connect storm with bpftrace counting in maps", None),
+        (
+            5,
+            "connect storm with bpftrace counting one syscall tracepoint (floor for syscall tracepoints)",
+            None,
+        ),
     ] {
         if rates[i].is_empty() {
             continue;
