@@ -260,13 +260,32 @@ fn bench_memory(n: u64) {
     drop(m);
 }
 
-/// A namespace holding `n` TIME_WAIT sockets, removed on drop.
+/// A namespace the bench made, removed on drop.
 struct BenchNs(String);
 
 impl Drop for BenchNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
+}
+
+/// A namespace for one run, with loopback up and its own port range.
+pub(crate) fn bench_ns(tag: &str, range: &str) -> Option<BenchNs> {
+    let name = format!("portx-bench-{tag}-{}", std::process::id());
+    let added = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !added {
+        return None;
+    }
+    let ns = BenchNs(name);
+    let ok = sh(&ns.0, "ip link set lo up")
+        && sh(
+            &ns.0,
+            &format!("echo '{range}' > /proc/sys/net/ipv4/ip_local_port_range"),
+        );
+    ok.then_some(ns)
 }
 
 fn sh(ns: &str, script: &str) -> bool {
@@ -339,26 +358,14 @@ fn bench_baseline(n: usize, quick: bool) {
         eprintln!("skipping the baseline dump figure - needs root (it makes a network namespace)");
         return;
     }
-    let name = format!("portx-bench-{}", std::process::id());
-    if !Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("skipping the baseline dump figure - cannot create a namespace");
+    let Some(ns) = bench_ns("baseline", "1024 65535") else {
+        eprintln!("skipping the baseline dump figure - cannot make a namespace");
         return;
-    }
-    let ns = BenchNs(name);
-    let ok = sh(&ns.0, "ip link set lo up")
-        && sh(
-            &ns.0,
-            "echo '1024 65535' > /proc/sys/net/ipv4/ip_local_port_range",
-        )
-        && sh(
-            &ns.0,
-            &format!("echo {} > /proc/sys/net/ipv4/tcp_max_tw_buckets", n * 2),
-        );
-    if !ok {
+    };
+    if !sh(
+        &ns.0,
+        &format!("echo {} > /proc/sys/net/ipv4/tcp_max_tw_buckets", n * 2),
+    ) {
         eprintln!("skipping the baseline dump figure - cannot configure the namespace");
         return;
     }

@@ -12,26 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{BenchNs, Figure, in_netns, median, report, sh};
-
-/// A namespace for one run, with loopback up and its own port range.
-fn bench_ns(tag: &str, range: &str) -> Option<BenchNs> {
-    let name = format!("portx-bench-{tag}-{}", std::process::id());
-    let added = Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !added {
-        return None;
-    }
-    let ns = BenchNs(name);
-    let ok = sh(&ns.0, "ip link set lo up")
-        && sh(
-            &ns.0,
-            &format!("echo '{range}' > /proc/sys/net/ipv4/ip_local_port_range"),
-        );
-    ok.then_some(ns)
-}
+use crate::{Figure, bench_ns, in_netns, median, report};
 
 /// Byte a client sends to stop a server thread.
 const STOP: u8 = 0xff;
@@ -449,24 +430,26 @@ pub fn bench_storm(quick: bool) {
         });
     }
     if trace_rss.0 > 0 {
-        report(Figure {
-            figure: "portx trace peak RSS (the ring buffer, mapped twice, is 32 MiB of it)",
-            value: trace_rss.0 as f64 / 1024.0,
-            unit: "MiB",
-            baseline: None,
-            target: "reported",
-            pass: None,
-            spread: 0.0,
-        });
-        report(Figure {
-            figure: "portx trace anonymous RSS (heap, stacks) after a storm",
-            value: trace_rss.1 as f64 / 1024.0,
-            unit: "MiB",
-            baseline: None,
-            target: "reported",
-            pass: None,
-            spread: 0.0,
-        });
+        for (figure, kib) in [
+            (
+                "portx trace peak RSS (the ring buffer, mapped twice, is 32 MiB of it)",
+                trace_rss.0,
+            ),
+            (
+                "portx trace anonymous RSS (heap, stacks) after a storm",
+                trace_rss.1,
+            ),
+        ] {
+            report(Figure {
+                figure,
+                value: kib as f64 / 1024.0,
+                unit: "MiB",
+                baseline: None,
+                target: "reported",
+                pass: None,
+                spread: 0.0,
+            });
+        }
     }
     report(Figure {
         figure: "events dropped during the storms (trace and top)",
