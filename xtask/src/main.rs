@@ -63,7 +63,7 @@ enum Task {
         #[arg(long, value_enum, default_value = "all")]
         kernel: vm::KernelChoice,
         /// Wall-clock limit per kernel, in seconds (TCG is slow).
-        #[arg(long, default_value_t = 1500)]
+        #[arg(long, default_value_t = vm::TIMEOUT_SECS)]
         timeout: u64,
         /// Extra arguments for the test binary (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -179,7 +179,12 @@ fn main() -> Result<()> {
                 eprintln!("xtask: VM tests (set PORTX_SKIP_VM=1 to skip them)");
                 let series = vm::KernelChoice::All.series();
                 // Its closing line is "N passed, M failed" over both kernels.
-                if !vm::run(&tools, &series, &args, Duration::from_secs(1500))? {
+                if !vm::run(
+                    &tools,
+                    &series,
+                    &args,
+                    Duration::from_secs(vm::TIMEOUT_SECS),
+                )? {
                     std::process::exit(1);
                 }
             }

@@ -24,6 +24,10 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
 use crate::setup::Tools;
 
+/// Wall-clock limit per kernel, in seconds, for `vm-test` and `test` alike (TCG is
+/// slow: a full run takes about 4 minutes per kernel here).
+pub const TIMEOUT_SECS: u64 = 1500;
+
 /// Guest vCPUs and RAM (MiB).
 const CPUS: u32 = 2;
 const MEM_MIB: u32 = 1536;
