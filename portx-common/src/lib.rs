@@ -243,16 +243,6 @@ impl Config {
 }
 const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 20 + 1) * 4);
 
-/// Key of the listener map: a listening port in a network namespace.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenerKey {
-    pub netns: u32,
-    pub port: u16,
-    pub _pad: u16,
-}
-const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
-
 /// Bits of the `HOOKS` map: which events kernel-function hooks emit, so the syscall
 /// tracepoints (always attached, for errors the hooks do not see) do not repeat them.
 pub mod hooks {
@@ -267,7 +257,6 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const HOOKS: &str = "HOOKS";
     pub const DROPPED: &str = "DROPPED";
-    pub const OWNERS: &str = "OWNERS";
     pub const CONFIG: &str = "CONFIG";
 }
 
@@ -301,5 +290,4 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::ListenerKey {}
 }

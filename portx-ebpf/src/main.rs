@@ -15,19 +15,18 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{
         BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
         TracePointContext,
     },
 };
 use portx_common::{
-    COMM_LEN, Config, Event, EventHeader, EventKind, ListenerKey, NO_OFFSET, Owner,
-    SysEnterOffsets, hooks,
+    COMM_LEN, Config, Event, EventHeader, EventKind, NO_OFFSET, Owner, SysEnterOffsets, hooks,
     uapi::{
         AF_INET, AF_INET6, EADDRNOTAVAIL, EINPROGRESS, IPPROTO_MPTCP, IPPROTO_TCP, SOCK_STREAM,
         TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
-        TCP_SYN_RECV, TCP_SYN_SENT,
+        TCP_SYN_SENT,
     },
 };
 
@@ -43,21 +42,18 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 #[map]
 static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Owner of each socket, keyed by `struct sock *`. LRU so that sockets whose close we
-/// never saw cannot fill it.
-#[map]
-static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
-
-/// Owner of each listening port, so that accepted sockets (created in softirq) can
-/// inherit the listener's owner.
-#[map]
-static LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entries(4096, 0);
-
 /// A connect() or bind() in flight, stashed at syscall entry by thread id.
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct Pending {
+    /// connect(): the TCP socket this thread moved to SYN_SENT inside the syscall,
+    /// noted by the state program (0 until then). Learning it there, rather than by
+    /// walking the task's fd table at entry (eight probe reads), keeps the common
+    /// path cheap; exit walks the table only when no socket was noted.
     sk: u64,
+    /// The socket's network namespace, noted with `sk` (0: not known).
+    netns: u32,
+    fd: u32,
     /// The address asked for.
     addr: [u8; 16],
     family: u16,
@@ -417,56 +413,20 @@ fn handle_state<R: SockRead>(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Optio
     let (sport, saddr) = (ep.sport, ep.saddr);
     let netns = sock_netns::<R>(sk).or_else(task_netns).unwrap_or(0);
 
-    if old == TCP_SYN_SENT && sport != 0 {
+    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        note_connect_sock(sk, netns);
+    } else if old == TCP_SYN_SENT && sport != 0 {
         note_connect_port(sk, sport, &saddr);
     }
 
-    // Who owns this socket: learned in process context, inherited from the listener
-    // for accepted sockets, otherwise carried from earlier events. (Plain values and a
-    // flag rather than Option<Owner>: LLVM lowers the latter to pointer shifts the
-    // verifier rejects.)
-    let mut owner = Owner::default();
-    let mut have_owner = false;
-    if let Some(p) = OWNERS.get_ptr(sk) {
-        // SAFETY: pointer from a successful map lookup.
-        owner = unsafe { *p };
-        have_owner = true;
-    }
-    if in_owner_context(old, new) && (new == TCP_SYN_SENT || new == TCP_LISTEN || !have_owner) {
-        owner = current_owner();
-        have_owner = true;
-        let _ = OWNERS.insert(sk, owner, 0);
-    } else if !have_owner && old == TCP_LISTEN && new == TCP_SYN_RECV {
-        let key = ListenerKey {
-            netns,
-            port: sport,
-            _pad: 0,
-        };
-        if let Some(p) = LISTENERS.get_ptr(key) {
-            // SAFETY: pointer from a successful map lookup.
-            owner = unsafe { *p };
-            have_owner = true;
-            let _ = OWNERS.insert(sk, owner, 0);
-        }
-    }
-
-    if new == TCP_LISTEN && have_owner {
-        let key = ListenerKey {
-            netns,
-            port: sport,
-            _pad: 0,
-        };
-        let _ = LISTENERS.insert(key, owner, 0);
-    } else if old == TCP_LISTEN && new == TCP_CLOSE {
-        let _ = LISTENERS.remove(ListenerKey {
-            netns,
-            port: sport,
-            _pad: 0,
-        });
-    }
-    if new == TCP_CLOSE {
-        let _ = OWNERS.remove(sk);
-    }
+    // The owner only where `current` is it; userspace carries it to the transitions
+    // that run in softirq (portx::sock_owners). Keeping it in a map here cost a
+    // lookup per state change and an insert and a delete per socket.
+    let owner = if in_owner_context(old, new) {
+        current_owner()
+    } else {
+        Owner::default()
+    };
 
     emit(|ev| {
         ev.header = header(EventKind::State, netns, owner);
@@ -481,6 +441,23 @@ fn handle_state<R: SockRead>(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Optio
         ev.new_state = new;
     });
     Some(())
+}
+
+/// Records the socket a connect() in this thread is connecting: tcp_v4_connect and
+/// tcp_v6_connect move it to SYN_SENT in the caller's context, before they pick the
+/// port. The first one wins (MPTCP moves its subflows too).
+/// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_ipv4.c (tcp_v4_connect)
+fn note_connect_sock(sk: u64, netns: u32) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(p) = PENDING_CONNECT.get_ptr_mut(tid) {
+        // SAFETY: pointer from a successful lookup of this thread's own entry.
+        unsafe {
+            if (*p).sk == 0 {
+                (*p).sk = sk;
+                (*p).netns = netns;
+            }
+        }
+    }
 }
 
 /// Records the port a connect() in this thread got, if `sk` is the socket it connects.
@@ -537,37 +514,31 @@ fn stash_sockaddr(
     if uaddr == 0 || addrlen < 16 {
         return None;
     }
+    // struct sockaddr_in:  family(2) port(2, be) addr(4)
+    // struct sockaddr_in6: family(2) port(2, be) flowinfo(4) addr(16) scope_id(4)
+    // The first 8 bytes in one read: a helper call each is a large share of this
+    // program's cost.
     // SAFETY: user pointer passed to the syscall; a bad pointer makes the read fail.
-    let family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16).ok()? };
+    let head: [u8; 8] = unsafe { bpf_probe_read_user(uaddr as *const [u8; 8]).ok()? };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
     let mut p = Pending {
         sk: 0,
+        netns: 0,
+        fd: fd as u32,
         addr: [0; 16],
         family,
-        port: 0,
+        port: u16::from_be_bytes([head[2], head[3]]),
         local_port: 0,
         _pad: 0,
         local_addr: [0; 16],
     };
-    // struct sockaddr_in:  family(2) port(2, be) addr(4)
-    // struct sockaddr_in6: family(2) port(2, be) flowinfo(4) addr(16) scope_id(4)
-    // SAFETY: as above.
-    unsafe {
-        let port: u16 = bpf_probe_read_user((uaddr + 2) as *const u16).ok()?;
-        p.port = u16::from_be(port);
-        if family == AF_INET {
-            p.addr = ipv4_padded(bpf_probe_read_user((uaddr + 4) as *const u32).ok()?);
-        } else if family == AF_INET6 && addrlen >= 24 {
-            p.addr = bpf_probe_read_user((uaddr + 8) as *const [u8; 16]).ok()?;
-        } else {
-            return None;
-        }
-    }
-    if let Some((sk, sock_type)) = sock_of_fd(fd) {
-        // UDP and other datagram sockets also connect(); portx follows stream sockets.
-        if sock_type != SOCK_STREAM {
-            return None;
-        }
-        p.sk = sk;
+    if family == AF_INET {
+        p.addr = ipv4_padded(u32::from_ne_bytes([head[4], head[5], head[6], head[7]]));
+    } else if family == AF_INET6 && addrlen >= 24 {
+        // SAFETY: as above.
+        p.addr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]).ok()? };
+    } else {
+        return None;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     pending.insert(tid, p, 0).ok()
@@ -600,12 +571,25 @@ fn finish(
         (false, true) => EventKind::Bind,
         (false, false) => EventKind::BindError,
     };
-    let netns = sock_netns::<ProbeRead>(p.sk)
-        .or_else(task_netns)
-        .unwrap_or(0);
+    let (sk, mut netns) = (p.sk, p.netns);
+    let sk = if sk != 0 {
+        sk
+    } else {
+        // No TCP socket of this thread entered SYN_SENT: a bind(), a connect() that
+        // failed before that, or not a stream socket at all (UDP connects too).
+        match sock_of_fd(u64::from(p.fd)) {
+            Some((_, sock_type)) if sock_type != SOCK_STREAM => return None,
+            Some((sk, _)) => sk,
+            // Not a socket, or a closed fd: the failure is still reported.
+            None => 0,
+        }
+    };
+    if netns == 0 {
+        netns = sock_netns::<ProbeRead>(sk).or_else(task_netns).unwrap_or(0);
+    }
     emit(|ev| {
         ev.header = header(kind, netns, current_owner());
-        ev.skaddr = p.sk;
+        ev.skaddr = sk;
         ev.family = p.family;
         if !ok {
             ev.errno = (-ret) as u32;
@@ -621,7 +605,7 @@ fn finish(
                 // The ephemeral port is set inside inet_hash_connect, so a socket
                 // still connecting has it by now.
                 // SAFETY: probe reads at BTF offsets.
-                unsafe { read_local(ev, p.sk, p.family) };
+                unsafe { read_local(ev, sk, p.family) };
             }
         } else {
             ev.saddr = p.addr;
@@ -629,7 +613,7 @@ fn finish(
             if ok {
                 // The port bind() gave, which differs from the one asked for with 0.
                 // SAFETY: probe read at a BTF offset.
-                ev.bound_port = unsafe { read_at(p.sk, conf!(kernel.sock_num)) }.unwrap_or(0);
+                ev.bound_port = unsafe { read_at(sk, conf!(kernel.sock_num)) }.unwrap_or(0);
             }
         }
     });
@@ -719,15 +703,15 @@ fn on_bind(sock: u64, uaddr: u64, ret: i64) -> Option<()> {
         return None;
     }
     let netns = sock_netns::<ProbeRead>(sk).or_else(task_netns).unwrap_or(0);
-    let mut addr = [0u8; 16];
     // SAFETY: as above; sockaddr_in / sockaddr_in6 layouts.
-    let port = unsafe {
-        if family == AF_INET {
-            addr = ipv4_padded(bpf_probe_read_kernel((uaddr + 4) as *const u32).ok()?);
+    let (addr, port) = unsafe {
+        let addr = if family == AF_INET {
+            ipv4_padded(bpf_probe_read_kernel((uaddr + 4) as *const u32).ok()?)
         } else {
-            addr = bpf_probe_read_kernel((uaddr + 8) as *const [u8; 16]).ok()?;
-        }
-        u16::from_be(bpf_probe_read_kernel((uaddr + 2) as *const u16).ok()?)
+            bpf_probe_read_kernel((uaddr + 8) as *const [u8; 16]).ok()?
+        };
+        let port = u16::from_be(bpf_probe_read_kernel((uaddr + 2) as *const u16).ok()?);
+        (addr, port)
     };
     emit(|ev| {
         ev.header = header(

@@ -15,6 +15,7 @@ pub mod netns;
 pub mod output;
 pub mod preflight;
 pub mod proc_owners;
+pub mod sock_owners;
 pub mod sockdiag;
 pub mod top;
 pub mod trace;

@@ -13,6 +13,7 @@ use crate::{
     netns,
     output::{Clock, TEXT_HEADER, text_line, write_json_line},
     preflight,
+    sock_owners::SockOwners,
 };
 
 /// Says which attach point serves each need and why better ones were not used.
@@ -118,6 +119,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         clock,
         json: args.json,
         stats: Stats::default(),
+        owners: SockOwners::default(),
         out,
         write_err: None,
     };
@@ -161,6 +163,7 @@ struct Printer<W: io::Write> {
     clock: Clock,
     json: bool,
     stats: Stats,
+    owners: SockOwners,
     out: W,
     write_err: Option<io::Error>,
 }
@@ -168,10 +171,12 @@ struct Printer<W: io::Write> {
 impl<W: io::Write> Printer<W> {
     fn handle(&mut self, bytes: &[u8]) {
         self.stats.seen += 1;
-        let Ok(ev) = decode(bytes) else {
+        let Ok(mut ev) = decode(bytes) else {
             self.stats.undecodable += 1;
             return;
         };
+        // Before the filter, which may select by process.
+        self.owners.join(&mut ev);
         if !self.filter.matches(&ev) {
             return;
         }
