@@ -85,7 +85,7 @@ pub fn write_json_line(out: &mut impl Write, e: &TraceEvent) -> io::Result<()> {
     w.raw(b",\"tid\":");
     w.int(e.tid);
     w.raw(b",\"comm\":");
-    serde_json::to_writer(&mut w, e.comm.as_str()).map_err(io::Error::from)?;
+    w.string(&e.comm)?;
     w.raw(b",\"cgroup_id\":");
     w.int(e.cgroup_id);
     w.raw(b",\"netns\":");
@@ -112,7 +112,7 @@ pub fn write_json_line(out: &mut impl Write, e: &TraceEvent) -> io::Result<()> {
     w.opt_int(e.bound_port);
     w.raw(b",\"sock\":\"");
     if e.sock != 0 {
-        write!(w, "{:x}", e.sock)?;
+        w.hex(e.sock);
     }
     w.raw(b"\"}\n");
     if w.len > w.buf.len() {
@@ -130,6 +130,9 @@ struct LineBuf<'a> {
 }
 
 impl LineBuf<'_> {
+    // Inlined so that the many short literals are copied as fixed-size moves, not
+    // through a memcpy call each.
+    #[inline(always)]
     fn raw(&mut self, b: &[u8]) {
         if let Some(dst) = self.buf.get_mut(self.len..self.len + b.len()) {
             dst.copy_from_slice(b);
@@ -139,6 +142,37 @@ impl LineBuf<'_> {
 
     fn int(&mut self, n: impl itoa::Integer) {
         self.raw(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    /// Lower-case hex without leading zeros, as `{:x}` writes it.
+    fn hex(&mut self, n: u64) {
+        let mut digits = [0u8; 16];
+        let mut i = digits.len();
+        let mut rest = n;
+        loop {
+            i -= 1;
+            digits[i] = b"0123456789abcdef"[(rest & 0xf) as usize];
+            rest >>= 4;
+            if rest == 0 {
+                break;
+            }
+        }
+        self.raw(&digits[i..]);
+    }
+
+    /// A JSON string. Task names are nearly always plain ASCII, which needs no
+    /// escaping; others go through serde_json.
+    fn string(&mut self, s: &str) -> io::Result<()> {
+        if s.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            self.raw(b"\"");
+            self.raw(s.as_bytes());
+            self.raw(b"\"");
+            Ok(())
+        } else {
+            serde_json::to_writer(self, s).map_err(io::Error::from)
+        }
     }
 
     fn opt_int(&mut self, n: Option<impl itoa::Integer>) {
@@ -380,6 +414,12 @@ mod tests {
             // Control characters and non-ASCII text in the name.
             raw.header.owner.comm[..7].copy_from_slice("\u{1}\t\u{e9}x\u{7f}!".as_bytes());
             raw.bound_port = 0;
+            cases.push(raw);
+        }
+        // Socket addresses of every hex width (the writer drops leading zeros).
+        for sk in [1, 0xf, 0x10, 0xabc, u64::MAX] {
+            let mut raw = raw_event(EventKind::State);
+            raw.skaddr = sk;
             cases.push(raw);
         }
         for raw in cases {
