@@ -299,14 +299,17 @@ pub fn bench_storm(quick: bool) {
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut trace_rss = (0, 0);
     let mut dropped = 0u64;
-    // For profiling one condition: PORTX_BENCH_TRACER=none|trace|top|bpftrace-print|...
+    // For profiling some conditions: PORTX_BENCH_TRACER=none,trace,top,bpftrace-print,...
     let only = std::env::var("PORTX_BENCH_TRACER").ok();
     for rep in 0..reps {
         for (i, &c) in conds.iter().enumerate() {
             if c.is_bpftrace() && !bpftrace {
                 continue;
             }
-            if only.as_ref().is_some_and(|o| *o != c.name()) {
+            if only
+                .as_ref()
+                .is_some_and(|o| !o.split(',').any(|n| n == c.name()))
+            {
                 continue;
             }
             let Some(ns) = bench_ns(&format!("storm{rep}{i}"), "10000 60999") else {
