@@ -252,6 +252,78 @@ fn usage(pid: u32) -> Usage {
     }
 }
 
+/// Run time and run count of every BPF program a process holds, from the kernel's
+/// own accounting (`run_time_ns`, `run_cnt` in each program fd's fdinfo, kept while
+/// `kernel.bpf_stats_enabled` is 1).
+fn bpf_prog_stats(pid: u32) -> Vec<(u64, u64)> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .map(|info| {
+            let field = |key: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            (field("run_time_ns:"), field("run_cnt:"))
+        })
+        .collect()
+}
+
+/// Sets `kernel.bpf_stats_enabled` to 1 while it lives and back to what it was after.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Option<Self> {
+        let was = std::fs::read_to_string(BPF_STATS).ok()?;
+        std::fs::write(BPF_STATS, "1").ok()?;
+        Some(Self(was))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.0.trim());
+    }
+}
+
+/// What portx's BPF programs cost a storm under `portx trace`: their CPU per 1000
+/// connections, and the state-change program's time per run (it runs about ten times
+/// per connection, more than any other, which is how it is told apart). The kernel's
+/// accounting reads the clock twice per program run, so this is a storm of its own,
+/// not one of the timed ones.
+fn bpf_cost(total: usize, workers: usize) -> Option<(f64, f64)> {
+    let ns = bench_ns("stormbpf", "10000 60999")?;
+    let _stats = BpfStats::enable()?;
+    let running = start(Tracer::Trace)?;
+    let before = bpf_prog_stats(running.child.id());
+    storm(&ns.0, total, workers);
+    let after = bpf_prog_stats(running.child.id());
+    stop(running);
+    if before.len() != after.len() || after.is_empty() {
+        return None;
+    }
+    let delta: Vec<(u64, u64)> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1)))
+        .collect();
+    let total_ns: u64 = delta.iter().map(|d| d.0).sum();
+    let (state_ns, state_runs) = delta.iter().copied().max_by_key(|d| d.1)?;
+    if state_runs == 0 {
+        return None;
+    }
+    Some((
+        total_ns as f64 / 1e6 / (total as f64 / 1e3),
+        state_ns as f64 / state_runs as f64,
+    ))
+}
+
 /// Stops a tracer with SIGINT; returns the drops portx reports.
 fn stop(mut r: Running) -> Option<u64> {
     // SAFETY: kill(2) on our child.
@@ -431,6 +503,34 @@ pub fn bench_storm(quick: bool) {
             pass: None,
             spread,
         });
+    }
+    if only
+        .as_ref()
+        .is_none_or(|o| o.split(',').any(|n| n == "trace"))
+        && let Some((per_1000, state_run)) = bpf_cost(total, workers)
+    {
+        for (figure, value, unit) in [
+            (
+                "portx trace BPF programs, CPU per 1000 connections (kernel.bpf_stats_enabled)",
+                per_1000,
+                "ms",
+            ),
+            (
+                "portx state-change program, time per run (ten runs per connection)",
+                state_run,
+                "ns",
+            ),
+        ] {
+            report(Figure {
+                figure,
+                value,
+                unit,
+                baseline: None,
+                target: "reported",
+                pass: None,
+                spread: 0.0,
+            });
+        }
     }
     if trace_rss.0 > 0 {
         for (figure, kib) in [
