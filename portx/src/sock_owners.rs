@@ -1,4 +1,6 @@
-//! Who owns each socket, joined onto events in userspace. Pure: no kernel access.
+//! Who owns each socket, joined onto the events `portx trace` prints. Pure: no kernel
+//! access. (`portx top`'s model keeps an owner per socket anyway and does the same
+//! there, listeners included, rather than keep a second table.)
 //!
 //! The BPF side names the current task only on transitions that run in the owner's
 //! own syscall (connect, listen, close); the others (handshake, FIN_WAIT2, LAST_ACK

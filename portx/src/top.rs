@@ -26,7 +26,6 @@ use crate::{
     model::{BaselineSocket, Model, NetnsConfig, Tuple, View, snapshot::Snapshot},
     netns, preflight,
     proc_owners::{self, ProcOwner},
-    sock_owners::SockOwners,
     sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
     tui,
 };
@@ -282,7 +281,6 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     let mut baseline_done = false;
     let mut known_netns: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut undecodable = 0u64;
-    let mut owners = SockOwners::default();
     let mut more = false;
 
     let interactive = !args.once && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -317,10 +315,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                 let mut batch = Vec::with_capacity(1024);
                 let n = reader.drain(|b| {
                     match decode(b) {
-                        Ok(mut ev) => {
-                            owners.join(&mut ev);
-                            batch.push(ev);
-                        }
+                        Ok(ev) => batch.push(ev),
                         Err(_) => undecodable += 1,
                     }
                     batch.len() < DRAIN_BATCH

@@ -314,6 +314,9 @@ pub struct Model {
     owner_index: FxHashMap<u32, Vec<u32>>,
     /// bind() of a fixed port seen before the socket's first state change.
     pending_binds: FxHashMap<u64, u16>,
+    /// Owner of each listening (netns, port) seen going to LISTEN: accepted sockets
+    /// are created in softirq, where the event names no one, and belong to it.
+    listeners: FxHashMap<(u32, u16), u32>,
     netns: FxHashMap<u32, NetnsConfig>,
     failures: VecDeque<Failure>,
     now_ns: u64,
@@ -351,6 +354,13 @@ impl Model {
     /// Live full sockets tracked (LISTEN included).
     pub fn socket_count(&self) -> usize {
         self.sockets.len()
+    }
+
+    #[cfg(test)]
+    fn owner_pid(&self, sock: u64) -> Option<u32> {
+        self.sockets
+            .get(&sock)
+            .map(|s| self.owners[s.owner as usize].pid)
     }
 
     /// 4-tuples held in TIME_WAIT.
@@ -703,7 +713,25 @@ impl Model {
             return;
         }
         let tuple = Tuple::of(e);
-        let owner = self.intern_owner(e.pid, &e.comm, e.cgroup_id);
+        let listener = (e.netns, tuple.sport);
+        let mut owner = self.intern_owner(e.pid, &e.comm, e.cgroup_id);
+        // Who takes the socket: the task that connects or listens (this also replaces
+        // a stale owner left by a freed socket at the same address), the listener for
+        // an accepted socket. Other transitions only fill in an unknown owner: a close
+        // names the closer, which may not be the owner.
+        let claims = match (old, new) {
+            (_, TcpState::SynSent | TcpState::Listen) => true,
+            (TcpState::Listen, TcpState::SynRecv) => {
+                if let Some(&o) = self.listeners.get(&listener) {
+                    owner = o;
+                }
+                true
+            }
+            _ => false,
+        };
+        if old == TcpState::Listen && new == TcpState::Close {
+            self.listeners.remove(&listener);
+        }
         let key = e.sock;
         if !self.sockets.contains_key(&key) && tuple.complete() {
             // A socket from the baseline, named by an event for the first time.
@@ -789,8 +817,15 @@ impl Model {
             self.quad_release(s.quad);
             return;
         }
-        if s.owner == NO_OWNER {
+        if owner != NO_OWNER && (claims || s.owner == NO_OWNER) {
             s.owner = owner;
+        }
+        if new == TcpState::Listen && s.owner != NO_OWNER {
+            // Bounded like pending_binds: listeners whose close was never seen.
+            if self.listeners.len() > 65536 {
+                self.listeners.clear();
+            }
+            self.listeners.insert(listener, s.owner);
         }
         s.state = new;
         // The kernel fills in the tuple as the socket progresses (sport is 0 at

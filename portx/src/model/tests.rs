@@ -308,6 +308,53 @@ fn accepted_sockets_and_listeners_are_not_destinations() {
     assert_eq!(m.socket_count(), 2);
 }
 
+#[test]
+fn accepted_sockets_belong_to_the_listener() {
+    use TcpState::*;
+    let mut m = model();
+    let at = |sock, pid, sport, dport| Sk {
+        sock,
+        pid,
+        comm: "nginx",
+        saddr: ip("127.0.0.1"),
+        sport,
+        daddr: ip("127.0.0.1"),
+        dport,
+    };
+    m.apply(&at(9, 50, 80, 0).state(S, Close, Listen));
+    // Children are created in softirq: their events name no one.
+    let child = at(10, 0, 80, 20005);
+    m.apply(&child.state(S, Listen, SynRecv));
+    m.apply(&child.state(S, SynRecv, Established));
+    assert_eq!(m.owner_pid(10), Some(50));
+    // Another namespace's port 80 is not this listener's.
+    let mut elsewhere = at(11, 0, 80, 20006).state(S, Listen, SynRecv);
+    elsewhere.netns = NS + 1;
+    m.apply(&elsewhere);
+    assert_eq!(m.owner_pid(11), Some(0));
+    // Once the listener is closed, later children are nobody's.
+    m.apply(&at(9, 0, 80, 0).state(S + 1, Listen, Close));
+    m.apply(&at(12, 0, 80, 20007).state(S + 1, Listen, SynRecv));
+    assert_eq!(m.owner_pid(12), Some(0));
+    // A close run by another task does not take the socket from its owner.
+    m.apply(&at(10, 77, 80, 20005).state(S + 2, Established, FinWait1));
+    assert_eq!(m.owner_pid(10), Some(50));
+}
+
+#[test]
+fn connecting_takes_a_socket_address_left_by_a_missed_close() {
+    use TcpState::*;
+    let mut m = model();
+    Sk::client(1, 100, 20001, "10.0.0.5", 80).open(&mut m, S);
+    // Its close was lost; a new socket at the same address connects.
+    Sk::client(1, 200, 20002, "10.0.0.5", 80).open(&mut m, 2 * S);
+    assert_eq!(m.owner_pid(1), Some(200));
+    // Softirq events keep it.
+    let softirq = Sk::client(1, 0, 20002, "10.0.0.5", 80);
+    m.apply(&softirq.state(2 * S + 5, Established, CloseWait));
+    assert_eq!(m.owner_pid(1), Some(200));
+}
+
 fn baseline_sock(sport: u16, dport: u16, state: TcpState, pid: u32) -> BaselineSocket {
     BaselineSocket {
         tuple: Tuple::new(ip("127.0.0.1"), sport, ip("10.0.0.5"), dport),
