@@ -571,9 +571,8 @@ fn finish(
         (false, true) => EventKind::Bind,
         (false, false) => EventKind::BindError,
     };
-    let (sk, mut netns) = (p.sk, p.netns);
-    let sk = if sk != 0 {
-        sk
+    let sk = if p.sk != 0 {
+        p.sk
     } else {
         // No TCP socket of this thread entered SYN_SENT: a bind(), a connect() that
         // failed before that, or not a stream socket at all (UDP connects too).
@@ -584,9 +583,11 @@ fn finish(
             None => 0,
         }
     };
-    if netns == 0 {
-        netns = sock_netns::<ProbeRead>(sk).or_else(task_netns).unwrap_or(0);
-    }
+    let netns = if p.netns != 0 {
+        p.netns
+    } else {
+        sock_netns::<ProbeRead>(sk).or_else(task_netns).unwrap_or(0)
+    };
     emit(|ev| {
         ev.header = header(kind, netns, current_owner());
         ev.skaddr = sk;

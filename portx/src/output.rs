@@ -69,7 +69,7 @@ impl From<&TraceEvent> for JsonEvent {
 /// per event, hundreds of thousands a second in a storm: serde's derived serializer
 /// escapes every key and formats through `core::fmt`, about half of trace's CPU. The
 /// schema is fixed, so keys need no escaping and numbers go through itoa; `comm`, the
-/// only free-form text, still goes through serde_json's escaping.
+/// only free-form text, goes through serde_json's escaping when it needs any.
 pub fn write_json_line(out: &mut impl Write, e: &TraceEvent) -> io::Result<()> {
     let mut buf = [0u8; 1024];
     let mut w = LineBuf {
@@ -166,9 +166,7 @@ impl LineBuf<'_> {
         if s.bytes()
             .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
         {
-            self.raw(b"\"");
-            self.raw(s.as_bytes());
-            self.raw(b"\"");
+            self.quoted(s);
             Ok(())
         } else {
             serde_json::to_writer(self, s).map_err(io::Error::from)
@@ -185,6 +183,11 @@ impl LineBuf<'_> {
     /// A string known to need no escaping (portx's own names: kinds, states, errnos).
     fn ident(&mut self, s: &str) {
         debug_assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        self.quoted(s);
+    }
+
+    /// `s` between quotes, as it is: only for text that needs no escaping.
+    fn quoted(&mut self, s: &str) {
         self.raw(b"\"");
         self.raw(s.as_bytes());
         self.raw(b"\"");
