@@ -29,6 +29,16 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in value order.
+    pub const ALL: [Self; 6] = [
+        Self::State,
+        Self::Connect,
+        Self::ConnectError,
+        Self::Bind,
+        Self::BindError,
+        Self::TimewaitEnd,
+    ];
+
     pub const fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
             1 => Self::State,
@@ -187,6 +197,51 @@ pub struct Config {
     /// it only failures do, and the reader drains on a short timer. 0: every event
     /// may wake it (the kernel's default).
     pub wakeup_bytes: u32,
+    /// Which events the programs emit at all.
+    pub filter: KernelFilter,
+}
+
+/// The part of a trace filter the BPF programs apply before reserving ring-buffer
+/// space, so a narrowed trace costs little more than the programs' entry.
+/// Userspace applies the whole filter again; this one only ever lets more through.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelFilter {
+    /// Bit `1 << kind` for each [`EventKind`] emitted.
+    pub kinds: u32,
+    /// Network namespace inode; 0: any.
+    pub netns: u32,
+    /// A port on either side of the 4-tuple; 0: any.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl KernelFilter {
+    /// Every event.
+    pub const ALL: Self = Self {
+        kinds: u32::MAX,
+        netns: 0,
+        port: 0,
+        _pad: 0,
+    };
+
+    /// Only failed connect() and bind() calls.
+    pub const ERROR_KINDS: u32 =
+        (1 << EventKind::ConnectError as u32) | (1 << EventKind::BindError as u32);
+
+    /// Whether an event of this kind, namespace and ports goes to the ring buffer.
+    /// A state event with no local port yet (`CLOSE -> SYN_SENT`: the port is picked
+    /// after it) passes a port filter: it names the socket's owner, which userspace
+    /// carries to the socket's later events, the ones with the port.
+    #[inline(always)]
+    pub const fn passes(&self, kind: EventKind, netns: u32, sport: u16, dport: u16) -> bool {
+        self.kinds & (1 << kind as u32) != 0
+            && (self.netns == 0 || self.netns == netns)
+            && (self.port == 0
+                || self.port == sport
+                || self.port == dport
+                || (matches!(kind, EventKind::State) && sport == 0))
+    }
 }
 
 impl Config {
@@ -239,9 +294,10 @@ impl Config {
             inet_sport: NO_OFFSET,
         },
         wakeup_bytes: 0,
+        filter: KernelFilter::ALL,
     };
 }
-const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 20 + 1) * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 20 + 1 + 3) * 4);
 
 /// Bits of the `HOOKS` map: which events kernel-function hooks emit, so the syscall
 /// tracepoints (always attached, for errors the hooks do not see) do not repeat them.
@@ -290,4 +346,34 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_filter_keeps_kinds_namespace_and_either_port() {
+        use EventKind::*;
+        let all = KernelFilter::ALL;
+        assert!(all.passes(State, 7, 0, 0) && all.passes(BindError, 0, 1, 2));
+
+        let errors = KernelFilter {
+            kinds: KernelFilter::ERROR_KINDS,
+            ..all
+        };
+        let kept: [bool; 6] = EventKind::ALL.map(|k| errors.passes(k, 7, 1, 2));
+        assert_eq!(kept, [false, false, true, false, true, false]);
+
+        let netns = KernelFilter { netns: 7, ..all };
+        assert!(netns.passes(State, 7, 1, 2) && !netns.passes(ConnectError, 8, 1, 2));
+
+        let port = KernelFilter { port: 3306, ..all };
+        assert!(port.passes(Connect, 7, 3306, 9000));
+        assert!(port.passes(State, 7, 40000, 3306));
+        assert!(!port.passes(State, 7, 40000, 9000));
+        // The owner-naming CLOSE -> SYN_SENT has no local port yet.
+        assert!(port.passes(State, 7, 0, 9000));
+        assert!(!port.passes(ConnectError, 7, 0, 9000));
+    }
 }

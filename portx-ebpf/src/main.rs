@@ -22,7 +22,8 @@ use aya_ebpf::{
     },
 };
 use portx_common::{
-    COMM_LEN, Config, Event, EventHeader, EventKind, NO_OFFSET, Owner, SysEnterOffsets, hooks,
+    COMM_LEN, Config, Event, EventHeader, EventKind, KernelFilter, NO_OFFSET, Owner,
+    SysEnterOffsets, hooks,
     uapi::{
         AF_INET, AF_INET6, EADDRNOTAVAIL, EINPROGRESS, IPPROTO_MPTCP, IPPROTO_TCP, SOCK_STREAM,
         TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
@@ -220,6 +221,26 @@ fn sock_of_fd(fd: u64) -> Option<(u64, u16)> {
     }
 }
 
+/// Whether the trace asked for this event (`KernelFilter`). Checked before the
+/// reserve: an event filtered out costs a few compares. The values are constants to
+/// the verifier (frozen `.rodata`), which drops the checks that cannot fail.
+#[inline(always)]
+fn kind_wanted(kind: EventKind) -> bool {
+    conf!(filter.kinds) & (1 << kind as u32) != 0
+}
+
+/// `kind_wanted`, and the namespace and ports too.
+#[inline(always)]
+fn wanted(kind: EventKind, netns: u32, sport: u16, dport: u16) -> bool {
+    KernelFilter {
+        kinds: conf!(filter.kinds),
+        netns: conf!(filter.netns),
+        port: conf!(filter.port),
+        _pad: 0,
+    }
+    .passes(kind, netns, sport, dport)
+}
+
 /// Reserves an event in the ring buffer, zeroes it and lets `fill` write it in place
 /// (building it on the 512-byte BPF stack first does not fit), or counts a drop.
 #[inline(always)]
@@ -318,14 +339,27 @@ struct Endpoints {
     daddr: [u8; 16],
 }
 
+/// Whether a transition matters at all: it is traced, or it tells a connect() in
+/// flight its socket or port (see `note_connect_sock`). Under `--errors` that leaves
+/// two of a connection's ten state changes, and the rest return before any read.
+#[inline(always)]
+fn state_needed(old: u8, new: u8) -> bool {
+    kind_wanted(EventKind::State)
+        || (old == TCP_CLOSE && new == TCP_SYN_SENT)
+        || old == TCP_SYN_SENT
+}
+
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
+    let old = tp_read::<i32>(ctx, conf!(state_tp.oldstate))? as u8;
+    let new = tp_read::<i32>(ctx, conf!(state_tp.newstate))? as u8;
+    if !state_needed(old, new) {
+        return None;
+    }
     let protocol: u16 = tp_read(ctx, conf!(state_tp.protocol))?;
     if protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP {
         return None;
     }
     let sk: u64 = tp_read(ctx, conf!(state_tp.skaddr))?;
-    let old = tp_read::<i32>(ctx, conf!(state_tp.oldstate))? as u8;
-    let new = tp_read::<i32>(ctx, conf!(state_tp.newstate))? as u8;
     let mut ep = Endpoints {
         family: tp_read(ctx, conf!(state_tp.family))?,
         protocol,
@@ -361,6 +395,9 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    if !state_needed(old as u8, new as u8) {
+        return 0;
+    }
     if let Some(mut ep) = sock_endpoints::<DirectLoad>(sk)
         && (ep.protocol == IPPROTO_TCP || ep.protocol == IPPROTO_MPTCP)
     {
@@ -417,6 +454,10 @@ fn handle_state<R: SockRead>(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Optio
         note_connect_sock(sk, netns);
     } else if old == TCP_SYN_SENT && sport != 0 {
         note_connect_port(sk, sport, &saddr);
+    }
+
+    if !wanted(EventKind::State, netns, sport, ep.dport) {
+        return None;
     }
 
     // The owner only where `current` is it; userspace carries it to the transitions
@@ -571,6 +612,10 @@ fn finish(
         (false, true) => EventKind::Bind,
         (false, false) => EventKind::BindError,
     };
+    // The kind alone settles most filtered-out calls, before any socket read.
+    if !kind_wanted(kind) {
+        return None;
+    }
     let sk = if p.sk != 0 {
         p.sk
     } else {
@@ -588,34 +633,40 @@ fn finish(
     } else {
         sock_netns::<ProbeRead>(sk).or_else(task_netns).unwrap_or(0)
     };
+    // The local side: for connect() the address the kernel chose, for bind() the
+    // one asked for.
+    let (saddr, sport) = if !is_connect {
+        (p.addr, p.port)
+    } else if p.local_port != 0 {
+        (p.local_addr, p.local_port)
+    } else {
+        // The ephemeral port is set inside inet_hash_connect, so a socket still
+        // connecting has it by now.
+        // SAFETY: probe reads at BTF offsets.
+        unsafe { read_local(sk, p.family) }
+    };
+    let (daddr, dport) = if is_connect {
+        (p.addr, p.port)
+    } else {
+        ([0; 16], 0)
+    };
+    if !wanted(kind, netns, sport, dport) {
+        return None;
+    }
     emit(|ev| {
         ev.header = header(kind, netns, current_owner());
         ev.skaddr = sk;
         ev.family = p.family;
+        ev.saddr = saddr;
+        ev.sport = sport;
+        ev.daddr = daddr;
+        ev.dport = dport;
         if !ok {
             ev.errno = (-ret) as u32;
-        }
-        if is_connect {
-            // The destination asked for, and the local side the kernel chose.
-            ev.daddr = p.addr;
-            ev.dport = p.port;
-            if p.local_port != 0 {
-                ev.sport = p.local_port;
-                ev.saddr = p.local_addr;
-            } else {
-                // The ephemeral port is set inside inet_hash_connect, so a socket
-                // still connecting has it by now.
-                // SAFETY: probe reads at BTF offsets.
-                unsafe { read_local(ev, sk, p.family) };
-            }
-        } else {
-            ev.saddr = p.addr;
-            ev.sport = p.port;
-            if ok {
-                // The port bind() gave, which differs from the one asked for with 0.
-                // SAFETY: probe read at a BTF offset.
-                ev.bound_port = unsafe { read_at(sk, conf!(kernel.sock_num)) }.unwrap_or(0);
-            }
+        } else if !is_connect {
+            // The port bind() gave, which differs from the one asked for with 0.
+            // SAFETY: probe read at a BTF offset.
+            ev.bound_port = unsafe { read_at(sk, conf!(kernel.sock_num)) }.unwrap_or(0);
         }
     });
     Some(())
@@ -634,18 +685,21 @@ fn hooks_in_use() -> u32 {
 /// `__inet_hash_connect(death_row, sk, ...)` returned `ret`: the ephemeral port
 /// allocation (0) or its failure (-EADDRNOTAVAIL), for IPv4 and IPv6 alike.
 fn on_hash_connect(sk: u64, ret: i64) -> Option<()> {
+    let kind = if ret == 0 {
+        EventKind::Connect
+    } else {
+        EventKind::ConnectError
+    };
+    if !kind_wanted(kind) {
+        return None;
+    }
     let ep = sock_endpoints::<ProbeRead>(sk)?;
     let netns = sock_netns::<ProbeRead>(sk).or_else(task_netns).unwrap_or(0);
+    if !wanted(kind, netns, ep.sport, ep.dport) {
+        return None;
+    }
     emit(|ev| {
-        ev.header = header(
-            if ret == 0 {
-                EventKind::Connect
-            } else {
-                EventKind::ConnectError
-            },
-            netns,
-            current_owner(),
-        );
+        ev.header = header(kind, netns, current_owner());
         ev.skaddr = sk;
         ev.family = ep.family;
         ev.protocol = ep.protocol;
@@ -692,6 +746,14 @@ pub fn hash_connect_kretprobe(ctx: RetProbeContext) -> u32 {
 
 /// `inet_bind`/`inet6_bind(sock, uaddr, addr_len)` returned `ret`.
 fn on_bind(sock: u64, uaddr: u64, ret: i64) -> Option<()> {
+    let kind = if ret == 0 {
+        EventKind::Bind
+    } else {
+        EventKind::BindError
+    };
+    if !kind_wanted(kind) {
+        return None;
+    }
     // SAFETY: probe reads of kernel memory (uaddr is the kernel's copy).
     let (sock_type, sk, family) = unsafe {
         (
@@ -714,16 +776,11 @@ fn on_bind(sock: u64, uaddr: u64, ret: i64) -> Option<()> {
         let port = u16::from_be(bpf_probe_read_kernel((uaddr + 2) as *const u16).ok()?);
         (addr, port)
     };
+    if !wanted(kind, netns, port, 0) {
+        return None;
+    }
     emit(|ev| {
-        ev.header = header(
-            if ret == 0 {
-                EventKind::Bind
-            } else {
-                EventKind::BindError
-            },
-            netns,
-            current_owner(),
-        );
+        ev.header = header(kind, netns, current_owner());
         ev.skaddr = sk;
         ev.family = family;
         ev.saddr = addr;
@@ -789,8 +846,14 @@ pub fn bind_kretprobe(ctx: RetProbeContext) -> u32 {
 /// `inet_twsk_kill(tw)`: a TIME_WAIT socket is freed, by its timer or because a new
 /// connection reused its 4-tuple. Runs in softirq: no owner.
 fn on_twsk_kill(tw: u64) -> Option<()> {
+    if !kind_wanted(EventKind::TimewaitEnd) {
+        return None;
+    }
     let ep = sock_endpoints::<ProbeRead>(tw)?;
     let netns = sock_netns::<ProbeRead>(tw).unwrap_or(0);
+    if !wanted(EventKind::TimewaitEnd, netns, ep.sport, ep.dport) {
+        return None;
+    }
     emit(|ev| {
         ev.header = header(EventKind::TimewaitEnd, netns, Owner::default());
         ev.skaddr = tw;
@@ -820,14 +883,15 @@ pub fn twsk_kill_kprobe(ctx: ProbeContext) -> u32 {
 
 /// The socket's bound local address and port (`skc_rcv_saddr`, `skc_num`).
 #[inline(always)]
-unsafe fn read_local(ev: &mut Event, sk: u64, family: u16) {
+unsafe fn read_local(sk: u64, family: u16) -> ([u8; 16], u16) {
     unsafe {
-        ev.sport = read_at(sk, conf!(kernel.sock_num)).unwrap_or(0);
-        if family == AF_INET6 {
-            ev.saddr = read_at(sk, conf!(kernel.sock_v6_rcv_saddr)).unwrap_or([0; 16]);
+        let port = read_at(sk, conf!(kernel.sock_num)).unwrap_or(0);
+        let addr = if family == AF_INET6 {
+            read_at(sk, conf!(kernel.sock_v6_rcv_saddr)).unwrap_or([0; 16])
         } else {
-            ev.saddr = ipv4_padded(read_at(sk, conf!(kernel.sock_rcv_saddr)).unwrap_or(0));
-        }
+            ipv4_padded(read_at(sk, conf!(kernel.sock_rcv_saddr)).unwrap_or(0))
+        };
+        (addr, port)
     }
 }
 

@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint},
 };
-use portx_common::{Config, hooks, names};
+use portx_common::{Config, KernelFilter, hooks, names};
 use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -321,6 +321,8 @@ pub struct LoadOptions {
     /// Batch wake-ups: only failures, or a ring an eighth full, wake the reader, which
     /// otherwise drains every [`DRAIN_INTERVAL`]. Off: every event may wake it.
     pub batch_wakeups: bool,
+    /// What the programs emit; the rest never reaches the ring buffer.
+    pub filter: KernelFilter,
 }
 
 impl Default for LoadOptions {
@@ -328,6 +330,7 @@ impl Default for LoadOptions {
         Self {
             ring_bytes: 16 << 20,
             batch_wakeups: true,
+            filter: KernelFilter::ALL,
         }
     }
 }
@@ -369,6 +372,7 @@ pub fn kernel_config(tracefs_root: &Path) -> anyhow::Result<(Config, Vec<String>
         exit_ret,
         kernel,
         wakeup_bytes: 0,
+        filter: KernelFilter::ALL,
     };
     Ok((
         config,
@@ -429,6 +433,7 @@ impl Probes {
         if opts.batch_wakeups {
             config.wakeup_bytes = opts.ring_bytes / 8;
         }
+        config.filter = opts.filter;
         // RLIMIT_MEMLOCK only matters before memcg accounting (5.11); raise it anyway.
         let unlimited = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,

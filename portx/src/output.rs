@@ -392,14 +392,7 @@ mod tests {
     #[test]
     fn written_json_is_the_documented_json() {
         let mut cases = Vec::new();
-        for kind in [
-            EventKind::State,
-            EventKind::Connect,
-            EventKind::ConnectError,
-            EventKind::Bind,
-            EventKind::BindError,
-            EventKind::TimewaitEnd,
-        ] {
+        for kind in EventKind::ALL {
             let mut raw = raw_event(kind);
             raw.errno = 98;
             raw.bound_port = 40001;

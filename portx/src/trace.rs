@@ -8,7 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::TraceArgs,
     event::decode,
-    filter::Filter,
+    filter::{Filter, describe_kernel},
     loader::{LoadOptions, Probes},
     netns,
     output::{Clock, TEXT_HEADER, text_line, write_json_line},
@@ -29,7 +29,7 @@ pub fn print_hooks(hooks: &[crate::loader::HookPath]) {
 /// Counts printed on exit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// Records read from the ring buffer.
+    /// Records read from the ring buffer (what passed the in-kernel filter).
     pub seen: u64,
     /// Records that passed the filter and were printed.
     pub shown: u64,
@@ -72,6 +72,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     let filter = filter_from(&args)?;
     let mut probes = Probes::load(LoadOptions {
         ring_bytes: args.ring_mib << 20,
+        filter: filter.kernel(),
         ..LoadOptions::default()
     })?;
     if verbose {
@@ -82,6 +83,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         }
         print_hooks(&s.hooks);
         eprintln!("portx: {}", probes.wakeup_policy());
+        eprintln!("portx: {}", describe_kernel(&s.config.filter));
         eprintln!("portx: kernel offsets from BTF: {:?}", s.config.kernel);
         for m in &s.btf_missing {
             eprintln!("portx: degraded: {m}");

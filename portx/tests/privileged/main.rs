@@ -414,7 +414,9 @@ fn same(got: &[Value], want: &[String], what: &str) -> Result<()> {
     Ok(())
 }
 
-/// 5: `--netns` (name, path, inode), `--pid` and `--errors` keep exactly what they should.
+/// 5: `--netns` (name, path, inode), `--pid`, `--port` and `--errors` keep exactly what
+/// they should, and the kernel drops what `--netns`, `--port` and `--errors` leave out
+/// before it reaches portx (its "seen" count).
 fn filters() -> Result<()> {
     let ns1 = Netns::new(Some((20000, 20004)))?;
     let ns2 = Netns::new(None)?;
@@ -429,6 +431,7 @@ fn filters() -> Result<()> {
     let by_inode = Tracer::start(&["--netns", &inode])?;
     let by_pid = Tracer::start(&["--pid", &pid])?;
     let errors = Tracer::start(&["--errors", "--netns", &ns1.name])?;
+    let by_port = Tracer::start(&["--port", "7000"])?;
 
     exhaust.go()?;
     ports_until_done(&mut exhaust)?;
@@ -446,11 +449,12 @@ fn filters() -> Result<()> {
     // The filtered tracers read the same kernel events; give them the same chance.
     errors.wait_for("the connect_error", |evs| !evs.is_empty())?;
     let (all, _) = all.stop()?;
-    let (by_name, _) = by_name.stop()?;
+    let (by_name, name_summary) = by_name.stop()?;
     let (by_path, _) = by_path.stop()?;
     let (by_inode, _) = by_inode.stop()?;
     let (by_pid, _) = by_pid.stop()?;
-    let (errors, _) = errors.stop()?;
+    let (errors, errors_summary) = errors.stop()?;
+    let (by_port, port_summary) = by_port.stop()?;
     exhaust.finish()?;
     server.finish()?;
     client.finish()?;
@@ -481,6 +485,34 @@ fn filters() -> Result<()> {
         "expected one error in ns1: {want_err:?}"
     );
     same(&errors, &want_err, "--errors")?;
+    let want_port = sorted_lines(
+        all.iter()
+            .filter(|e| e.n("sport") == 7000 || e.n("dport") == 7000),
+    );
+    ensure!(!want_port.is_empty(), "no port 7000 events at all");
+    same(&by_port, &want_port, "--port")?;
+
+    // In the kernel: everything portx read, it showed. The one exception is a port
+    // filter's state events without a local port (`CLOSE -> SYN_SENT`, and back to
+    // CLOSE when no port was free), which pass so userspace can name the owner.
+    for (what, summary) in [("--netns", name_summary), ("--errors", errors_summary)] {
+        ensure!(
+            summary.seen == summary.shown,
+            "{what}: the kernel passed {} events, {} were shown",
+            summary.seen,
+            summary.shown
+        );
+    }
+    let portless = all
+        .iter()
+        .filter(|e| e.is("state") && e.n("sport") == 0 && e.n("dport") != 7000)
+        .count() as u64;
+    ensure!(
+        port_summary.seen <= port_summary.shown + portless,
+        "--port: the kernel passed {} events, {} were shown and {portless} have no port",
+        port_summary.seen,
+        port_summary.shown
+    );
     Ok(())
 }
 
