@@ -89,6 +89,9 @@ enum Tracer {
     /// does not allow fexit or kprobes (this one), before any tracing work.
     /// https://elixir.bootlin.com/linux/v6.12/source/kernel/tracepoint.c (syscall_regfunc)
     BpftraceSyscallFloor,
+    /// `portx trace --errors`: the kernel drops every other event before the ring
+    /// buffer, as an SRE would run it on a busy host during an incident.
+    TraceErrors,
 }
 
 impl Tracer {
@@ -107,6 +110,7 @@ impl Tracer {
             Tracer::BpftracePrint => "bpftrace-print",
             Tracer::BpftraceCount => "bpftrace-count",
             Tracer::BpftraceSyscallFloor => "bpftrace-syscall",
+            Tracer::TraceErrors => "trace-errors",
         }
     }
 }
@@ -166,6 +170,11 @@ fn start(t: Tracer) -> Option<Running> {
         Tracer::Trace => {
             let mut c = Command::new(portx);
             c.args(["trace", "--json"]);
+            (c, "portx: tracing", false)
+        }
+        Tracer::TraceErrors => {
+            let mut c = Command::new(portx);
+            c.args(["trace", "--json", "--errors"]);
             (c, "portx: tracing", false)
         }
         Tracer::Top => {
@@ -297,10 +306,10 @@ impl Drop for BpfStats {
 /// per connection, more than any other, which is how it is told apart). The kernel's
 /// accounting reads the clock twice per program run, so this is a storm of its own,
 /// not one of the timed ones.
-fn bpf_cost(total: usize, workers: usize) -> Option<(f64, f64)> {
+fn bpf_cost(tracer: Tracer, total: usize, workers: usize) -> Option<(f64, f64)> {
     let ns = bench_ns("stormbpf", "10000 60999")?;
     let _stats = BpfStats::enable()?;
-    let running = start(Tracer::Trace)?;
+    let running = start(tracer)?;
     let before = bpf_prog_stats(running.child.id());
     storm(&ns.0, total, workers);
     let after = bpf_prog_stats(running.child.id());
@@ -365,6 +374,7 @@ pub fn bench_storm(quick: bool) {
         Tracer::BpftracePrint,
         Tracer::BpftraceCount,
         Tracer::BpftraceSyscallFloor,
+        Tracer::TraceErrors,
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     // Each tracer's own CPU per 1000 connections, start-up excluded.
@@ -405,7 +415,7 @@ pub fn bench_storm(quick: bool) {
                     );
                 }
                 let d = stop(r);
-                if matches!(c, Tracer::Trace | Tracer::Top) {
+                if matches!(c, Tracer::Trace | Tracer::Top | Tracer::TraceErrors) {
                     dropped += d.unwrap_or(0);
                 }
             }
@@ -423,7 +433,7 @@ pub fn bench_storm(quick: bool) {
         pass: None,
         spread: base.1,
     });
-    let mut ratios = [f64::NAN; 6];
+    let mut ratios = [f64::NAN; 7];
     for (i, name, target) in [
         (1, "connect storm with portx trace --json", Some(0.97)),
         (2, "connect storm with portx top (headless)", Some(0.97)),
@@ -436,6 +446,11 @@ pub fn bench_storm(quick: bool) {
         (
             5,
             "connect storm with bpftrace counting one syscall tracepoint (floor for syscall tracepoints)",
+            None,
+        ),
+        (
+            6,
+            "connect storm with portx trace --json --errors (other events dropped in the kernel)",
             None,
         ),
     ] {
@@ -486,6 +501,10 @@ pub fn bench_storm(quick: bool) {
         (1, "portx trace CPU per 1000 connections (own process)"),
         (2, "portx top CPU per 1000 connections (own process)"),
         (
+            6,
+            "portx trace --errors CPU per 1000 connections (own process)",
+        ),
+        (
             3,
             "bpftrace printing, CPU per 1000 connections (own process)",
         ),
@@ -504,23 +523,28 @@ pub fn bench_storm(quick: bool) {
             spread,
         });
     }
-    if only
-        .as_ref()
-        .is_none_or(|o| o.split(',').any(|n| n == "trace"))
-        && let Some((per_1000, state_run)) = bpf_cost(total, workers)
-    {
-        for (figure, value, unit) in [
-            (
-                "portx trace BPF programs, CPU per 1000 connections (kernel.bpf_stats_enabled)",
-                per_1000,
-                "ms",
-            ),
-            (
-                "portx state-change program, time per run (ten runs per connection)",
-                state_run,
-                "ns",
-            ),
-        ] {
+    for (tracer, programs, state) in [
+        (
+            Tracer::Trace,
+            "portx trace BPF programs, CPU per 1000 connections (kernel.bpf_stats_enabled)",
+            "portx state-change program, time per run (ten runs per connection)",
+        ),
+        (
+            Tracer::TraceErrors,
+            "portx trace --errors BPF programs, CPU per 1000 connections",
+            "portx state-change program under --errors, time per run",
+        ),
+    ] {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|n| n == tracer.name()))
+        {
+            continue;
+        }
+        let Some((per_1000, state_run)) = bpf_cost(tracer, total, workers) else {
+            continue;
+        };
+        for (figure, value, unit) in [(programs, per_1000, "ms"), (state, state_run, "ns")] {
             report(Figure {
                 figure,
                 value,
@@ -555,7 +579,7 @@ pub fn bench_storm(quick: bool) {
         }
     }
     report(Figure {
-        figure: "events dropped during the storms (trace and top)",
+        figure: "events dropped during the storms (trace, top, trace --errors)",
         value: dropped as f64,
         unit: "events",
         baseline: None,
