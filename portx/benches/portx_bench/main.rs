@@ -62,6 +62,10 @@ struct Figure<'a> {
     pass: Option<bool>,
     /// (max - min) / median of the repeats, in percent.
     spread: f64,
+    /// The ratio as the median of per-repeat ratios, each against the baseline
+    /// measured just before it: steadier than the ratio of the medians when the
+    /// machine's speed drifts during the run. `spread` is then that of the ratios.
+    paired_ratio: Option<f64>,
 }
 
 fn report(f: Figure<'_>) {
@@ -73,6 +77,7 @@ fn report(f: Figure<'_>) {
         target,
         pass,
         spread,
+        paired_ratio,
     } = f;
     let (b, bname) = baseline.unwrap_or((f64::NAN, ""));
     println!(
@@ -81,7 +86,11 @@ fn report(f: Figure<'_>) {
             "figure": figure, "value": value, "unit": unit,
             "baseline": if b.is_nan() { serde_json::Value::Null } else { json!(b) },
             "baseline_name": bname,
-            "ratio": if b.is_nan() || b == 0.0 { serde_json::Value::Null } else { json!(value / b) },
+            "ratio": match paired_ratio {
+                Some(r) => json!(r),
+                None if b.is_nan() || b == 0.0 => serde_json::Value::Null,
+                None => json!(value / b),
+            },
             "target": target, "pass": pass, "spread_pct": spread,
         })
     );
@@ -219,6 +228,7 @@ fn bench_ingest(quick: bool) {
         target: ">= 5000000 events/s",
         pass: Some(rate >= 5e6),
         spread,
+        paired_ratio: None,
     });
 }
 
@@ -256,6 +266,7 @@ fn bench_memory(n: u64) {
         target: "<= 128 bytes",
         pass: Some(per <= 128.0),
         spread: 0.0,
+        paired_ratio: None,
     });
     drop(m);
 }
@@ -456,6 +467,7 @@ fn bench_baseline(n: usize, quick: bool) {
         target: "/proc/net/tcp >= 5x slower",
         pass: Some(p >= 5.0 * d),
         spread,
+        paired_ratio: None,
     });
     report(Figure {
         figure: &format!("{label} vs ss -tan"),
@@ -465,6 +477,7 @@ fn bench_baseline(n: usize, quick: bool) {
         target: "reported",
         pass: None,
         spread,
+        paired_ratio: None,
     });
 }
 
