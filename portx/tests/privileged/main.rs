@@ -448,13 +448,15 @@ fn filters() -> Result<()> {
     })?;
     // The filtered tracers read the same kernel events; give them the same chance.
     errors.wait_for("the connect_error", |evs| !evs.is_empty())?;
+    // Before `all`, so that it saw every event `--port` did (the port check below
+    // counts, in `all`, host-wide events that pass the kernel's port filter).
+    let (by_port, port_summary) = by_port.stop()?;
     let (all, _) = all.stop()?;
     let (by_name, name_summary) = by_name.stop()?;
     let (by_path, _) = by_path.stop()?;
     let (by_inode, _) = by_inode.stop()?;
     let (by_pid, _) = by_pid.stop()?;
     let (errors, errors_summary) = errors.stop()?;
-    let (by_port, port_summary) = by_port.stop()?;
     exhaust.finish()?;
     server.finish()?;
     client.finish()?;
