@@ -229,13 +229,19 @@ impl KernelFilter {
     pub const ERROR_KINDS: u32 =
         (1 << EventKind::ConnectError as u32) | (1 << EventKind::BindError as u32);
 
+    /// Whether events of this kind go to the ring buffer at all.
+    #[inline(always)]
+    pub const fn keeps_kind(&self, kind: EventKind) -> bool {
+        self.kinds & (1 << kind as u32) != 0
+    }
+
     /// Whether an event of this kind, namespace and ports goes to the ring buffer.
     /// A state event with no local port yet (`CLOSE -> SYN_SENT`: the port is picked
     /// after it) passes a port filter: it names the socket's owner, which userspace
     /// carries to the socket's later events, the ones with the port.
     #[inline(always)]
     pub const fn passes(&self, kind: EventKind, netns: u32, sport: u16, dport: u16) -> bool {
-        self.kinds & (1 << kind as u32) != 0
+        self.keeps_kind(kind)
             && (self.netns == 0 || self.netns == netns)
             && (self.port == 0
                 || self.port == sport

@@ -22,8 +22,7 @@ use aya_ebpf::{
     },
 };
 use portx_common::{
-    COMM_LEN, Config, Event, EventHeader, EventKind, KernelFilter, NO_OFFSET, Owner,
-    SysEnterOffsets, hooks,
+    COMM_LEN, Config, Event, EventHeader, EventKind, NO_OFFSET, Owner, SysEnterOffsets, hooks,
     uapi::{
         AF_INET, AF_INET6, EADDRNOTAVAIL, EINPROGRESS, IPPROTO_MPTCP, IPPROTO_TCP, SOCK_STREAM,
         TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
@@ -226,19 +225,24 @@ fn sock_of_fd(fd: u64) -> Option<(u64, u16)> {
 /// the verifier (frozen `.rodata`), which drops the checks that cannot fail.
 #[inline(always)]
 fn kind_wanted(kind: EventKind) -> bool {
-    conf!(filter.kinds) & (1 << kind as u32) != 0
+    conf!(filter).keeps_kind(kind)
 }
 
 /// `kind_wanted`, and the namespace and ports too.
 #[inline(always)]
 fn wanted(kind: EventKind, netns: u32, sport: u16, dport: u16) -> bool {
-    KernelFilter {
-        kinds: conf!(filter.kinds),
-        netns: conf!(filter.netns),
-        port: conf!(filter.port),
-        _pad: 0,
+    conf!(filter).passes(kind, netns, sport, dport)
+}
+
+/// What a connect() or bind() result is reported as.
+#[inline(always)]
+fn result_kind(is_connect: bool, ok: bool) -> EventKind {
+    match (is_connect, ok) {
+        (true, true) => EventKind::Connect,
+        (true, false) => EventKind::ConnectError,
+        (false, true) => EventKind::Bind,
+        (false, false) => EventKind::BindError,
     }
-    .passes(kind, netns, sport, dport)
 }
 
 /// Reserves an event in the ring buffer, zeroes it and lets `fill` write it in place
@@ -606,12 +610,7 @@ fn finish(
     if !is_connect && hooked & hooks::BIND_IN_KERNEL != 0 {
         return None;
     }
-    let kind = match (is_connect, ok) {
-        (true, true) => EventKind::Connect,
-        (true, false) => EventKind::ConnectError,
-        (false, true) => EventKind::Bind,
-        (false, false) => EventKind::BindError,
-    };
+    let kind = result_kind(is_connect, ok);
     // The kind alone settles most filtered-out calls, before any socket read.
     if !kind_wanted(kind) {
         return None;
@@ -685,11 +684,7 @@ fn hooks_in_use() -> u32 {
 /// `__inet_hash_connect(death_row, sk, ...)` returned `ret`: the ephemeral port
 /// allocation (0) or its failure (-EADDRNOTAVAIL), for IPv4 and IPv6 alike.
 fn on_hash_connect(sk: u64, ret: i64) -> Option<()> {
-    let kind = if ret == 0 {
-        EventKind::Connect
-    } else {
-        EventKind::ConnectError
-    };
+    let kind = result_kind(true, ret == 0);
     if !kind_wanted(kind) {
         return None;
     }
@@ -746,11 +741,7 @@ pub fn hash_connect_kretprobe(ctx: RetProbeContext) -> u32 {
 
 /// `inet_bind`/`inet6_bind(sock, uaddr, addr_len)` returned `ret`.
 fn on_bind(sock: u64, uaddr: u64, ret: i64) -> Option<()> {
-    let kind = if ret == 0 {
-        EventKind::Bind
-    } else {
-        EventKind::BindError
-    };
+    let kind = result_kind(false, ret == 0);
     if !kind_wanted(kind) {
         return None;
     }

@@ -167,14 +167,12 @@ fn start(t: Tracer) -> Option<Running> {
     let portx = env!("CARGO_BIN_EXE_portx");
     let (mut cmd, ready, from_stdout) = match t {
         Tracer::None => return None,
-        Tracer::Trace => {
+        Tracer::Trace | Tracer::TraceErrors => {
             let mut c = Command::new(portx);
             c.args(["trace", "--json"]);
-            (c, "portx: tracing", false)
-        }
-        Tracer::TraceErrors => {
-            let mut c = Command::new(portx);
-            c.args(["trace", "--json", "--errors"]);
+            if t == Tracer::TraceErrors {
+                c.arg("--errors");
+            }
             (c, "portx: tracing", false)
         }
         Tracer::Top => {
