@@ -1,23 +1,19 @@
 //! portx: who is eating ephemeral ports, and why bind()/connect() fail.
 //!
-//! Kernel-facing code ([`loader`], [`tracefs`], [`kernel_btf`], [`preflight`]) is kept
-//! apart from the pure parts ([`event`], [`filter`], [`output`], [`netns`]), so that
-//! each can be tested alone.
+//! The folders follow the data:
+//! - [`kernel`]: everything that touches the running kernel (loading the BPF programs,
+//!   tracefs, BTF, sock_diag, `/proc`, namespaces, privileges);
+//! - [`events`]: ring-buffer records decoded into typed events, filtered, joined
+//!   with their sockets' owners;
+//! - [`model`]: the port accounting model, pure and fed by events;
+//! - [`views`]: what people read (trace lines, JSON, the TUI);
+//! - [`commands`]: one thin file per subcommand wiring the above.
+//!
+//! Only [`kernel`] needs root; the rest is tested without it.
 
-pub mod check;
 pub mod cli;
-pub mod event;
-pub mod filter;
-pub mod kernel_btf;
-pub mod loader;
+pub mod commands;
+pub mod events;
+pub mod kernel;
 pub mod model;
-pub mod netns;
-pub mod output;
-pub mod preflight;
-pub mod proc_owners;
-pub mod sock_owners;
-pub mod sockdiag;
-pub mod top;
-pub mod trace;
-pub mod tracefs;
-pub mod tui;
+pub mod views;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     };
     if let Command::Check(args) = &cli.command {
         // Errors (unreadable settings, unknown namespace) exit 3 and above.
-        return match portx::check::run(args) {
+        return match portx::commands::check::run(args) {
             Ok(status) => ExitCode::from(status),
             Err(e) => {
                 eprintln!("portx: error: {e:#}");
@@ -38,8 +38,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Trace(args) => portx::trace::run(args, cli.verbose).await,
-            Command::Top(args) => portx::top::run(args, cli.verbose).await,
+            Command::Trace(args) => portx::commands::trace::run(args, cli.verbose).await,
+            Command::Top(args) => portx::commands::top::run(args, cli.verbose).await,
             Command::Check(_) => unreachable!("handled before the runtime starts"),
         }
     });

@@ -18,9 +18,9 @@ use std::{
 mod storm;
 
 use portx::{
-    event::{Comm, Family, Kind, TcpState, TraceEvent},
+    events::{Comm, Family, Kind, TcpState, TraceEvent},
+    kernel::sockdiag::{self, NetnsProbe, NetnsRef},
     model::{Model, NetnsConfig, View},
-    sockdiag::{self, NetnsProbe, NetnsRef},
 };
 use rustc_hash::FxHashMap;
 use serde_json::json;

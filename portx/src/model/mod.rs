@@ -18,8 +18,8 @@ use std::{
 use rustc_hash::FxHashMap;
 
 use crate::{
-    event::{Kind, TcpState, TraceEvent},
-    output::{JsonEvent, endpoint},
+    events::{Kind, TcpState, TraceEvent},
+    views::output::{JsonEvent, endpoint},
 };
 use rate::RateWindow;
 use snapshot::{DestUsage, Drift, Failure, Holder, NetnsUsage, OwnerPorts, ProcessUsage, Snapshot};

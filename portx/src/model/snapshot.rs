@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::output::JsonEvent;
+use crate::views::output::JsonEvent;
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -18,7 +18,7 @@ pub struct Snapshot {
     /// view (sock_diag): added (the model missed them) and removed (already gone).
     pub drift: Drift,
     /// The attach point serving each need (state, connect, bind, timewait).
-    pub hooks: Vec<crate::loader::HookPath>,
+    pub hooks: Vec<crate::kernel::loader::HookPath>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::event::{Comm, Family};
+use crate::events::{Comm, Family};
 
 const NS: u32 = 4026532000;
 const S: u64 = 1_000_000_000;

@@ -9,13 +9,13 @@ use anyhow::{Result, anyhow};
 use serde::Serialize;
 
 use crate::{
-    event::TcpState,
+    events::TcpState,
+    kernel::proc_owners::{self, ProcOwner},
+    kernel::sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
     model::{
         BaselineSocket, Model, NetnsConfig, Tuple, View,
         capacity::{capacity, is_ephemeral},
     },
-    proc_owners::{self, ProcOwner},
-    sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
 };
 
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -577,7 +577,7 @@ pub fn report(inputs: &Inputs) -> Report {
 
 /// Finds a namespace by `--netns` argument among those `list_netns` reaches.
 pub fn find_netns(arg: &str) -> Result<NetnsRef> {
-    let inode = crate::netns::resolve(arg)?;
+    let inode = crate::kernel::netns::resolve(arg)?;
     if let Some(found) = sockdiag::list_netns()?
         .into_iter()
         .find(|n| n.inode == inode)

@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn owns_our_own_socket() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let inode = crate::sockdiag::tests::socket_inode(l.as_fd());
+        let inode = crate::kernel::sockdiag::tests::socket_inode(l.as_fd());
         let owners = socket_owners();
         let me = owners.get(&inode).expect("our listener has no owner");
         assert_eq!(me.pid, std::process::id());

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::event::Family;
+use crate::events::Family;
 
 fn sock(state: TcpState, sport: u16, daddr: &str, dport: u16, inode: u64) -> DiagSocket {
     DiagSocket {

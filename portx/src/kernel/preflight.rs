@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::kernel_btf::VMLINUX_BTF;
+use crate::kernel::btf::VMLINUX_BTF;
 
 // Capability numbers, include/uapi/linux/capability.h.
 const CAP_SYS_ADMIN: u32 = 21;

@@ -37,8 +37,8 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 use crate::{
-    event::{Family, TcpState},
-    netns::NETNS_RUN_DIR,
+    events::{Family, TcpState},
+    kernel::netns::NETNS_RUN_DIR,
 };
 
 /// Bit N = TCP state N (`include/net/tcp_states.h`): ESTABLISHED (1) to NEW_SYN_RECV
@@ -1172,7 +1172,7 @@ pub(crate) mod tests {
                 .all(|s| s.inode != l4_inode)
         );
 
-        let owners = crate::proc_owners::socket_owners();
+        let owners = crate::kernel::proc_owners::socket_owners();
         let owner = owners.get(&l4_inode).expect("listener has no owner");
         assert_eq!(owner.pid, std::process::id());
         let established = dump.iter().filter(|s| s.state == TcpState::Established);

@@ -11,7 +11,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::event::{Comm, Kind, TcpState, TraceEvent};
+use crate::events::{Comm, Kind, TcpState, TraceEvent};
 
 /// The owner fields of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,7 +166,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::event::Family;
+    use crate::events::Family;
 
     const SK: u64 = 0xffff_8881_0000_1000;
     const CHILD: u64 = 0xffff_8881_0000_2000;

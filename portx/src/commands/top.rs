@@ -21,13 +21,14 @@ use tokio::{
 
 use crate::{
     cli::{By, TopArgs},
-    event::decode,
-    loader::{LoadOptions, Probes},
+    events::decode,
+    kernel::loader::{LoadOptions, Probes},
+    kernel::netns,
+    kernel::preflight,
+    kernel::proc_owners::{self, ProcOwner},
+    kernel::sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
     model::{BaselineSocket, Model, NetnsConfig, Tuple, View, snapshot::Snapshot},
-    netns, preflight,
-    proc_owners::{self, ProcOwner},
-    sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
-    tui,
+    views::tui,
 };
 
 /// How often the port range and reserved ports are re-read.
@@ -249,7 +250,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
         for a in &probes.setup.attached {
             eprintln!("portx: attached {a}");
         }
-        crate::trace::print_hooks(&probes.setup.hooks);
+        crate::commands::trace::print_hooks(&probes.setup.hooks);
         eprintln!("portx: {}", probes.wakeup_policy());
         eprintln!(
             "portx: TIME_WAIT: modelled from FIN_WAIT2/CLOSING -> CLOSE (no tracepoint reports it); drift check {}",
@@ -277,7 +278,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
         max_destinations: 0,
     };
     // Events that arrive while the baseline is taken, applied after it.
-    let mut buffered: Vec<crate::event::TraceEvent> = Vec::new();
+    let mut buffered: Vec<crate::events::TraceEvent> = Vec::new();
     let mut baseline_done = false;
     let mut known_netns: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut undecodable = 0u64;

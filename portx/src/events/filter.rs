@@ -2,7 +2,7 @@
 
 use portx_common::KernelFilter;
 
-use crate::event::TraceEvent;
+use crate::events::TraceEvent;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -67,7 +67,7 @@ mod tests {
     use portx_common::EventKind;
 
     use super::*;
-    use crate::event::{decode_event, tests::raw_event};
+    use crate::events::{decode_event, tests::raw_event};
 
     #[test]
     fn each_filter_keeps_exactly_its_events() {

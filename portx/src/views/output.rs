@@ -7,7 +7,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Kind, TraceEvent};
+use crate::events::{Kind, TraceEvent};
 
 /// The JSON shape of one event. Field names are part of portx's interface (README).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -342,7 +342,7 @@ mod tests {
     use portx_common::EventKind;
 
     use super::*;
-    use crate::event::{decode_event, tests::raw_event};
+    use crate::events::{decode_event, tests::raw_event};
 
     /// What `portx trace --json` prints for `ev`, without the newline.
     fn json_line(ev: &TraceEvent) -> String {

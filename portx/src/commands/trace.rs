@@ -7,17 +7,17 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::TraceArgs,
-    event::decode,
-    filter::{Filter, describe_kernel},
-    loader::{LoadOptions, Probes},
-    netns,
-    output::{Clock, TEXT_HEADER, text_line, write_json_line},
-    preflight,
-    sock_owners::SockOwners,
+    events::decode,
+    events::filter::{Filter, describe_kernel},
+    events::sock_owners::SockOwners,
+    kernel::loader::{LoadOptions, Probes},
+    kernel::netns,
+    kernel::preflight,
+    views::output::{Clock, TEXT_HEADER, text_line, write_json_line},
 };
 
 /// Says which attach point serves each need and why better ones were not used.
-pub fn print_hooks(hooks: &[crate::loader::HookPath]) {
+pub fn print_hooks(hooks: &[crate::kernel::loader::HookPath]) {
     for h in hooks {
         eprintln!("portx: {} via {}", h.hook, h.path);
         for r in &h.rejected {

@@ -1,4 +1,9 @@
-//! Decoding raw ring-buffer records into typed events. Pure: no kernel access.
+//! Events: raw ring-buffer records decoded into typed events (here), filtered
+//! ([`filter`]) and joined with their sockets' owners ([`sock_owners`]). Pure: no
+//! kernel access.
+
+pub mod filter;
+pub mod sock_owners;
 
 use std::{
     fmt,

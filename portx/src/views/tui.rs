@@ -818,7 +818,7 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState)
 
 /// `state:tp_btf connect:fexit ...`: the kind of attach point serving each need
 /// (`portx top -v` and `portx trace -v` give the full names and the reasons).
-fn hook_summary(hooks: &[crate::loader::HookPath]) -> String {
+fn hook_summary(hooks: &[crate::kernel::loader::HookPath]) -> String {
     hooks
         .iter()
         .map(|h| format!("{}:{}", h.hook, h.kind()))
@@ -1067,7 +1067,7 @@ mod tests {
 
     use super::*;
     use crate::model::snapshot::{DestUsage, Drift, Holder, OwnerPorts, ProcessUsage};
-    use crate::output::JsonEvent;
+    use crate::views::output::JsonEvent;
 
     fn owner(comm: &str, pid: u32, ports: u32) -> OwnerPorts {
         OwnerPorts {
@@ -1210,12 +1210,12 @@ mod tests {
                 removed: 1,
             },
             hooks: vec![
-                crate::loader::HookPath {
+                crate::kernel::loader::HookPath {
                     hook: "state".into(),
                     path: "tp_btf/inet_sock_set_state".into(),
                     rejected: vec![],
                 },
-                crate::loader::HookPath {
+                crate::kernel::loader::HookPath {
                     hook: "connect".into(),
                     path: "tracepoint syscalls:sys_exit_connect".into(),
                     rejected: vec!["fexit __inet_hash_connect: EPERM".into()],

@@ -1,7 +1,7 @@
 //! Loading portx's BPF programs into the running kernel and reading their events.
 //!
 //! The kernel-facing half of portx: everything here needs root. Offsets come from
-//! tracefs format files ([`crate::tracefs`]) and BTF ([`crate::kernel_btf`]).
+//! tracefs format files ([`super::tracefs`]) and BTF ([`super::btf`]).
 
 use std::{path::Path, time::Duration};
 
@@ -15,7 +15,7 @@ use portx_common::{Config, KernelFilter, hooks, names};
 use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::{kernel_btf::KernelBtf, tracefs};
+use crate::{kernel::btf::KernelBtf, kernel::tracefs};
 
 /// The BPF object built by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portx-ebpf"));

@@ -1,0 +1,5 @@
+//! One file per subcommand, wiring kernel inputs, events, the model and views.
+
+pub mod check;
+pub mod top;
+pub mod trace;

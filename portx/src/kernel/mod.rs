@@ -1,0 +1,10 @@
+//! Kernel-facing inputs: loading and attaching the BPF programs, tracefs format files,
+//! BTF, sock_diag dumps, `/proc` owners, network namespaces, privileges.
+
+pub mod btf;
+pub mod loader;
+pub mod netns;
+pub mod preflight;
+pub mod proc_owners;
+pub mod sockdiag;
+pub mod tracefs;

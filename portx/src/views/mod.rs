@@ -1,0 +1,4 @@
+//! What people read: trace lines and NDJSON ([`output`]), the live TUI ([`tui`]).
+
+pub mod output;
+pub mod tui;
