@@ -7,10 +7,12 @@
 //!   with their sockets' owners;
 //! - [`model`]: the port accounting model, pure and fed by events;
 //! - [`views`]: what people read (trace lines, JSON, the TUI);
+//! - [`capture`]: the recording format, a sink and a source of model inputs;
 //! - [`commands`]: one thin file per subcommand wiring the above.
 //!
 //! Only [`kernel`] needs root; the rest is tested without it.
 
+pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod events;

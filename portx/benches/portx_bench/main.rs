@@ -182,6 +182,7 @@ fn model() -> Model {
             name: None,
             port_range: (1024, 65535),
             reserved: vec![],
+            ..Default::default()
         },
     );
     m

@@ -239,12 +239,14 @@ pub fn findings(inputs: &Inputs) -> Vec<Finding> {
             name: inputs.name.clone(),
             port_range: st.port_range,
             reserved: st.reserved.clone(),
+            ..Default::default()
         },
     );
     let baseline: Vec<BaselineSocket> = inputs
         .sockets
         .iter()
         .map(|s| BaselineSocket {
+            sock: 0,
             tuple: Tuple::new(s.saddr, s.sport, s.daddr, s.dport),
             state: s.state,
             owner: inputs

@@ -77,6 +77,7 @@ enum ProbeReq {
 
 fn to_baseline(s: &DiagSocket, owners: &HashMap<u64, ProcOwner>) -> BaselineSocket {
     BaselineSocket {
+        sock: 0,
         tuple: Tuple::new(s.saddr, s.sport, s.daddr, s.dport),
         state: s.state,
         owner: owners
@@ -92,6 +93,7 @@ fn settings(probe: &NetnsProbe, name: Option<String>) -> Result<NetnsConfig> {
         name,
         port_range: probe.port_range()?,
         reserved: probe.reserved_ports()?,
+        ..Default::default()
     })
 }
 

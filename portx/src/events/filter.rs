@@ -4,7 +4,7 @@ use portx_common::KernelFilter;
 
 use crate::events::TraceEvent;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Filter {
     pub pid: Option<u32>,
     pub comm: Option<String>,

@@ -7,6 +7,7 @@
 //! number of destinations, not sockets.
 
 pub mod capacity;
+pub mod input;
 pub mod rate;
 pub mod snapshot;
 
@@ -40,7 +41,9 @@ const NO_OWNER: u32 = 0;
 const SYNTHETIC: u64 = 1 << 63;
 
 /// A TCP 4-tuple; IPv4 addresses use the first four bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Tuple {
     pub v6: bool,
     pub saddr: [u8; 16],
@@ -256,11 +259,24 @@ struct OwnerInfo {
 }
 
 /// A namespace's port settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetnsConfig {
     pub name: Option<String>,
     pub port_range: (u16, u16),
     pub reserved: Vec<(u16, u16)>,
+    /// TIME_WAIT-related settings, kept for whoever reads a recording later; the
+    /// accounting itself needs only the range and reserved ports.
+    #[serde(default)]
+    pub tcp: TcpSysctls,
+}
+
+/// `net.ipv4.tcp_tw_reuse`, `tcp_fin_timeout`, `tcp_max_tw_buckets` (per namespace);
+/// `None` where unreadable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TcpSysctls {
+    pub tw_reuse: Option<u32>,
+    pub fin_timeout: Option<u32>,
+    pub max_tw_buckets: Option<u32>,
 }
 
 impl Default for NetnsConfig {
@@ -269,13 +285,19 @@ impl Default for NetnsConfig {
             name: None,
             port_range: DEFAULT_RANGE,
             reserved: Vec::new(),
+            tcp: TcpSysctls::default(),
         }
     }
 }
 
-/// A socket from the start-up dump (sock_diag), before any event names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A socket known before the events that follow: from the start-up dump (sock_diag),
+/// or from the model's own state written at the start of a recording.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BaselineSocket {
+    /// Kernel socket address when known (a state written by the model), 0 from a
+    /// sock_diag dump: later events then find the socket by its 4-tuple.
+    #[serde(default)]
+    pub sock: u64,
     pub tuple: Tuple,
     pub state: TcpState,
     /// Owner found through /proc, if any.
@@ -1098,11 +1120,22 @@ impl Model {
                 );
                 continue;
             }
-            if self.baseline.contains_key(&key) {
+            if self.baseline.contains_key(&key)
+                || (b.sock != 0 && self.sockets.contains_key(&b.sock))
+            {
                 continue;
             }
-            self.next_synthetic += 1;
-            let id = SYNTHETIC | self.next_synthetic;
+            // A state the model wrote names its sockets: later events find them by
+            // address, as they would have live.
+            let id = if b.sock != 0 {
+                b.sock
+            } else {
+                self.next_synthetic += 1;
+                SYNTHETIC | self.next_synthetic
+            };
+            if b.state == TcpState::Listen && owner != NO_OWNER {
+                self.listeners.insert((netns, b.tuple.sport), owner);
+            }
             let mut s = Sock {
                 netns,
                 quad: self.quad_acquire(&b.tuple),
@@ -1117,9 +1150,68 @@ impl Model {
             }
             self.count_sock(&s, 1);
             self.sockets.insert(id, s);
-            if b.tuple.complete() {
+            if b.sock == 0 && b.tuple.complete() {
                 self.baseline.insert(key, id);
             }
+        }
+    }
+
+    /// Namespaces the model knows (settings or sockets), ascending.
+    pub fn netns_inodes(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .netns
+            .keys()
+            .copied()
+            .chain(self.sockets.values().map(|s| s.netns))
+            .chain(self.timewait.keys().map(|k| k.netns))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The model's state of one namespace now, as a baseline a fresh model can load
+    /// ([`Model::load_state`]) to know what was already held: live sockets with their
+    /// owners and kernel addresses, and TIME_WAIT entries with their remaining time.
+    /// Written at the start of every recording file, so each file stands alone.
+    pub fn export_state(&self, netns: u32) -> input::NetnsState {
+        let owner = |id: u32| {
+            let o = &self.owners[id as usize];
+            (id != NO_OWNER).then(|| (o.pid, o.comm.to_string(), o.cgroup_id))
+        };
+        let mut sockets: Vec<BaselineSocket> = self
+            .sockets
+            .iter()
+            .filter(|(_, s)| s.netns == netns && s.state != TcpState::Close)
+            .map(|(&id, s)| BaselineSocket {
+                // Synthetic keys are the model's own: a reader matches those by tuple.
+                sock: if id & SYNTHETIC != 0 { 0 } else { id },
+                tuple: self.tuple_of(&s.quad),
+                state: s.state,
+                owner: owner(s.owner),
+                expires_ms: 0,
+                orphan: false,
+            })
+            .collect();
+        sockets.extend(
+            self.timewait
+                .iter()
+                .filter(|(k, _)| k.netns == netns)
+                .map(|(k, t)| BaselineSocket {
+                    sock: 0,
+                    tuple: self.tuple_of(&k.quad),
+                    state: TcpState::TimeWait,
+                    owner: owner(t.owner),
+                    expires_ms: (t.expires_ns.saturating_sub(self.now_ns) / 1_000_000)
+                        .min(u64::from(u32::MAX)) as u32,
+                    orphan: true,
+                }),
+        );
+        input::NetnsState {
+            netns,
+            config: self.netns.get(&netns).cloned().unwrap_or_default(),
+            at_ns: self.now_ns,
+            sockets,
         }
     }
 

@@ -119,6 +119,7 @@ fn model() -> Model {
             name: Some("blue".into()),
             port_range: (20000, 20009),
             reserved: vec![],
+            ..Default::default()
         },
     );
     m
@@ -357,6 +358,7 @@ fn connecting_takes_a_socket_address_left_by_a_missed_close() {
 
 fn baseline_sock(sport: u16, dport: u16, state: TcpState, pid: u32) -> BaselineSocket {
     BaselineSocket {
+        sock: 0,
         tuple: Tuple::new(ip("127.0.0.1"), sport, ip("10.0.0.5"), dport),
         state,
         owner: (pid != 0).then(|| (pid, "java".to_owned(), 3)),
@@ -379,6 +381,7 @@ fn baseline_then_buffered_events_without_double_counting() {
         baseline_sock(20003, 80, TimeWait, 0),
         // A listener and one of its accepted sockets are not destinations.
         BaselineSocket {
+            sock: 0,
             tuple: Tuple::new(ip("0.0.0.0"), 8080, ip("0.0.0.0"), 0),
             state: Listen,
             owner: Some((301, "svc".into(), 3)),
@@ -386,6 +389,7 @@ fn baseline_then_buffered_events_without_double_counting() {
             orphan: false,
         },
         BaselineSocket {
+            sock: 0,
             tuple: Tuple::new(ip("127.0.0.1"), 8080, ip("127.0.0.1"), 20009),
             state: Established,
             owner: Some((301, "svc".into(), 3)),
@@ -424,6 +428,7 @@ fn rate_and_eta_per_destination() {
             name: None,
             port_range: (20000, 29999),
             reserved: vec![],
+            ..Default::default()
         },
     );
     // 20 new connections per second for 10 s, none closed.
@@ -448,6 +453,7 @@ fn capacity_and_ranges_follow_the_namespace() {
             name: None,
             port_range: (3306, 3310),
             reserved: vec![],
+            ..Default::default()
         },
     );
     for (i, port) in [3306u16, 3307, 3308, 3309].into_iter().enumerate() {
@@ -464,6 +470,7 @@ fn capacity_and_ranges_follow_the_namespace() {
             name: None,
             port_range: (3306, 3310),
             reserved: vec![(3306, 3306)],
+            ..Default::default()
         },
     );
     // Four ports, one of them reserved, and an odd range: three are guaranteed.
@@ -480,6 +487,7 @@ fn bind_conflict_names_the_ephemeral_holder() {
             name: None,
             port_range: (3306, 3310),
             reserved: vec![],
+            ..Default::default()
         },
     );
     Sk::client(1, 100, 3306, "127.0.0.1", 9000).open(&mut m, S);
@@ -546,6 +554,7 @@ fn exhaustion_failure_names_the_top_owner() {
             name: None,
             port_range: (20000, 20003),
             reserved: vec![],
+            ..Default::default()
         },
     );
     for (i, port) in (20000..=20003).enumerate() {
@@ -642,6 +651,7 @@ fn memory_stays_bounded_through_churn() {
             name: None,
             port_range: (1024, 65535),
             reserved: vec![],
+            ..Default::default()
         },
     );
     // 100k connections opened and actively closed over 100 s, to 100 destinations.
