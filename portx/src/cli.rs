@@ -22,6 +22,9 @@ pub enum Command {
     Trace(TraceArgs),
     /// Live view of ephemeral port use per destination, process and cgroup.
     Top(TopArgs),
+    /// Record events and the model's state to a file, or keep the last minutes in
+    /// memory and write them when a trigger fires (--flight-recorder).
+    Record(RecordArgs),
     /// Audit the port configuration and say exactly what to change.
     /// Exit status: 0 nothing above info, 1 warnings, 2 critical, 3+ errors.
     Check(CheckArgs),
@@ -77,13 +80,18 @@ pub struct TopArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
+    /// Play recordings (`portx record` files; several: one rotated set) instead of
+    /// watching the kernel. No root needed.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["ring_mib", "no_drift_check"])]
+    pub replay: Option<Vec<std::path::PathBuf>>,
+    /// With --replay: play at this many times the recorded pace (0: as fast as possible).
+    #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_speed, requires = "replay")]
+    pub speed: f64,
 }
 
-#[derive(Debug, Args, Clone)]
-pub struct TraceArgs {
-    /// Print NDJSON, one object per event (fields in the README).
-    #[arg(long)]
-    pub json: bool,
+/// The events `portx trace` and `portx record` take.
+#[derive(Debug, Args, Clone, Default)]
+pub struct EventFilterArgs {
     /// Only events of this process id (the socket's owner for state changes).
     #[arg(long)]
     pub pid: Option<u32>,
@@ -99,6 +107,80 @@ pub struct TraceArgs {
     /// Only failed connect() and bind() calls.
     #[arg(long)]
     pub errors: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RecordArgs {
+    /// Write here (with rotation: files named FILE's stem plus their start time).
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present = "flight_recorder",
+        conflicts_with = "flight_recorder"
+    )]
+    pub output: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub filter: EventFilterArgs,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
+    /// Start a new file when the current one reaches this many MiB.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rotate_size: Option<u64>,
+    /// Start a new file every SECS seconds of wall-clock time (aligned to the clock).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rotate_time: Option<u64>,
+    /// Keep at most N files of a rotated set (the oldest removed).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_files: Option<u64>,
+    /// Write the model's state (sockets held, TIME_WAIT) this often, besides at the
+    /// start of each file.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_secs)]
+    pub state_every: f64,
+    /// Keep the last --window seconds in memory and write them to a new file in DIR
+    /// when a --trigger fires.
+    #[arg(long, value_name = "DIR", requires = "trigger")]
+    pub flight_recorder: Option<std::path::PathBuf>,
+    /// Flight recorder: seconds of history kept before a trigger.
+    #[arg(long, value_name = "SECS", default_value_t = 300, requires = "flight_recorder", value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub window: u32,
+    /// Flight recorder: what makes it write: failure, failure:ERRNO, util:PCT,
+    /// fail-rate:N, signal (SIGUSR1). Repeat or separate with commas.
+    #[arg(
+        long,
+        value_name = "SPEC",
+        value_delimiter = ',',
+        requires = "flight_recorder"
+    )]
+    pub trigger: Vec<String>,
+    /// Flight recorder: seconds recorded after the trigger before writing.
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "flight_recorder", value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub post: u32,
+    /// Flight recorder: stop after writing N files.
+    #[arg(long, value_name = "N", requires = "flight_recorder", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_dumps: Option<u32>,
+    /// Flight recorder: memory for the window, MiB (the oldest history goes first).
+    #[arg(long, value_name = "MIB", default_value_t = 64, requires = "flight_recorder", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub buffer_mib: u32,
+    /// Do not compare the TIME_WAIT model with the kernel's sock_diag view.
+    #[arg(long)]
+    pub no_drift_check: bool,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    pub ring_mib: u32,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TraceArgs {
+    /// Print NDJSON, one object per event (fields in the README).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub filter: EventFilterArgs,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
@@ -119,6 +201,16 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn parse_secs(s: &str) -> Result<f64, String> {
     parse_duration(s).map(|d| d.as_secs_f64())
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if !x.is_finite() || !(0.0..=1e6).contains(&x) {
+        return Err(format!(
+            "`{s}` must be between 0 (as fast as possible) and 1000000"
+        ));
+    }
+    Ok(x)
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -142,7 +234,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|c| match c.command {
             Command::Trace(t) => t,
-            Command::Top(_) | Command::Check(_) => unreachable!("parsed `trace`"),
+            _ => unreachable!("parsed `trace`"),
         })
     }
 
@@ -163,11 +255,11 @@ mod tests {
             "1.5",
         ])
         .unwrap();
-        assert!(t.json && t.errors);
-        assert_eq!(t.pid, Some(7));
-        assert_eq!(t.comm.as_deref(), Some("nginx"));
-        assert_eq!(t.port, Some(3306));
-        assert_eq!(t.netns.as_deref(), Some("blue"));
+        assert!(t.json && t.filter.errors);
+        assert_eq!(t.filter.pid, Some(7));
+        assert_eq!(t.filter.comm.as_deref(), Some("nginx"));
+        assert_eq!(t.filter.port, Some(3306));
+        assert_eq!(t.filter.netns.as_deref(), Some("blue"));
         assert_eq!(t.duration, Some(std::time::Duration::from_millis(1500)));
         assert_eq!(t.ring_mib, 16);
     }

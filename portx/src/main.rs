@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => portx::commands::trace::run(args, cli.verbose).await,
             Command::Top(args) => portx::commands::top::run(args, cli.verbose).await,
+            Command::Record(args) => portx::commands::record::run(args, cli.verbose).await,
             Command::Check(_) => unreachable!("handled before the runtime starts"),
         }
     });

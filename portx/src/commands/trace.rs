@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::TraceArgs,
+    cli::{EventFilterArgs, TraceArgs},
     events::decode,
     events::filter::{Filter, describe_kernel},
     events::sock_owners::SockOwners,
@@ -52,7 +52,7 @@ impl Stats {
     }
 }
 
-pub fn filter_from(args: &TraceArgs) -> anyhow::Result<Filter> {
+pub fn filter_from(args: &EventFilterArgs) -> anyhow::Result<Filter> {
     let netns = match &args.netns {
         Some(arg) => Some(netns::resolve(arg)?),
         None => None,
@@ -69,7 +69,7 @@ pub fn filter_from(args: &TraceArgs) -> anyhow::Result<Filter> {
 pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     preflight::check_privileges()?;
     preflight::check_btf()?;
-    let filter = filter_from(&args)?;
+    let filter = filter_from(&args.filter)?;
     let mut probes = Probes::load(LoadOptions {
         ring_bytes: args.ring_mib << 20,
         filter: filter.kernel(),

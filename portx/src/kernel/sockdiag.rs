@@ -425,7 +425,16 @@ struct Handles {
     sock: Socket,
     port_range: File,
     reserved_ports: File,
+    /// `tcp_tw_reuse`, `tcp_fin_timeout`, `tcp_max_tw_buckets`: recorded for the
+    /// reader of a capture; a kernel without one leaves it `None`.
+    tcp: [Option<File>; 3],
 }
+
+const TCP_SYSCTLS: [&str; 3] = [
+    "/proc/sys/net/ipv4/tcp_tw_reuse",
+    "/proc/sys/net/ipv4/tcp_fin_timeout",
+    "/proc/sys/net/ipv4/tcp_max_tw_buckets",
+];
 
 impl Handles {
     fn open_here() -> Result<Self> {
@@ -444,6 +453,7 @@ impl Handles {
             sock,
             port_range,
             reserved_ports,
+            tcp: TCP_SYSCTLS.map(|p| File::open(p).ok()),
         })
     }
 }
@@ -633,6 +643,20 @@ impl NetnsProbe {
             .map_err(anyhow::Error::from)
             .and_then(|s| parse_port_range(&s))
             .with_context(|| format!("{}: reading {PORT_RANGE}", self.label))
+    }
+
+    /// This namespace's TIME_WAIT-related settings; unreadable ones are `None`.
+    pub fn tcp_sysctls(&self) -> crate::model::TcpSysctls {
+        let [tw_reuse, fin_timeout, max_tw_buckets] = self.handles.tcp.each_ref().map(|f| {
+            f.as_ref()
+                .and_then(|f| read_sysctl(f).ok())
+                .and_then(|s| s.trim().parse().ok())
+        });
+        crate::model::TcpSysctls {
+            tw_reuse,
+            fin_timeout,
+            max_tw_buckets,
+        }
     }
 
     /// `net.ipv4.ip_local_reserved_ports` of this namespace, as inclusive ranges.

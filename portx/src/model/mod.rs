@@ -10,6 +10,7 @@ pub mod capacity;
 pub mod input;
 pub mod rate;
 pub mod snapshot;
+pub mod trigger;
 
 use std::{
     collections::{BTreeMap, VecDeque},

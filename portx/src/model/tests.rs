@@ -682,3 +682,41 @@ fn memory_stays_bounded_through_churn() {
         m.addrs.index.len()
     );
 }
+
+#[test]
+fn exported_state_reloads_to_the_same_view_and_later_events_find_their_sockets() {
+    let mut m = model();
+    // Three connections held, one closed into TIME_WAIT, toward one destination.
+    let socks: Vec<Sk> = (0..4)
+        .map(|i| Sk::client(0x1000 + i, 4242, 20000 + i as u16, "10.0.0.5", 443))
+        .collect();
+    for (i, s) in socks.iter().enumerate() {
+        s.open(&mut m, S + i as u64 * 10);
+    }
+    socks[3].active_close(&mut m, 2 * S);
+    let before = m.snapshot(View::default());
+
+    let mut fresh = Model::new();
+    fresh.feed(&input::Input::State(m.export_state(NS)));
+    let after = fresh.snapshot(View::default());
+    let d0 = dest(&before, "10.0.0.5", 443);
+    let d1 = dest(&after, "10.0.0.5", 443);
+    assert_eq!((d1.used, d1.capacity), (4, 10));
+    assert_eq!(
+        (d1.used, &d1.states, &d1.owners),
+        (d0.used, &d0.states, &d0.owners)
+    );
+    assert_eq!(state(d1, "TIME_WAIT"), 1);
+    assert_eq!(after.netns[0].name.as_deref(), Some("blue"));
+
+    // A close after the state names the socket by its address, as live.
+    socks[0].active_close(&mut fresh, 3 * S);
+    socks[0].active_close(&mut m, 3 * S);
+    let (a, b) = (m.snapshot(View::default()), fresh.snapshot(View::default()));
+    let (da, db) = (dest(&a, "10.0.0.5", 443), dest(&b, "10.0.0.5", 443));
+    assert_eq!(
+        (db.used, state(db, "ESTABLISHED"), state(db, "TIME_WAIT")),
+        (4, 2, 2)
+    );
+    assert_eq!((da.used, &da.states), (db.used, &db.states));
+}

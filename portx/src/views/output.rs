@@ -272,6 +272,16 @@ impl Clock {
         Self::new(real - boot, utc_offset_s)
     }
 
+    /// Realtime minus boottime, nanoseconds: a boot-time stamp plus this is wall time.
+    pub fn boot_to_wall_ns(&self) -> i128 {
+        self.realtime_minus_boot_ns
+    }
+
+    /// Seconds east of UTC of the local time zone.
+    pub fn utc_offset_s(&self) -> i64 {
+        self.utc_offset_s
+    }
+
     /// `HH:MM:SS.mmm` local time of a boot-time timestamp.
     pub fn time_of_day(&self, boot_ns: u64) -> String {
         let real_ns = i128::from(boot_ns) + self.realtime_minus_boot_ns;

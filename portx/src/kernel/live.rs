@@ -1,0 +1,346 @@
+//! The live source of model inputs: the ring buffer's events, and from a prober
+//! thread each namespace's start-up baseline (sock_diag), settings (re-read every few
+//! seconds) and the TIME_WAIT drift check. `portx top` and `portx record` read the
+//! kernel only through this, and a recording replays the same [`Input`]s.
+//!
+//! Events that arrive while the baselines are taken are held back and handed out after
+//! them, so nothing falls between the dump and the stream.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::mpsc as std_mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::sync::mpsc;
+
+use crate::{
+    events::{TraceEvent, decode},
+    kernel::{
+        loader::{EventReader, Probes},
+        proc_owners::{self, ProcOwner},
+        sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
+    },
+    model::{
+        BaselineSocket, NetnsConfig, Tuple,
+        input::{Input, NetnsState},
+    },
+};
+
+/// How often the port range and reserved ports are re-read.
+const SETTINGS_EVERY: Duration = Duration::from_secs(2);
+
+/// Records drained from the ring buffer per call, so a flood of events cannot starve
+/// the terminal or the timers.
+pub const DRAIN_BATCH: usize = 65536;
+
+/// `CLOCK_BOOTTIME` now, the clock of BPF event timestamps.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What the prober thread reports.
+enum ProbeMsg {
+    Input(Input),
+    /// All start-up baselines have been sent.
+    BaselineDone,
+    Warning(String),
+}
+
+/// Requests to the prober thread.
+enum ProbeReq {
+    /// An event named a namespace we have no probe for; `pid` is a process in it.
+    Discover { inode: u32, pid: u32 },
+}
+
+/// What one [`LiveSource::next`] call brought besides inputs.
+#[derive(Debug, Default)]
+pub struct Notes {
+    /// Prober warnings, one line each.
+    pub warnings: Vec<String>,
+    /// Every start-up baseline has been handed out (once).
+    pub baseline_done: bool,
+}
+
+/// Inputs from the running kernel.
+pub struct LiveSource {
+    reader: EventReader,
+    msgs: mpsc::UnboundedReceiver<ProbeMsg>,
+    requests: std_mpsc::Sender<ProbeReq>,
+    known_netns: HashSet<u32>,
+    baseline_done: bool,
+    held: Vec<TraceEvent>,
+    /// The ring still had records when the last drain stopped at its batch size
+    /// (readiness is edge-triggered and will not fire again for those).
+    more: bool,
+    /// Records that could not be decoded.
+    pub undecodable: u64,
+}
+
+impl LiveSource {
+    /// Starts the prober thread (baseline now, then settings every few seconds and the
+    /// drift check every `drift_every`) and takes the ring buffer's reader.
+    pub fn start(probes: &mut Probes, drift_every: Option<Duration>) -> Result<Self> {
+        let reader = probes.events()?;
+        let (msg_tx, msgs) = mpsc::unbounded_channel();
+        let (req_tx, req_rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("portx-prober".into())
+            .spawn(move || prober(msg_tx, req_rx, drift_every))
+            .context("starting the prober thread")?;
+        Ok(Self {
+            reader,
+            msgs,
+            requests: req_tx,
+            known_netns: HashSet::new(),
+            baseline_done: false,
+            held: Vec::new(),
+            more: false,
+            undecodable: 0,
+        })
+    }
+
+    /// Waits for inputs and appends them to `out` in order. Cancel-safe (it only
+    /// awaits readiness; the work is done after), so it can sit in a `select!`.
+    pub async fn next(&mut self, out: &mut Vec<Input>) -> Result<Notes> {
+        let mut notes = Notes::default();
+        if !self.more {
+            tokio::select! {
+                r = self.reader.readable() => r?,
+                m = self.msgs.recv() => match m {
+                    Some(m) => self.on_msg(m, out, &mut notes),
+                    None => anyhow::bail!("the prober thread stopped"),
+                },
+            }
+        }
+        // Whatever else the prober has sent, then the ring.
+        while let Ok(m) = self.msgs.try_recv() {
+            self.on_msg(m, out, &mut notes);
+        }
+        self.drain(out);
+        Ok(notes)
+    }
+
+    /// Drains the ring once more (at stop: what the kernel wrote still counts).
+    pub fn drain(&mut self, out: &mut Vec<Input>) {
+        let mut batch = Vec::new();
+        let mut undecodable = 0;
+        let n = self.reader.drain(|b| {
+            match decode(b) {
+                Ok(ev) => batch.push(ev),
+                Err(_) => undecodable += 1,
+            }
+            batch.len() < DRAIN_BATCH
+        });
+        self.undecodable += undecodable;
+        self.more = n >= DRAIN_BATCH;
+        for ev in batch {
+            if ev.netns != 0
+                && ev.pid != 0
+                && self.known_netns.insert(ev.netns)
+                && self.baseline_done
+            {
+                let _ = self.requests.send(ProbeReq::Discover {
+                    inode: ev.netns,
+                    pid: ev.pid,
+                });
+            }
+            if self.baseline_done {
+                out.push(Input::Event(ev));
+            } else {
+                self.held.push(ev);
+            }
+        }
+    }
+
+    fn on_msg(&mut self, m: ProbeMsg, out: &mut Vec<Input>, notes: &mut Notes) {
+        match m {
+            ProbeMsg::Input(input) => {
+                if let Input::State(s) = &input {
+                    self.known_netns.insert(s.netns);
+                }
+                out.push(input);
+            }
+            ProbeMsg::BaselineDone => {
+                self.baseline_done = true;
+                notes.baseline_done = true;
+                out.extend(self.held.drain(..).map(Input::Event));
+                self.held.shrink_to_fit();
+            }
+            ProbeMsg::Warning(w) => notes.warnings.push(w),
+        }
+    }
+}
+
+fn to_baseline(s: &DiagSocket, owners: &HashMap<u64, ProcOwner>) -> BaselineSocket {
+    BaselineSocket {
+        sock: 0,
+        tuple: Tuple::new(s.saddr, s.sport, s.daddr, s.dport),
+        state: s.state,
+        owner: owners
+            .get(&s.inode)
+            .map(|o| (o.pid, o.comm.clone(), o.cgroup_id)),
+        expires_ms: s.expires_ms,
+        orphan: s.inode == 0,
+    }
+}
+
+fn settings(probe: &NetnsProbe, name: Option<String>) -> Result<NetnsConfig> {
+    Ok(NetnsConfig {
+        name,
+        port_range: probe.port_range()?,
+        reserved: probe.reserved_ports()?,
+        tcp: probe.tcp_sysctls(),
+    })
+}
+
+fn baseline(
+    probe: &NetnsProbe,
+    name: Option<String>,
+    owners: &HashMap<u64, ProcOwner>,
+) -> Result<ProbeMsg> {
+    let at_ns = boottime_ns();
+    let config = settings(probe, name)?;
+    let sockets = probe
+        .dump_tcp(sockdiag::ALL_STATES)?
+        .iter()
+        .map(|s| to_baseline(s, owners))
+        .collect();
+    Ok(ProbeMsg::Input(Input::State(NetnsState {
+        netns: probe.inode,
+        config,
+        at_ns,
+        sockets,
+    })))
+}
+
+/// The prober thread: owns every namespace's handles (they are not `Sync`).
+fn prober(
+    out: mpsc::UnboundedSender<ProbeMsg>,
+    requests: std_mpsc::Receiver<ProbeReq>,
+    drift_every: Option<Duration>,
+) {
+    let send = |m| out.send(m).is_ok();
+    let mut probes: Vec<(NetnsProbe, Option<String>, NetnsConfig)> = Vec::new();
+    let mut open = |ns: &NetnsRef, owners: &HashMap<u64, ProcOwner>| match NetnsProbe::open(ns)
+        .and_then(|p| {
+            let msg = baseline(&p, ns.name.clone(), owners)?;
+            Ok((p, msg))
+        }) {
+        Ok((p, msg)) => {
+            let config = match &msg {
+                ProbeMsg::Input(Input::State(s)) => s.config.clone(),
+                _ => NetnsConfig::default(),
+            };
+            probes.push((p, ns.name.clone(), config));
+            send(msg)
+        }
+        Err(e) => send(ProbeMsg::Warning(format!("{ns}: {e:#}"))),
+    };
+    let namespaces = sockdiag::list_netns().unwrap_or_else(|e| {
+        send(ProbeMsg::Warning(format!(
+            "listing network namespaces: {e:#}"
+        )));
+        Vec::new()
+    });
+    // Attribute sockets to processes once, at start-up.
+    let owners = proc_owners::socket_owners();
+    for ns in &namespaces {
+        if !open(ns, &owners) {
+            return;
+        }
+    }
+    if !send(ProbeMsg::BaselineDone) {
+        return;
+    }
+    let mut next_settings = Instant::now() + SETTINGS_EVERY;
+    let mut next_drift = drift_every.map(|d| Instant::now() + d);
+    loop {
+        let wake = next_drift.map_or(next_settings, |d| d.min(next_settings));
+        match requests.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(ProbeReq::Discover { inode, pid }) => {
+                if probes.iter().any(|(p, ..)| p.inode == inode) {
+                    continue;
+                }
+                let ns = NetnsRef {
+                    inode,
+                    name: None,
+                    path: format!("/proc/{pid}/ns/net").into(),
+                };
+                // A namespace born after start-up: its sockets are all new, so its
+                // baseline only needs settings and whatever exists already.
+                let owners = proc_owners::socket_owners();
+                let msg = NetnsProbe::open(&ns).and_then(|p| {
+                    let msg = baseline(&p, None, &owners)?;
+                    Ok((p, msg))
+                });
+                let ok = match msg {
+                    Ok((p, msg)) => {
+                        let config = match &msg {
+                            ProbeMsg::Input(Input::State(s)) => s.config.clone(),
+                            _ => NetnsConfig::default(),
+                        };
+                        probes.push((p, None, config));
+                        send(msg)
+                    }
+                    Err(e) => send(ProbeMsg::Warning(format!("{ns}: {e:#}"))),
+                };
+                if !ok {
+                    return;
+                }
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        if now >= next_settings {
+            next_settings = now + SETTINGS_EVERY;
+            for (p, name, last) in &mut probes {
+                let msg = match settings(p, name.clone()) {
+                    // Only changes: a recording then says when a setting changed.
+                    Ok(config) if config == *last => continue,
+                    Ok(config) => {
+                        last.clone_from(&config);
+                        ProbeMsg::Input(Input::Settings {
+                            netns: p.inode,
+                            config,
+                        })
+                    }
+                    Err(e) => ProbeMsg::Warning(format!("netns {}: {e:#}", p.inode)),
+                };
+                if !send(msg) {
+                    return;
+                }
+            }
+        }
+        if let Some(d) = next_drift
+            && now >= d
+        {
+            next_drift = drift_every.map(|e| now + e);
+            for (p, ..) in &probes {
+                let started_ns = boottime_ns();
+                let msg = match p.dump_tcp(sockdiag::TIME_WAIT_ONLY) {
+                    Ok(socks) => ProbeMsg::Input(Input::TimeWait {
+                        netns: p.inode,
+                        tuples: socks
+                            .iter()
+                            .map(|s| (Tuple::new(s.saddr, s.sport, s.daddr, s.dport), s.expires_ms))
+                            .collect(),
+                        started_ns,
+                    }),
+                    Err(e) => ProbeMsg::Warning(format!("drift check, netns {}: {e:#}", p.inode)),
+                };
+                if !send(msg) {
+                    return;
+                }
+            }
+        }
+    }
+}
