@@ -3,6 +3,7 @@
 //! it. Needs root; without it every test is reported as ignored.
 
 mod peer;
+mod record;
 mod support;
 mod top;
 
@@ -71,6 +72,19 @@ fn main() {
         (
             "top_drift_check_corrects_timewait",
             top::drift_check_corrects_timewait,
+        ),
+        ("record_survives_kill9", record::record_survives_kill9),
+        (
+            "record_replay_matches_live_top",
+            record::replay_matches_live_top,
+        ),
+        (
+            "flight_recorder_keeps_the_window",
+            record::flight_recorder_keeps_the_window,
+        ),
+        (
+            "record_rotated_set_is_one_timeline",
+            record::rotated_set_is_one_timeline,
         ),
     ];
     let trials = tests
