@@ -59,7 +59,9 @@ fn machine() -> String {
 }
 
 pub fn run(cargo: &mut Command, quick: bool, record: bool, only: &[String]) -> Result<()> {
-    const PARTS: [&str; 5] = ["ingest", "memory", "baseline", "storm", "latency"];
+    const PARTS: [&str; 6] = [
+        "ingest", "memory", "baseline", "storm", "latency", "capture",
+    ];
     if let Some(p) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
         bail!("unknown bench part `{p}`; parts: {}", PARTS.join(", "));
     }

@@ -43,7 +43,7 @@ enum Task {
         /// Append the table to BENCHMARKS.md.
         #[arg(long)]
         record: bool,
-        /// Run only these parts: ingest, memory, baseline, storm, latency
+        /// Run only these parts: ingest, memory, baseline, storm, latency, capture
         /// (comma-separated).
         #[arg(long, value_delimiter = ',', conflicts_with = "record")]
         only: Vec<String>,

@@ -15,6 +15,7 @@ use std::{
     time::Instant,
 };
 
+mod capture;
 mod storm;
 
 use portx::{
@@ -486,7 +487,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes --bench; ignore it.
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only PART[,PART]`: run some parts (ingest, memory, baseline, storm, latency).
+    // `--only PART[,PART]`: run some parts (ingest, memory, baseline, storm, latency,
+    // capture).
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")
@@ -510,5 +512,8 @@ fn main() {
     }
     if part("latency") {
         storm::bench_latency(quick);
+    }
+    if part("capture") {
+        capture::bench_capture(quick);
     }
 }

@@ -92,6 +92,13 @@ enum Tracer {
     /// `portx trace --errors`: the kernel drops every other event before the ring
     /// buffer, as an SRE would run it on a busy host during an incident.
     TraceErrors,
+    /// `portx record -o FILE`: every event framed, compressed and written to disk.
+    Record,
+}
+
+/// Where the storm's recording goes (removed after each storm).
+fn record_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("portx-bench-storm-{}.portx", std::process::id()))
 }
 
 impl Tracer {
@@ -111,6 +118,7 @@ impl Tracer {
             Tracer::BpftraceCount => "bpftrace-count",
             Tracer::BpftraceSyscallFloor => "bpftrace-syscall",
             Tracer::TraceErrors => "trace-errors",
+            Tracer::Record => "record",
         }
     }
 }
@@ -136,6 +144,8 @@ const BPFTRACE_SYSCALL_FLOOR: &str = "tracepoint:syscalls:sys_enter_connect { @ 
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// `portx record`: events it wrote, from its closing line.
+    written: Option<u64>,
 }
 
 /// Lines of a pipe, on a thread; after a line containing `then_discard` (if given),
@@ -175,6 +185,12 @@ fn start(t: Tracer) -> Option<Running> {
             }
             (c, "portx: tracing", false)
         }
+        Tracer::Record => {
+            let mut c = Command::new(portx);
+            let _ = std::fs::remove_file(record_path());
+            c.arg("record").arg("-o").arg(record_path());
+            (c, "portx: recording to", false)
+        }
         Tracer::Top => {
             let mut c = Command::new(portx);
             // Headless: stdout is not a terminal, and nothing is printed before the
@@ -210,7 +226,13 @@ fn start(t: Tracer) -> Option<Running> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(l) if l.contains(ready) => return Some(Running { child, lines: rx }),
+            Ok(l) if l.contains(ready) => {
+                return Some(Running {
+                    child,
+                    lines: rx,
+                    written: None,
+                });
+            }
             Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -331,17 +353,22 @@ fn bpf_cost(tracer: Tracer, total: usize, workers: usize) -> Option<(f64, f64)> 
     ))
 }
 
-/// Stops a tracer with SIGINT; returns the drops portx reports.
-fn stop(mut r: Running) -> Option<u64> {
+/// Stops a tracer with SIGINT; returns the drops portx reports (and, for `record`,
+/// the events it wrote).
+fn stop(mut r: Running) -> (Option<u64>, Option<u64>) {
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(r.child.id() as i32, libc::SIGINT) };
     let _ = r.child.wait();
     let mut dropped = None;
-    while let Ok(l) = r.lines.recv_timeout(Duration::from_millis(500)) {
+    let lines = std::mem::replace(&mut r.lines, mpsc::channel().1);
+    while let Ok(l) = lines.recv_timeout(Duration::from_millis(500)) {
         // "portx: N events seen, M shown, D dropped" or "portx: D events dropped, ..."
         if let Some(rest) = l.strip_prefix("portx: ") {
             let words: Vec<&str> = rest.split([' ', ',']).filter(|w| !w.is_empty()).collect();
             for (i, w) in words.iter().enumerate() {
+                if w.starts_with("written") && i > 0 {
+                    r.written = words[i - 1].parse().ok();
+                }
                 if w.starts_with("dropped") && i > 0 {
                     dropped = words[i - 1].parse().ok();
                 } else if *w == "events" && words.get(i + 1) == Some(&"dropped") {
@@ -350,7 +377,7 @@ fn stop(mut r: Running) -> Option<u64> {
             }
         }
     }
-    dropped
+    (dropped, r.written)
 }
 
 pub fn bench_storm(quick: bool) {
@@ -373,7 +400,10 @@ pub fn bench_storm(quick: bool) {
         Tracer::BpftraceCount,
         Tracer::BpftraceSyscallFloor,
         Tracer::TraceErrors,
+        Tracer::Record,
     ];
+    // `portx record`'s bytes on disk per event written, per storm.
+    let mut record_bytes: Vec<f64> = Vec::new();
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     // Each traced storm's rate over the untraced one of the same repeat (run first).
     let mut paired: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
@@ -418,9 +448,19 @@ pub fn bench_storm(quick: bool) {
                         trace_rss.1.max(after.anon_rss),
                     );
                 }
-                let d = stop(r);
-                if matches!(c, Tracer::Trace | Tracer::Top | Tracer::TraceErrors) {
+                let (d, written) = stop(r);
+                if matches!(
+                    c,
+                    Tracer::Trace | Tracer::Top | Tracer::TraceErrors | Tracer::Record
+                ) {
                     dropped += d.unwrap_or(0);
+                }
+                if c == Tracer::Record {
+                    let size = std::fs::metadata(record_path()).map_or(0, |m| m.len());
+                    if let Some(n) = written.filter(|&n| n > 0) {
+                        record_bytes.push(size as f64 / n as f64);
+                    }
+                    let _ = std::fs::remove_file(record_path());
                 }
             }
         }
@@ -438,7 +478,7 @@ pub fn bench_storm(quick: bool) {
         spread: base.1,
         paired_ratio: None,
     });
-    let mut ratios = [f64::NAN; 7];
+    let mut ratios = [f64::NAN; 8];
     for (i, name, target) in [
         (1, "connect storm with portx trace --json", Some(0.97)),
         (2, "connect storm with portx top (headless)", Some(0.97)),
@@ -458,6 +498,7 @@ pub fn bench_storm(quick: bool) {
             "connect storm with portx trace --json --errors (other events dropped in the kernel)",
             None,
         ),
+        (7, "connect storm with portx record -o FILE", None),
     ] {
         if paired[i].is_empty() {
             continue;
@@ -516,6 +557,7 @@ pub fn bench_storm(quick: bool) {
             3,
             "bpftrace printing, CPU per 1000 connections (own process)",
         ),
+        (7, "portx record CPU per 1000 connections (own process)"),
     ] {
         if cpu[i].is_empty() {
             continue;
@@ -612,8 +654,37 @@ pub fn bench_storm(quick: bool) {
             });
         }
     }
+    // record must cost no more than trace --json to /dev/null: by CPU, the steady
+    // figure, and by throughput ratio as reported above.
+    if !cpu[7].is_empty() && !cpu[1].is_empty() {
+        let (rec, spread) = median(cpu[7].clone());
+        let (trace, _) = median(cpu[1].clone());
+        report(Figure {
+            figure: "portx record CPU per 1000 connections vs portx trace --json > /dev/null",
+            value: rec,
+            unit: "ms",
+            baseline: Some((trace, "portx trace --json")),
+            target: "at most trace's",
+            pass: Some(rec <= trace),
+            spread,
+            paired_ratio: None,
+        });
+    }
+    if !record_bytes.is_empty() {
+        let (b, spread) = median(record_bytes);
+        report(Figure {
+            figure: "portx record bytes on disk per event in the storm",
+            value: b,
+            unit: "B",
+            baseline: None,
+            target: "<= 16",
+            pass: Some(b <= 16.0),
+            spread,
+            paired_ratio: None,
+        });
+    }
     report(Figure {
-        figure: "events dropped during the storms (trace, top, trace --errors)",
+        figure: "events dropped during the storms (trace, top, trace --errors, record)",
         value: dropped as f64,
         unit: "events",
         baseline: None,
