@@ -1,5 +1,6 @@
 //! One file per subcommand, wiring kernel inputs, events, the model and views.
 
 pub mod check;
+pub mod report;
 pub mod top;
 pub mod trace;
