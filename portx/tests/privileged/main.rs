@@ -3,6 +3,7 @@
 //! it. Needs root; without it every test is reported as ignored.
 
 mod peer;
+mod report_page;
 mod support;
 mod top;
 
@@ -71,6 +72,10 @@ fn main() {
         (
             "top_drift_check_corrects_timewait",
             top::drift_check_corrects_timewait,
+        ),
+        (
+            "report_page_renders_in_chromium",
+            report_page::renders_in_chromium,
         ),
     ];
     let trials = tests

@@ -81,6 +81,9 @@ pub fn write_event(out: &mut impl Write, r: &Record) -> io::Result<()> {
     }
 }
 
+/// What failures are grouped by: kind, errno, pid, comm, destination, bind()'s port.
+type GroupKey = (Kind, Option<u32>, u32, String, IpAddr, u16, Option<u16>);
+
 /// A destination's identity as the model keys it.
 type DestId = (u32, IpAddr, IpAddr, u16);
 
@@ -106,7 +109,7 @@ pub struct ReportBuilder {
     trigger: Option<crate::capture::TriggerFired>,
     first_failure: Option<(u64, Failure)>,
     groups: Vec<FailureGroup>,
-    group_index: HashMap<(Kind, Option<u32>, u32, String, IpAddr, u16, Option<u16>), usize>,
+    group_index: HashMap<GroupKey, usize>,
     series: HashMap<DestId, Series>,
     /// (netns, daddr, dport, ts) of failures, for the charts' marks.
     marks: Vec<(u32, String, u16, u64)>,

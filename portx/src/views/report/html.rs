@@ -36,6 +36,7 @@ h3 { font-size: 1.05em; margin: 1.2em 0 .3em; font-family: ui-monospace, monospa
 table { border-collapse: collapse; width: 100%; margin: .4em 0; }
 th, td { text-align: left; padding: .25em .6em; border-bottom: 1px solid #e2e2e2; vertical-align: top; }
 th { background: #f4f4f4; }
+td.t { white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 code, .mono { font-family: ui-monospace, monospace; }
 .expl { color: #333; font-size: .92em; }
@@ -134,7 +135,7 @@ fn failures(o: &mut String, r: &Report) {
             .map_or(String::from("unknown"), |h| esc(&text::holder_line(h)));
         let _ = writeln!(
             o,
-            "<tr><td class=\"n\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}({})</td><td>{}</td><td>{}</td><td>{}<br><span class=\"expl\">{}</span></td></tr>",
+            "<tr><td class=\"n\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}({})</td><td class=\"t\">{}</td><td class=\"t\">{}</td><td>{}<br><span class=\"expl\">{}</span></td></tr>",
             g.count,
             esc(g.error.as_deref().unwrap_or("?")),
             esc(&text::call(g)),

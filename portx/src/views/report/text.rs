@@ -164,8 +164,8 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(o, "Failures ({} groups)", r.failures.len());
         let _ = writeln!(
             o,
-            "  {:>6}  {:<13} {:<14} {:<22} {:<30} {:<12}  {}",
-            "COUNT", "ERROR", "EVENT", "PROCESS", "CALL", "FIRST", "LAST"
+            "  {:>6}  {:<13} {:<14} {:<22} {:<30} {:<12}  LAST",
+            "COUNT", "ERROR", "EVENT", "PROCESS", "CALL", "FIRST"
         );
         for g in &r.failures {
             let _ = writeln!(
