@@ -28,6 +28,28 @@ pub enum Command {
     /// Audit the port configuration and say exactly what to change.
     /// Exit status: 0 nothing above info, 1 warnings, 2 critical, 3+ errors.
     Check(CheckArgs),
+    /// Offline incident report of a recording (one file or a rotation set): time span,
+    /// completeness, failures and who held the port, each destination's peak.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReportArgs {
+    /// Capture files of one recording (several: a rotation set, in any order).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<std::path::PathBuf>,
+    /// Print the report as one JSON object (fields in the README).
+    #[arg(long, conflicts_with = "events")]
+    pub json: bool,
+    /// Print the recorded events as NDJSON, the fields of `portx trace --json`.
+    #[arg(long)]
+    pub events: bool,
+    /// Also write the report as one self-contained HTML page (mode 0600).
+    #[arg(long, value_name = "OUT")]
+    pub html: Option<std::path::PathBuf>,
+    /// Overwrite the --html file if it exists.
+    #[arg(long, requires = "html")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -303,6 +325,23 @@ mod tests {
                 .contains("possible values: dest, process, cgroup"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn parses_report_flags() {
+        let c = Cli::try_parse_from([
+            "portx", "report", "b.portx", "a.portx", "--html", "out.html", "--force", "--json",
+        ])
+        .unwrap();
+        let Command::Report(r) = c.command else {
+            panic!("not report")
+        };
+        assert_eq!(r.files.len(), 2);
+        assert!(r.json && r.force && !r.events);
+        assert_eq!(r.html.as_deref(), Some(std::path::Path::new("out.html")));
+        assert!(Cli::try_parse_from(["portx", "report"]).is_err());
+        assert!(Cli::try_parse_from(["portx", "report", "a", "--json", "--events"]).is_err());
+        assert!(Cli::try_parse_from(["portx", "report", "a", "--force"]).is_err());
     }
 
     #[test]

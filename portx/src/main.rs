@@ -26,6 +26,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Report(args) = &cli.command {
+        // Reads files only: no root, BPF or runtime.
+        return match portx::commands::report::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portx: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -41,7 +51,9 @@ fn main() -> ExitCode {
             Command::Trace(args) => portx::commands::trace::run(args, cli.verbose).await,
             Command::Top(args) => portx::commands::top::run(args, cli.verbose).await,
             Command::Record(args) => portx::commands::record::run(args, cli.verbose).await,
-            Command::Check(_) => unreachable!("handled before the runtime starts"),
+            Command::Check(_) | Command::Report(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

@@ -2,5 +2,6 @@
 
 pub mod check;
 pub mod record;
+pub mod report;
 pub mod top;
 pub mod trace;

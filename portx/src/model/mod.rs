@@ -8,6 +8,7 @@
 
 pub mod capacity;
 pub mod input;
+pub mod peaks;
 pub mod rate;
 pub mod snapshot;
 pub mod trigger;
@@ -346,6 +347,8 @@ pub struct Model {
     drift: Drift,
     /// A hook reports each TIME_WAIT socket's end; the 60 s guess is only a backstop.
     exact_timewait: bool,
+    /// Highest use per destination, when asked for ([`Model::track_peaks`]).
+    peaks: peaks::Peaks,
 }
 
 impl Model {
@@ -384,6 +387,11 @@ impl Model {
         self.sockets
             .get(&sock)
             .map(|s| self.owners[s.owner as usize].pid)
+    }
+
+    /// The newest failure, with the holder the model named when it happened.
+    pub fn last_failure(&self) -> Option<&Failure> {
+        self.failures.back()
     }
 
     /// 4-tuples held in TIME_WAIT.
@@ -541,6 +549,9 @@ impl Model {
                 }
                 None if sign > 0 => d.owners.push((owner, 1)),
                 None => {}
+            }
+            if used && sign > 0 {
+                self.note_used_increase(dest);
             }
         }
         if owner != NO_OWNER {

@@ -4,6 +4,7 @@
 
 mod peer;
 mod record;
+mod report_page;
 mod support;
 mod top;
 
@@ -85,6 +86,10 @@ fn main() {
         (
             "record_rotated_set_is_one_timeline",
             record::rotated_set_is_one_timeline,
+        ),
+        (
+            "report_page_renders_in_chromium",
+            report_page::renders_in_chromium,
         ),
     ];
     let trials = tests
