@@ -18,6 +18,8 @@ pub mod frame;
 pub mod reader;
 pub mod ring;
 pub mod rotate;
+#[cfg(test)]
+mod testdata;
 pub mod writer;
 
 /// The first eight bytes of every capture file.

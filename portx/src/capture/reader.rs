@@ -211,3 +211,195 @@ impl<R: Read> Iterator for Reader<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::capture::{
+        frame::{FLAG_ZSTD, write_raw},
+        testdata,
+        writer::Encoder,
+    };
+
+    fn read_all(bytes: &[u8]) -> Result<(Vec<Record>, ReadStatus), CaptureError> {
+        let mut r = Reader::new(bytes, "test")?;
+        let recs = r.by_ref().collect::<Result<Vec<_>, _>>()?;
+        Ok((recs, r.status().clone()))
+    }
+
+    #[test]
+    fn every_record_round_trips() {
+        let (file, frames) = testdata::sample_file();
+        let (recs, st) = read_all(&file).unwrap();
+        let want: Vec<Record> = frames.into_iter().flat_map(|(_, r)| r).collect();
+        assert_eq!(recs, want);
+        assert_eq!(st.frames, 11);
+        assert_eq!(st.bytes, file.len() as u64);
+        assert_eq!(
+            (st.torn_tail, st.corrupt, st.unknown_frames),
+            (None, None, 0)
+        );
+        // Every non-event kind, each alone.
+        let mut enc = Encoder::new();
+        for r in testdata::non_event_records() {
+            let mut out = MAGIC.to_vec();
+            enc.record(&r, &mut out);
+            assert_eq!(read_all(&out).unwrap().0, vec![r]);
+        }
+    }
+
+    #[test]
+    fn foreign_and_empty_files_are_refused_at_offset_0() {
+        for bytes in [&b""[..], b"PORTX", b"PK\x03\x04 zip file"] {
+            let e = read_all(bytes).err().unwrap();
+            assert_eq!(e.offset, 0);
+            assert!(e.what.starts_with("not a portx capture (magic"), "{e}");
+        }
+        assert!(read_all(b"PORTXCAP").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_cut_at_every_offset_keeps_the_complete_frames() {
+        let (file, frames) = testdata::sample_file();
+        for cut in 0..=file.len() {
+            let res = read_all(&file[..cut]);
+            if cut < MAGIC.len() {
+                assert!(res.is_err(), "cut {cut}");
+                continue;
+            }
+            let (recs, st) = res.unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+            let complete = frames.iter().take_while(|(end, _)| *end <= cut);
+            let want: Vec<Record> = complete.clone().flat_map(|(_, r)| r.clone()).collect();
+            assert_eq!(recs, want, "cut {cut}");
+            let last_end = complete.last().map_or(MAGIC.len(), |(end, _)| *end);
+            assert_eq!(st.bytes, last_end as u64, "cut {cut}");
+            assert_eq!(st.corrupt, None, "cut {cut}");
+            let torn = (cut > last_end).then_some(last_end as u64);
+            assert_eq!(st.torn_tail, torn, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_corruption_at_its_frame() {
+        let (file, frames) = testdata::sample_file();
+        let mut start = MAGIC.len();
+        for (i, (end, _)) in frames.iter().enumerate() {
+            for pos in [start + 1, start + HEADER_LEN, end - 1] {
+                let mut bad = file.clone();
+                bad[pos] ^= 0x20;
+                let (recs, st) = read_all(&bad).unwrap();
+                let want: Vec<Record> = frames[..i].iter().flat_map(|(_, r)| r.clone()).collect();
+                assert_eq!(recs, want, "frame {i} byte {pos}");
+                let (at, why) = st.corrupt.clone().unwrap();
+                assert_eq!(at, start as u64, "frame {i} byte {pos}: {why}");
+                assert_eq!(st.torn_tail, None);
+            }
+            start = *end;
+        }
+    }
+
+    #[test]
+    fn length_over_the_limit_is_corruption_not_an_allocation() {
+        let mut f = MAGIC.to_vec();
+        write_raw(&mut f, 6, 0, b"");
+        f[12..16].copy_from_slice(&(MAX_BODY + 1).to_le_bytes());
+        let st = read_all(&f).unwrap().1;
+        assert_eq!(st.corrupt.unwrap().0, 8);
+        // Within the limit but past the end: a torn tail, read as far as it goes.
+        f[12..16].copy_from_slice(&MAX_BODY.to_le_bytes());
+        assert_eq!(read_all(&f).unwrap().1.torn_tail, Some(8));
+    }
+
+    #[test]
+    fn unknown_types_and_flags_are_skipped_and_counted() {
+        let (file, frames) = testdata::sample_file();
+        let mut f = file[..frames[0].0].to_vec();
+        write_raw(&mut f, 999, 0, b"from the future");
+        write_raw(&mut f, 6, 0x8000, b"an encoding not known");
+        f.extend_from_slice(&file[frames[0].0..]);
+        let (recs, st) = read_all(&f).unwrap();
+        assert_eq!(recs, read_all(&file).unwrap().0);
+        assert_eq!((st.unknown_frames, st.frames), (2, 13));
+        assert_eq!(st.corrupt, None);
+    }
+
+    #[test]
+    fn intact_frames_with_bad_content_are_corrupt() {
+        for (ty, flags, body) in [
+            (5u16, 0u16, &b"\x01\xff"[..]),
+            (1, 0, b""),
+            (6, FLAG_ZSTD, b"not zstd"),
+            (8, 0, b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"),
+        ] {
+            let mut f = MAGIC.to_vec();
+            write_raw(&mut f, ty, flags, body);
+            let (recs, st) = read_all(&f).unwrap();
+            assert!(recs.is_empty());
+            assert_eq!(st.corrupt.as_ref().map(|c| c.0), Some(8), "type {ty}");
+            assert_eq!((st.frames, st.bytes), (0, 8));
+        }
+    }
+
+    #[test]
+    fn io_errors_are_reported_once() {
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("disk on fire"));
+                }
+                let n = self.0.min(buf.len());
+                buf[..n].copy_from_slice(&MAGIC[..n]);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let mut r = Reader::new(Failing(8), "f").unwrap();
+        let e = r.next().unwrap().unwrap_err();
+        assert!(e.to_string().contains("disk on fire"), "{e}");
+        assert!(r.next().is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut f = MAGIC.to_vec();
+            f.extend_from_slice(&tail);
+            let (_, st) = read_all(&f).unwrap();
+            prop_assert!(st.bytes <= f.len() as u64);
+        }
+
+        #[test]
+        fn mutated_files_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let (mut f, _) = testdata::sample_file();
+            for (at, v) in edits {
+                let i = MAGIC.len() + at.index(f.len() - MAGIC.len());
+                f[i] = v;
+            }
+            let keep = MAGIC.len() + cut.index(f.len() - MAGIC.len() + 1);
+            f.truncate(keep);
+            let (_, st) = read_all(&f).unwrap();
+            prop_assert!(st.bytes <= f.len() as u64);
+        }
+
+        #[test]
+        fn valid_frames_with_arbitrary_bodies_never_panic(
+            ty in 1u16..=9,
+            zstd in any::<bool>(),
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            // A right checksum gets the garbage past the CRC, into the decoders.
+            let mut f = MAGIC.to_vec();
+            let stored = if zstd { zstd::bulk::compress(&body, 1).unwrap_or_default() } else { body };
+            write_raw(&mut f, ty, if zstd { FLAG_ZSTD } else { 0 }, &stored);
+            let _ = read_all(&f).unwrap();
+        }
+    }
+}
