@@ -107,3 +107,99 @@ impl FlightRing {
         self.gens.iter().try_for_each(|g| out.write_all(&g.bytes))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        capture::{MAGIC, Record, codec, reader::Reader, testdata, writer::Encoder},
+        model::input::Input,
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn evicts_generations_the_window_no_longer_needs() {
+        let mut r = FlightRing::new(60 * S, usize::MAX);
+        r.start_generation(0, vec![1; 10]);
+        r.push(vec![2; 5], 3, 20 * S);
+        r.start_generation(30 * S, vec![3; 10]);
+        r.push(vec![4; 5], 2, 40 * S);
+        r.start_generation(70 * S, vec![5; 10]);
+        assert_eq!((r.bytes(), r.newest_bytes(), r.generations()), (40, 10, 3));
+        // At 89 s the window starts at 29 s: the first generation is still needed
+        // (its successor starts after 29 s).
+        r.evict(89 * S);
+        assert_eq!(r.generations(), 3);
+        assert_eq!(r.evicted(), (0, 0));
+        r.evict(90 * S);
+        assert_eq!((r.generations(), r.bytes()), (2, 25));
+        assert_eq!(r.evicted(), (3, 20 * S));
+        // Far later: the newest stays, whatever the window says.
+        r.evict(1000 * S);
+        assert_eq!((r.generations(), r.bytes()), (1, 10));
+        assert_eq!(r.evicted(), (5, 40 * S));
+        r.evict(u64::MAX);
+        assert_eq!(r.generations(), 1);
+    }
+
+    #[test]
+    fn evicts_by_bytes_but_never_the_newest() {
+        let mut r = FlightRing::new(3600 * S, 100);
+        r.start_generation(0, vec![0; 60]);
+        r.push(vec![0; 10], 7, 5);
+        r.start_generation(10, vec![0; 60]);
+        r.evict(11);
+        assert_eq!((r.generations(), r.bytes()), (1, 60));
+        assert_eq!(r.evicted(), (7, 5));
+        r.push(vec![0; 200], 1, 12);
+        r.evict(13);
+        assert_eq!(
+            (r.generations(), r.bytes(), r.newest_bytes()),
+            (1, 260, 260)
+        );
+        // A generation without events moves no counter.
+        let mut r = FlightRing::new(0, 0);
+        r.start_generation(0, vec![0; 1]);
+        r.start_generation(1, vec![0; 1]);
+        r.evict(2);
+        assert_eq!(r.evicted(), (0, 0));
+        // Pushing before any generation starts one.
+        let mut r = FlightRing::new(0, 0);
+        r.push(vec![0; 3], 1, 9);
+        assert_eq!((r.generations(), r.bytes()), (1, 3));
+    }
+
+    #[test]
+    fn what_it_writes_reads_back_after_a_file_start() {
+        let mut enc = Encoder::new();
+        let recs = testdata::non_event_records();
+        let events = codec::tests::varied_events();
+        let mut ring = FlightRing::new(10 * S, usize::MAX);
+        let mut want = Vec::new();
+        for (g, chunk) in events.chunks(4).enumerate() {
+            let mut state = Vec::new();
+            enc.record(&recs[1], &mut state);
+            ring.start_generation(g as u64 * 20 * S, state);
+            let mut frames = Vec::new();
+            chunk.iter().for_each(|e| enc.push_event(e));
+            let n = enc.flush_events(&mut frames);
+            ring.push(frames, n as u64, g as u64 * 20 * S + 1);
+            if g > 0 {
+                want.push(recs[1].clone());
+                want.extend(chunk.iter().map(|e| Record::Input(Input::Event(e.clone()))));
+            }
+        }
+        ring.evict(41 * S);
+        assert_eq!(ring.evicted(), (4, 1));
+        let mut file = Vec::new();
+        enc.file_start(&testdata::header(), &mut file);
+        ring.write_to(&mut file).unwrap();
+        let mut r = Reader::new(file.as_slice(), "ring").unwrap();
+        let got: Vec<Record> = r.by_ref().collect::<Result<_, _>>().unwrap();
+        assert_eq!(got[0], recs[0]);
+        assert_eq!(got[1..], want[..]);
+        assert_eq!(r.status().bytes, file.len() as u64);
+        assert!(file.starts_with(&MAGIC));
+    }
+}

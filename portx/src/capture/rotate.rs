@@ -146,3 +146,130 @@ impl RotatingSet {
         self.files.iter().filter(|p| p.exists()).cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::capture::writer::tests::TempDir;
+
+    const S: i64 = 1_000_000_000;
+    /// 2024-03-01T00:00:00Z.
+    const T0: i64 = 1_709_251_200 * S;
+
+    fn names(set: &RotatingSet) -> Vec<String> {
+        let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+        set.files().iter().map(name).collect()
+    }
+
+    #[test]
+    fn rotates_by_size() {
+        let dir = TempDir::new("size");
+        let policy = RotationPolicy {
+            max_bytes: Some(100),
+            ..RotationPolicy::default()
+        };
+        let mut set =
+            RotatingSet::create(&dir.0.join("x.portx"), policy, false, T0, b"start").unwrap();
+        assert_eq!(names(&set), ["x-20240301T000000Z.portx"]);
+        assert!(!set.due(T0 + 3600 * S), "no time bound");
+        set.current().write(&[0; 94]).unwrap();
+        assert!(!set.due(T0));
+        set.current().write(&[0]).unwrap();
+        assert!(set.due(T0));
+        let p = set.rotate(b"end", T0 + S / 2, b"start").unwrap();
+        // Same second: `-1` added.
+        assert_eq!(p, dir.0.join("x-20240301T000000Z-1.portx"));
+        assert!(!set.due(T0));
+        assert_eq!(set.current().bytes(), 5);
+        set.rotate(b"", T0 + S / 2, b"").unwrap();
+        set.rotate(b"", T0 + 61 * S, b"").unwrap();
+        assert_eq!(
+            names(&set),
+            [
+                "x-20240301T000000Z.portx",
+                "x-20240301T000000Z-1.portx",
+                "x-20240301T000000Z-2.portx",
+                "x-20240301T000101Z.portx"
+            ]
+        );
+        assert_eq!(std::fs::read(&set.files()[0]).unwrap().len(), 5 + 95 + 3);
+        for f in set.files() {
+            assert_eq!(std::fs::metadata(f).unwrap().mode() & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn rotates_at_wall_clock_boundaries_even_when_idle() {
+        let dir = TempDir::new("time");
+        let policy = RotationPolicy {
+            every_s: Some(3600),
+            ..RotationPolicy::default()
+        };
+        // Started at 00:59:30: the file ends at 01:00:00, not an hour later.
+        let start = T0 + 3570 * S;
+        let mut set = RotatingSet::create(&dir.0.join("rec"), policy, false, start, b"").unwrap();
+        assert!(!set.due(T0 + 3599 * S + (S - 1)));
+        assert!(set.due(T0 + 3600 * S));
+        // Checked late (the timer was slow): still one rotation, then aligned again.
+        set.rotate(b"", T0 + 3605 * S, b"").unwrap();
+        assert!(!set.due(T0 + 7199 * S));
+        assert!(set.due(T0 + 7200 * S));
+        assert_eq!(
+            names(&set),
+            ["rec-20240301T005930Z.portx", "rec-20240301T010005Z.portx"]
+        );
+    }
+
+    #[test]
+    fn keeps_at_most_max_files() {
+        let dir = TempDir::new("max");
+        let policy = RotationPolicy {
+            max_files: Some(2),
+            ..RotationPolicy::default()
+        };
+        let base = dir.0.join("x.portx");
+        let mut set = RotatingSet::create(&base, policy, false, T0, b"a").unwrap();
+        let first = set.files()[0].clone();
+        for i in 1..5 {
+            set.rotate(b"", T0 + i * 60 * S, b"b").unwrap();
+            assert!(set.files().len() <= 2);
+        }
+        assert!(!first.exists());
+        assert_eq!(
+            names(&set),
+            ["x-20240301T000300Z.portx", "x-20240301T000400Z.portx"]
+        );
+        // A file of another run next to it is not part of the set.
+        let other = dir.0.join("x-20000101T000000Z.portx");
+        std::fs::write(&other, b"").unwrap();
+        set.rotate(b"", T0 + 300 * S, b"").unwrap();
+        assert!(other.exists());
+        // max_files 1 (or 0): only the new file is kept.
+        let policy = RotationPolicy {
+            max_files: Some(0),
+            ..RotationPolicy::default()
+        };
+        let mut one = RotatingSet::create(&dir.0.join("y"), policy, false, T0, b"").unwrap();
+        one.rotate(b"", T0 + S, b"").unwrap();
+        assert_eq!(names(&one), ["y-20240301T000001Z.portx"]);
+    }
+
+    #[test]
+    fn refuses_to_overwrite_without_force() {
+        let dir = TempDir::new("force");
+        let existing = dir.0.join("x-20240301T000000Z.portx");
+        std::fs::write(&existing, b"keep me").unwrap();
+        let base = dir.0.join("x.portx");
+        let policy = RotationPolicy::default();
+        let e = RotatingSet::create(&base, policy, false, T0, b"new")
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+        let set = RotatingSet::create(&base, policy, true, T0, b"new").unwrap();
+        assert_eq!(std::fs::read(&existing).unwrap(), b"new");
+        assert_eq!(set.files(), [existing]);
+    }
+}

@@ -139,3 +139,132 @@ impl CaptureFile {
         &self.path
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::capture::{codec, reader::Reader, testdata};
+
+    /// A fresh folder under the temp dir, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let p = std::env::temp_dir()
+                .join(format!("portx-capture-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_connect_storm_takes_at_most_16_bytes_per_event() {
+        let events = codec::tests::storm(10_000);
+        let mut enc = Encoder::new();
+        let mut out = Vec::new();
+        for e in &events {
+            enc.push_event(e);
+        }
+        assert_eq!(enc.pending_events(), events.len());
+        assert_eq!(enc.flush_events(&mut out), events.len());
+        assert_eq!(enc.pending_events(), 0);
+        let raw = codec::encode(&events).len();
+        let per_event = out.len() as f64 / events.len() as f64;
+        println!(
+            "connect storm: {} events, {} bytes on disk = {per_event:.2} bytes/event \
+             ({:.2} before zstd, in one batch)",
+            events.len(),
+            out.len(),
+            raw as f64 / events.len() as f64
+        );
+        assert!(per_event <= 16.0, "{per_event:.2} bytes/event");
+        // Split in frames at the batch limit, and read back exactly.
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&out);
+        let mut r = Reader::new(file.as_slice(), "storm").unwrap();
+        let back: Vec<TraceEvent> = r
+            .by_ref()
+            .map(|rec| match rec {
+                Ok(Record::Input(Input::Event(e))) => e,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            r.status().frames as usize,
+            events.len().div_ceil(MAX_BATCH_EVENTS)
+        );
+        assert_eq!(back, events);
+    }
+
+    #[test]
+    fn records_keep_their_order_around_buffered_events() {
+        let mut enc = Encoder::new();
+        let mut out = MAGIC.to_vec();
+        let events = codec::tests::varied_events();
+        let recs = testdata::non_event_records();
+        let mut want = Vec::new();
+        enc.record(&Record::Input(Input::Event(events[0].clone())), &mut out);
+        enc.push_event(&events[1]);
+        enc.record(&recs[5], &mut out);
+        enc.push_event(&events[2]);
+        let n = enc.flush_events(&mut out);
+        assert_eq!(n, 1);
+        assert_eq!(enc.flush_events(&mut out), 0, "nothing more to flush");
+        for r in [&events[0], &events[1]] {
+            want.push(Record::Input(Input::Event(r.clone())));
+        }
+        want.push(recs[5].clone());
+        want.push(Record::Input(Input::Event(events[2].clone())));
+        let got: Vec<Record> = Reader::new(out.as_slice(), "t")
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_magic_is_written_once_by_file_start() {
+        let h = testdata::header();
+        let mut enc = Encoder::new();
+        let mut start = Vec::new();
+        enc.file_start(&h, &mut start);
+        assert!(start.starts_with(&MAGIC));
+        let mut frame = Vec::new();
+        enc.record(&Record::Header(Box::new(h)), &mut frame);
+        assert_eq!(&start[MAGIC.len()..], &frame[..]);
+    }
+
+    #[test]
+    fn files_are_0600_and_not_overwritten_without_force() {
+        let dir = TempDir::new("file");
+        let p = dir.0.join("x.portx");
+        let mut f = CaptureFile::create(&p, false).unwrap();
+        f.write(&MAGIC).unwrap();
+        f.write(b"12").unwrap();
+        f.sync().unwrap();
+        assert_eq!((f.bytes(), f.path()), (10, p.as_path()));
+        drop(f);
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        let e = CaptureFile::create(&p, false).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&p).unwrap().len(), 10, "left alone");
+        // With force: truncated, and 0600 even if it was not.
+        std::fs::set_permissions(&p, Permissions::from_mode(0o644)).unwrap();
+        let f = CaptureFile::create(&p, true).unwrap();
+        assert_eq!(f.bytes(), 0);
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!((m.len(), m.mode() & 0o777), (0, 0o600));
+    }
+}
