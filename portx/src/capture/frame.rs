@@ -156,6 +156,8 @@ mod tests {
         let mut covered = out[..8].to_vec();
         covered.extend_from_slice(b"abc");
         assert_eq!(h.crc, crc32c::crc32c(&covered));
+        // The standard CRC-32C check value, as the format document defines it.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
     }
 
     #[test]
