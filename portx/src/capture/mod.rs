@@ -11,10 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::{events::filter::Filter, kernel::loader::HookPath, model::input::Input};
 
+mod body;
+mod civil;
 pub mod codec;
 pub mod frame;
 pub mod reader;
 pub mod ring;
+pub mod rotate;
+#[cfg(test)]
+mod testdata;
 pub mod writer;
 
 /// The first eight bytes of every capture file.

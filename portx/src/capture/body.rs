@@ -1,0 +1,136 @@
+//! The bodies of non-event frames: the record's struct in postcard
+//! (<https://postcard.jamesmunns.com/wire-format>), a stable, documented, compact
+//! encoding that serde types get for free.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Counters, EndSummary, FileHeader, Record, TriggerFired, frame::FrameType};
+use crate::model::{NetnsConfig, Tuple, input::Input};
+
+/// The body of a settings frame.
+#[derive(Serialize, Deserialize)]
+struct SettingsBody {
+    netns: u32,
+    config: NetnsConfig,
+}
+
+/// The body of a TIME_WAIT frame.
+#[derive(Serialize, Deserialize)]
+struct TimeWaitBody {
+    netns: u32,
+    started_ns: u64,
+    /// `(tuple, remaining ms)`.
+    tuples: Vec<(Tuple, u32)>,
+}
+
+fn to_vec<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs into a Vec cannot fail (no maps, no
+    // unknown-length sequences); an empty body would be caught by a reader.
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+/// The frame type and body of a non-event record (`None` for an event, which goes
+/// in an events frame).
+pub fn encode(r: &Record) -> Option<(FrameType, Vec<u8>)> {
+    Some(match r {
+        Record::Header(h) => (FrameType::Header, to_vec(h.as_ref())),
+        Record::Counters(c) => (FrameType::Counters, to_vec(c)),
+        Record::Trigger(t) => (FrameType::Trigger, to_vec(t)),
+        Record::End(e) => (FrameType::End, to_vec(e)),
+        Record::Input(Input::Event(_)) => return None,
+        Record::Input(Input::State(s)) => (FrameType::State, to_vec(s)),
+        Record::Input(Input::Settings { netns, config }) => (
+            FrameType::Settings,
+            to_vec(&SettingsBody {
+                netns: *netns,
+                config: config.clone(),
+            }),
+        ),
+        Record::Input(Input::TimeWait {
+            netns,
+            tuples,
+            started_ns,
+        }) => (
+            FrameType::TimeWait,
+            to_vec(&TimeWaitBody {
+                netns: *netns,
+                started_ns: *started_ns,
+                tuples: tuples.clone(),
+            }),
+        ),
+    })
+}
+
+/// The record of a non-event frame. Bytes after the fields this version knows are
+/// ignored: that is how fields are added (docs/capture-format.md, versioning).
+pub fn decode(ty: FrameType, body: &[u8]) -> Result<Record, String> {
+    fn de<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
+        postcard::from_bytes(b).map_err(|e| format!("postcard: {e}"))
+    }
+    Ok(match ty {
+        FrameType::Header => Record::Header(Box::new(de::<FileHeader>(body)?)),
+        FrameType::State => Record::Input(Input::State(de(body)?)),
+        FrameType::Settings => {
+            let s: SettingsBody = de(body)?;
+            Record::Input(Input::Settings {
+                netns: s.netns,
+                config: s.config,
+            })
+        }
+        FrameType::TimeWait => {
+            let t: TimeWaitBody = de(body)?;
+            Record::Input(Input::TimeWait {
+                netns: t.netns,
+                tuples: t.tuples,
+                started_ns: t.started_ns,
+            })
+        }
+        FrameType::Counters => Record::Counters(de::<Counters>(body)?),
+        FrameType::Trigger => Record::Trigger(de::<TriggerFired>(body)?),
+        FrameType::End => Record::End(de::<EndSummary>(body)?),
+        FrameType::Events => return Err("events frame is not a postcard body".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{capture::testdata, events::TcpState};
+
+    #[test]
+    fn every_kind_round_trips() {
+        for r in testdata::non_event_records() {
+            let (ty, b) = encode(&r).unwrap();
+            assert_eq!(decode(ty, &b).unwrap(), r);
+        }
+        assert!(decode(FrameType::Events, b"").is_err());
+    }
+
+    /// What docs/capture-format.md says of the wire format.
+    #[test]
+    fn bytes_are_as_documented() {
+        let c = Counters {
+            at_ns: 300,
+            kernel_dropped: 1,
+            evicted_events: 0,
+            evicted_until_ns: 2,
+        };
+        let (ty, b) = encode(&Record::Counters(c)).unwrap();
+        assert_eq!(
+            (ty, b.as_slice()),
+            (FrameType::Counters, &[0xac, 0x02, 1, 0, 2][..])
+        );
+        // Appended fields are ignored by this version: how the format grows.
+        let mut longer = b.clone();
+        longer.extend_from_slice(&[7, 7, 7]);
+        assert_eq!(decode(ty, &longer).unwrap(), Record::Counters(c));
+        assert!(decode(ty, &b[..4]).is_err());
+        // TCP states are their variant index: the kernel's number minus one.
+        assert_eq!(postcard::to_stdvec(&TcpState::Established).unwrap(), [0]);
+        assert_eq!(postcard::to_stdvec(&TcpState::NewSynRecv).unwrap(), [11]);
+        let t = testdata::tuple(false, 300);
+        let tb = postcard::to_stdvec(&t).unwrap();
+        assert_eq!(tb.len(), 1 + 16 + 16 + 2 + 2, "arrays carry no length");
+        assert_eq!(&tb[33..], &[0xac, 0x02, 0xbb, 0x03]);
+    }
+}
