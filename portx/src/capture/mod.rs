@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{events::filter::Filter, kernel::loader::HookPath, model::input::Input};
 
 mod body;
-mod civil;
+pub mod civil;
 pub mod codec;
 pub mod frame;
 pub mod reader;

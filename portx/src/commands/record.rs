@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     capture::{
         Counters, EndSummary, FORMAT_VERSION, FileHeader, Mode, Record, TriggerFired,
+        civil::compact_utc,
         ring::FlightRing,
         writer::{CaptureFile, Encoder, RotatingSet, RotationPolicy},
     },
@@ -243,28 +244,7 @@ impl Sink {
 
 /// A flight recorder's file name: its trigger's UTC time.
 fn dump_path(dir: &Path, wall_ns: i64) -> PathBuf {
-    let secs = wall_ns.div_euclid(1_000_000_000);
-    let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let (y, m, d) = civil_from_days(days);
-    dir.join(format!(
-        "portx-{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z.portx",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    ))
-}
-
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    dir.join(format!("portx-{}.portx", compact_utc(wall_ns)))
 }
 
 /// Creates a new file in `dir`, adding `-N` when the name is taken.
@@ -652,8 +632,5 @@ mod tests {
         // 2026-12-01T19:52:43Z
         let p = dump_path(Path::new("/d"), 1_796_154_763 * 1_000_000_000);
         assert_eq!(p, Path::new("/d/portx-20261201T195243Z.portx"));
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11016), (2000, 2, 29));
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     capture::{Record, reader::Reader},
     cli::ReportArgs,
-    views::report::{ReportBuilder, html, text, timeline_order, write_event},
+    views::report::{EventWriter, ReportBuilder, html, text, timeline_order},
 };
 
 pub fn run(args: &ReportArgs) -> Result<()> {
@@ -26,6 +26,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let files = ordered(&args.files)?;
     let stdout = io::stdout().lock();
     let mut stdout = BufWriter::new(stdout);
+    let mut events = EventWriter::default();
     let mut builder = ReportBuilder::new();
     for path in &files {
         let shown = path.display().to_string();
@@ -34,7 +35,9 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         for record in reader.by_ref() {
             let record = record?;
             if args.events {
-                write_event(&mut stdout, &record).context("writing events")?;
+                events
+                    .write(&mut stdout, &record)
+                    .context("writing events")?;
             }
             builder.feed(&record)?;
         }

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::{
     capture::{FileHeader, Record, reader::ReadStatus},
+    events::sock_owners::SockOwners,
     events::{Kind, TraceEvent},
     model::{Model, input::Input, snapshot::Failure},
     views::output::write_json_line,
@@ -72,12 +73,24 @@ pub fn timeline_order(files: &mut [(PathBuf, Option<FileHeader>)]) -> Result<(),
     Ok(())
 }
 
-/// Writes an event record as `portx trace --json` writes the event; other records
-/// write nothing.
-pub fn write_event(out: &mut impl Write, r: &Record) -> io::Result<()> {
-    match r {
-        Record::Input(Input::Event(e)) => write_json_line(out, e),
-        _ => Ok(()),
+/// Writes event records as `portx trace --json` writes them: recordings keep events
+/// as the kernel gave them, so owners are joined here the way `trace` joins them
+/// (softirq state changes take their socket's owner). Other records write nothing.
+#[derive(Default)]
+pub struct EventWriter {
+    owners: SockOwners,
+}
+
+impl EventWriter {
+    pub fn write(&mut self, out: &mut impl Write, r: &Record) -> io::Result<()> {
+        match r {
+            Record::Input(Input::Event(e)) => {
+                let mut e = e.clone();
+                self.owners.join(&mut e);
+                write_json_line(out, &e)
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ mod tests;
 
 use serde::Serialize;
 
-pub use builder::{ReportBuilder, ReportError, timeline_order, write_event};
+pub use builder::{EventWriter, ReportBuilder, ReportError, timeline_order};
 pub use series::{MAX_POINTS, Point};
 
 use crate::model::snapshot::{Failure, Holder, OwnerPorts};

@@ -171,8 +171,9 @@ fn html_escapes_recorded_text() {
 #[test]
 fn events_are_trace_json_lines() {
     let mut out = Vec::new();
+    let mut w = super::EventWriter::default();
     for r in mysql_incident() {
-        super::write_event(&mut out, &r).unwrap();
+        w.write(&mut out, &r).unwrap();
     }
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<Value> = text
