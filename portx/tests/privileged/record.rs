@@ -14,27 +14,10 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
 use crate::{
-    support::{Netns, Peer, wait},
+    report_page::page_renders,
+    support::{Netns, Peer, TempDir, wait},
     top::{TopOnce, dest, netns_entry},
 };
-
-/// A temporary folder, removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Result<Self> {
-        let p = std::env::temp_dir().join(format!("portx-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p)?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running `portx record`.
 struct Recorder {
@@ -275,6 +258,13 @@ pub fn record_survives_kill9() -> Result<()> {
         connects == 4,
         "{connects} connect events of the holder, not 4"
     );
+
+    // The page for the ticket, from the real recording, in a real browser.
+    let page = dir.0.join("incident.html");
+    portx(&["report", &f, "--html", &page.display().to_string()])?;
+    let mode = std::fs::metadata(&page)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "the page is {mode:o}, not 600");
+    page_renders(&page, 1, &["EADDRNOTAVAIL", "EADDRINUSE", "127.0.0.1:9000"])?;
 
     // The same file cut in the middle of its last frame still reports, and says so.
     let bytes = std::fs::read(&file)?;

@@ -6,34 +6,16 @@
 use std::{
     fs,
     io::Read as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::support::TempDir;
 use portx::views::report::{fixture, html};
-
-/// A directory removed when the test ends, however it ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("portx-{what}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Output {
     ok: bool,
@@ -142,11 +124,19 @@ fn chromium(profile: &Path, extra: &[String], url: &str) -> Result<Output> {
 }
 
 pub fn renders_in_chromium() -> Result<()> {
-    ensure_chromium()?;
     let dir = TempDir::new("report-page")?;
     let page = dir.0.join("page.html");
     let report = fixture::mysql_report();
     fs::write(&page, html::render(&report)).context("writing the page")?;
+    page_renders(&page, report.destinations.len(), &["mysqld"])
+}
+
+/// Opens `page` in headless Chromium: a screenshot of plausible size, `charts` charts
+/// drawn in the DOM (used ports, TIME_WAIT, capacity, failures), each of `texts` in
+/// it, and no console or script error.
+pub fn page_renders(page: &Path, charts: usize, texts: &[&str]) -> Result<()> {
+    ensure_chromium()?;
+    let dir = TempDir::new("report-shot")?;
     let url = format!("file://{}", page.display());
 
     let shot = dir.0.join("page.png");
@@ -180,17 +170,18 @@ pub fn renders_in_chromium() -> Result<()> {
     ensure!(out.ok, "chromium --dump-dom failed:\n{}", out.stderr);
     let dom = out.stdout;
     ensure!(
-        dom.matches("<svg").count() == report.destinations.len(),
-        "expected {} charts in the DOM:\n{dom}",
-        report.destinations.len()
+        dom.matches("<svg").count() == charts,
+        "expected {charts} charts in the DOM:\n{dom}"
     );
     for want in [
         "<polyline class=\"used\"",
         "<polyline class=\"tw\"",
         "class=\"cap\"",
         "class=\"fail\"",
-        "mysqld",
-    ] {
+    ]
+    .iter()
+    .chain(texts)
+    {
         ensure!(dom.contains(want), "no {want} in the DOM");
     }
     Ok(())

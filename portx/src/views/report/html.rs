@@ -35,6 +35,7 @@ h3 { font-size: 1.05em; margin: 1.2em 0 .3em; font-family: ui-monospace, monospa
 .complete.bad { border-color: #c62828; background: #fdecea; }
 table { border-collapse: collapse; width: 100%; margin: .4em 0; }
 th, td { text-align: left; padding: .25em .6em; border-bottom: 1px solid #e2e2e2; vertical-align: top; }
+td.w { overflow-wrap: anywhere; }
 th { background: #f4f4f4; }
 td.t { white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
@@ -135,14 +136,15 @@ fn failures(o: &mut String, r: &Report) {
             .map_or(String::from("unknown"), |h| esc(&text::holder_line(h)));
         let _ = writeln!(
             o,
-            "<tr><td class=\"n\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}({})</td><td class=\"t\">{}</td><td class=\"t\">{}</td><td>{}<br><span class=\"expl\">{}</span></td></tr>",
+            "<tr><td class=\"n\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}({})</td><td class=\"t\">{}</td><td class=\"t\">{}</td><td class=\"w\">{}<br><span class=\"expl\">{}</span></td></tr>",
             g.count,
             esc(g.error.as_deref().unwrap_or("?")),
             esc(&text::call(g)),
             esc(&g.comm),
             g.pid,
-            esc(&g.first),
-            esc(&g.last),
+            // Date over time: keeps the table within the page.
+            esc(&g.first).replacen('T', "<br>", 1),
+            esc(&g.last).replacen('T', "<br>", 1),
             holder,
             esc(&g.explanation)
         );
