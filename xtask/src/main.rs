@@ -156,6 +156,8 @@ fn main() -> Result<()> {
                     "xtask: PORTX_SKIP_VM=1: skipping the VM tests (Debian 6.1 and 6.12 kernels in QEMU)"
                 );
             }
+            // The report page is checked in a real browser.
+            setup::ensure_commands(&[("chromium", "chromium")])?;
             // One test at a time: each loads the BPF programs and times its own
             // namespaces' events.
             let mut privileged = cargo(

@@ -88,6 +88,10 @@ fn main() {
             record::rotated_set_is_one_timeline,
         ),
         (
+            "record_full_disk_and_bad_input",
+            record::record_full_disk_and_bad_input,
+        ),
+        (
             "report_page_renders_in_chromium",
             report_page::renders_in_chromium,
         ),
