@@ -1168,6 +1168,24 @@ impl Model {
         }
     }
 
+    /// Who holds ports toward a destination, most first.
+    fn dest_owners(&self, d: &DestAgg) -> Vec<OwnerPorts> {
+        let mut owners: Vec<OwnerPorts> = d
+            .owners
+            .iter()
+            .map(|&(o, n)| {
+                let info = &self.owners[o as usize];
+                OwnerPorts {
+                    pid: info.pid,
+                    comm: info.comm.to_string(),
+                    ports: n,
+                }
+            })
+            .collect();
+        owners.sort_by(|a, b| b.ports.cmp(&a.ports).then(a.pid.cmp(&b.pid)));
+        owners
+    }
+
     /// Namespaces the model knows (settings or sockets), ascending.
     pub fn netns_inodes(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self
@@ -1342,19 +1360,7 @@ impl Model {
                 sport: 0,
                 dport: d.key.dport,
             };
-            let mut owners: Vec<OwnerPorts> = d
-                .owners
-                .iter()
-                .map(|&(o, n)| {
-                    let info = &self.owners[o as usize];
-                    OwnerPorts {
-                        pid: info.pid,
-                        comm: info.comm.to_string(),
-                        ports: n,
-                    }
-                })
-                .collect();
-            owners.sort_by(|a, b| b.ports.cmp(&a.ports).then(a.pid.cmp(&b.pid)));
+            let owners = self.dest_owners(d);
             let states = d
                 .states
                 .iter()

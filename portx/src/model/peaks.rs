@@ -86,19 +86,7 @@ impl Model {
         {
             return;
         }
-        let mut owners: Vec<OwnerPorts> = d
-            .owners
-            .iter()
-            .map(|&(o, n)| {
-                let info = &self.owners[o as usize];
-                OwnerPorts {
-                    pid: info.pid,
-                    comm: info.comm.to_string(),
-                    ports: n,
-                }
-            })
-            .collect();
-        owners.sort_by(|a, b| b.ports.cmp(&a.ports).then(a.pid.cmp(&b.pid)));
+        let mut owners = self.dest_owners(d);
         owners.truncate(PEAK_OWNERS);
         let peak = DestPeakAgg {
             used: d.used,

@@ -347,6 +347,29 @@ pub fn text_line(e: &TraceEvent, clock: &Clock) -> String {
     .to_owned()
 }
 
+/// Every field of a `portx trace --json` line (README), for tests of what prints them.
+#[cfg(test)]
+pub(crate) const TRACE_JSON_FIELDS: [&str; 18] = [
+    "ts_ns",
+    "event",
+    "pid",
+    "tid",
+    "comm",
+    "cgroup_id",
+    "netns",
+    "family",
+    "saddr",
+    "sport",
+    "daddr",
+    "dport",
+    "old_state",
+    "new_state",
+    "errno",
+    "error",
+    "bound_port",
+    "sock",
+];
+
 #[cfg(test)]
 mod tests {
     use portx_common::EventKind;
@@ -369,24 +392,7 @@ mod tests {
         raw.errno = 99;
         let ev = decode_event(&raw).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json_line(&ev)).unwrap();
-        for key in [
-            "ts_ns",
-            "event",
-            "pid",
-            "tid",
-            "comm",
-            "cgroup_id",
-            "netns",
-            "family",
-            "saddr",
-            "sport",
-            "daddr",
-            "dport",
-            "old_state",
-            "new_state",
-            "errno",
-            "error",
-        ] {
+        for key in TRACE_JSON_FIELDS {
             assert!(v.get(key).is_some(), "missing {key} in {v}");
         }
         assert_eq!(v["event"], "connect_error");

@@ -182,26 +182,7 @@ fn events_are_trace_json_lines() {
         .collect();
     assert_eq!(lines.len(), 14);
     for v in &lines {
-        for key in [
-            "ts_ns",
-            "event",
-            "pid",
-            "tid",
-            "comm",
-            "cgroup_id",
-            "netns",
-            "family",
-            "saddr",
-            "sport",
-            "daddr",
-            "dport",
-            "old_state",
-            "new_state",
-            "errno",
-            "error",
-            "bound_port",
-            "sock",
-        ] {
+        for key in crate::views::output::TRACE_JSON_FIELDS {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
     }
