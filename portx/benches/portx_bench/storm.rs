@@ -189,7 +189,7 @@ fn start(t: Tracer) -> Option<Running> {
             let mut c = Command::new(portx);
             let _ = std::fs::remove_file(record_path());
             c.arg("record").arg("-o").arg(record_path());
-            (c, "portx: recording to", false)
+            (c, "portx: baseline taken", false)
         }
         Tracer::Top => {
             let mut c = Command::new(portx);
@@ -274,8 +274,20 @@ fn usage(pid: u32) -> Usage {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     };
+    // The scheduler's run time of every thread, in nanoseconds: utime and stime
+    // count clock ticks (10 ms), too coarse for a storm of a few seconds.
+    let sched_ns: Option<u64> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .filter(|&ns| ns > 0);
     Usage {
-        cpu: (field(11) + field(12)) as f64 / hz,
+        cpu: sched_ns.map_or((field(11) + field(12)) as f64 / hz, |ns| ns as f64 / 1e9),
         peak_rss: kib("VmHWM:"),
         anon_rss: kib("RssAnon:"),
     }

@@ -2,7 +2,14 @@
 //! kept in memory by a flight recorder that writes its window when a trigger fires.
 //!
 //! Events are stored as the kernel gave them (owners not joined): replaying them
-//! feeds the model exactly what `portx top` saw. Frames are flushed every second
+//! feeds the model exactly what `portx top` saw.
+//!
+//! What was already held when a file begins comes from the kernel: the start-up
+//! baseline, and for every later file (and every `--state-every`) a fresh sock_diag
+//! dump with owners from `/proc`, taken by the prober while events wait behind it
+//! ([`LiveSource::request_state`]). So `record` keeps no model per event, and costs
+//! what `trace` costs. The flight recorder does keep one: its `util:` trigger and
+//! its generations' states need the counts at any moment. Frames are flushed every second
 //! ([`FLUSH_EVERY`]) and fdatasync'ed, so a kill -9 or a power cut loses at most
 //! the last second.
 
@@ -93,7 +100,9 @@ struct Flight {
 
 /// Everything `record` keeps between inputs.
 struct Recorder {
-    model: Model,
+    /// The flight recorder's model (none for files: their states come from the
+    /// kernel).
+    model: Option<Model>,
     encoder: Encoder,
     filter: Filter,
     owners: SockOwners,
@@ -127,7 +136,9 @@ impl Recorder {
                 }
                 self.stats.shown += 1;
                 self.encoder.push_event(&ev);
-                self.model.apply(&ev);
+                if let Some(m) = &mut self.model {
+                    m.apply(&ev);
+                }
                 triggers.and_then(|t| t.on_event(&joined))
             }
             other => {
@@ -136,7 +147,9 @@ impl Recorder {
                 {
                     return None;
                 }
-                self.model.feed(&other);
+                if let Some(m) = &mut self.model {
+                    m.feed(&other);
+                }
                 let mut out = std::mem::take(&mut self.out);
                 self.record(&Record::Input(other), &mut out);
                 self.out = out;
@@ -145,25 +158,29 @@ impl Recorder {
         }
     }
 
-    /// Every namespace's state now, as frames (the start of a file or generation).
+    /// Every namespace's state now from the model, as frames (the start of a flight
+    /// recorder's generation).
     fn state_frames(&mut self, out: &mut Vec<u8>) {
-        for ns in self.model.netns_inodes() {
-            if self.filter.netns.is_some_and(|f| f != ns) {
-                continue;
-            }
-            let state = self.model.export_state(ns);
+        let Some(model) = &self.model else { return };
+        let states: Vec<_> = model
+            .netns_inodes()
+            .into_iter()
+            .filter(|&ns| self.filter.netns.is_none_or(|f| f == ns))
+            .map(|ns| model.export_state(ns))
+            .collect();
+        for state in states {
             self.record(&Record::Input(Input::State(state)), out);
         }
     }
 
-    /// The start of a new file: magic, header, the state.
+    /// The start of a new file: magic, header, counters (the kernel's state follows
+    /// as the prober sends it).
     fn file_start(&mut self, seq: u32, now_ns: u64) -> Vec<u8> {
         self.header.file_seq = seq;
         self.header.started_ns = now_ns;
         let mut b = Vec::new();
         self.encoder.file_start(&self.header, &mut b);
         self.counters_frame(now_ns, (0, 0), &mut b);
-        self.state_frames(&mut b);
         b
     }
 
@@ -317,7 +334,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         None => Mode::Record,
     };
     let mut rec = Recorder {
-        model: Model::new(),
+        model: args.flight_recorder.is_some().then(Model::new),
         encoder: Encoder::new(),
         filter,
         owners: SockOwners::default(),
@@ -344,7 +361,9 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         framed: 0,
     };
     rec.header.filter = rec.filter.clone();
-    rec.model.set_exact_timewait(probes.exact_timewait);
+    if let Some(m) = &mut rec.model {
+        m.set_exact_timewait(probes.exact_timewait);
+    }
 
     let now_ns = boottime_ns();
     let mut sink = match (&args.output, &args.flight_recorder) {
@@ -427,6 +446,10 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
     );
     let mut inputs = Vec::with_capacity(4096);
     let mut stop = false;
+    // What the state asked of the prober is for, until it comes.
+    let mut state_for: Option<StateFor> = None;
+    // Sockets and namespaces of the start-up baseline, said once it is in.
+    let (mut baseline_done, mut baseline) = (false, (0usize, 0usize));
 
     while !stop {
         let mut fired: Option<Fired> = None;
@@ -438,15 +461,42 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                 for w in &notes.warnings {
                     eprintln!("portx: warning: {w}");
                 }
-                let mut trig = match &mut sink {
-                    Sink::Flight(f) if f.fired.is_none() => Some(&mut f.triggers),
-                    _ => None,
-                };
+                if !baseline_done {
+                    for i in &inputs {
+                        if let Input::State(st) = i {
+                            baseline.0 += st.sockets.len();
+                            baseline.1 += 1;
+                        }
+                    }
+                    if notes.baseline_done {
+                        baseline_done = true;
+                        eprintln!(
+                            "portx: baseline taken ({} sockets in {} namespaces); recording",
+                            baseline.0, baseline.1
+                        );
+                    }
+                }
                 for input in inputs.drain(..) {
-                    let f = rec.take(input, trig.as_deref_mut());
+                    // A rotation waits for the kernel's state: it starts the new file.
+                    if matches!(input, Input::State(_)) && state_for == Some(StateFor::Rotation) {
+                        rotate(&mut sink, &mut rec, probes.dropped()?, verbose)?;
+                        state_for = Some(StateFor::Periodic);
+                    }
+                    let trig = match &mut sink {
+                        Sink::Flight(f) if f.fired.is_none() => Some(&mut f.triggers),
+                        _ => None,
+                    };
+                    let f = rec.take(input, trig);
                     if fired.is_none() {
                         fired = f;
                     }
+                }
+                if notes.state_done {
+                    // No namespace answered: rotate all the same.
+                    if state_for == Some(StateFor::Rotation) {
+                        rotate(&mut sink, &mut rec, probes.dropped()?, verbose)?;
+                    }
+                    state_for = None;
                 }
                 flush_now = rec.encoder.pending_events() >= FLUSH_EVENTS;
             }
@@ -491,8 +541,8 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                 Sink::Flight(f) => {
                     f.ring.push(frames, std::mem::take(&mut rec.framed), now_ns);
                     if f.fired.is_none() {
-                        let snap = rec.model.snapshot(View::default());
-                        if let Some(fire) = f.triggers.on_snapshot(&snap) {
+                        let snap = rec.model.as_mut().map(|m| m.snapshot(View::default()));
+                        if let Some(fire) = snap.and_then(|s| f.triggers.on_snapshot(&s)) {
                             eprintln!(
                                 "portx: trigger {} fired: {}; recording {} s more",
                                 fire.spec, fire.reason, args.post
@@ -528,31 +578,17 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                     }
                     f.ring.evict(now_ns);
                 }
-                Sink::Rotating(set) if !stop && set.due(wall_ns()) => {
-                    let mut end = frames;
-                    rec.record(
-                        &Record::End(EndSummary {
-                            at_ns: now_ns,
-                            events: 0,
-                            rotated: true,
-                        }),
-                        &mut end,
-                    );
-                    let seq = rec.header.file_seq + 1;
-                    let start = rec.file_start(seq, now_ns);
-                    let path = set
-                        .rotate(&end, wall_ns(), &start)
-                        .map_err(|e| write_err(set.current().path(), e))?;
-                    if verbose {
-                        eprintln!("portx: now writing {}", path.display());
-                    }
-                }
                 sink => {
-                    let mut frames = frames;
-                    if new_state && !stop {
-                        rec.state_frames(&mut frames);
-                    }
                     sink.write(&frames)?;
+                    let rotation_due = matches!(sink, Sink::Rotating(set) if set.due(wall_ns()));
+                    if !stop && state_for.is_none() && (rotation_due || new_state) {
+                        live.request_state();
+                        state_for = Some(if rotation_due {
+                            StateFor::Rotation
+                        } else {
+                            StateFor::Periodic
+                        });
+                    }
                 }
             }
         }
@@ -584,6 +620,42 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         rec.stats.dropped,
         sink.describe()
     );
+    Ok(())
+}
+
+/// Why the recorder asked the prober for the kernel's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StateFor {
+    /// The next file starts with it.
+    Rotation,
+    /// The current file carries it, every `--state-every`.
+    Periodic,
+}
+
+/// Ends the current file of a rotating set and starts the next (its state follows).
+fn rotate(sink: &mut Sink, rec: &mut Recorder, dropped: u64, verbose: bool) -> Result<()> {
+    let Sink::Rotating(set) = sink else {
+        return Ok(());
+    };
+    let now_ns = boottime_ns();
+    rec.flush(dropped, now_ns);
+    let mut end = std::mem::take(&mut rec.out);
+    rec.record(
+        &Record::End(EndSummary {
+            at_ns: now_ns,
+            events: 0,
+            rotated: true,
+        }),
+        &mut end,
+    );
+    let seq = rec.header.file_seq + 1;
+    let start = rec.file_start(seq, now_ns);
+    let path = set
+        .rotate(&end, wall_ns(), &start)
+        .map_err(|e| write_err(set.current().path(), e))?;
+    if verbose {
+        eprintln!("portx: now writing {}", path.display());
+    }
     Ok(())
 }
 

@@ -51,6 +51,8 @@ enum ProbeMsg {
     Input(Input),
     /// All start-up baselines have been sent.
     BaselineDone,
+    /// The states asked for with [`LiveSource::request_state`] have been sent.
+    StateDone,
     Warning(String),
 }
 
@@ -58,6 +60,8 @@ enum ProbeMsg {
 enum ProbeReq {
     /// An event named a namespace we have no probe for; `pid` is a process in it.
     Discover { inode: u32, pid: u32 },
+    /// Every namespace's sockets and settings now, as at start-up.
+    State,
 }
 
 /// What one [`LiveSource::next`] call brought besides inputs.
@@ -67,6 +71,9 @@ pub struct Notes {
     pub warnings: Vec<String>,
     /// Every start-up baseline has been handed out (once).
     pub baseline_done: bool,
+    /// The states of a [`LiveSource::request_state`] have been handed out, before the
+    /// events that came meanwhile.
+    pub state_done: bool,
 }
 
 /// Inputs from the running kernel.
@@ -76,6 +83,8 @@ pub struct LiveSource {
     requests: std_mpsc::Sender<ProbeReq>,
     known_netns: HashSet<u32>,
     baseline_done: bool,
+    /// A state was asked for and has not come yet: events wait behind it.
+    state_pending: bool,
     held: Vec<TraceEvent>,
     /// The ring still had records when the last drain stopped at its batch size
     /// (readiness is edge-triggered and will not fire again for those).
@@ -101,6 +110,7 @@ impl LiveSource {
             requests: req_tx,
             known_netns: HashSet::new(),
             baseline_done: false,
+            state_pending: false,
             held: Vec::new(),
             more: false,
             undecodable: 0,
@@ -128,6 +138,17 @@ impl LiveSource {
         Ok(notes)
     }
 
+    /// Asks for every namespace's state now (a sock_diag dump with owners from
+    /// `/proc`, as at start-up): it comes as `Input::State`s followed by the events
+    /// that arrived while it was taken, with [`Notes::state_done`]. What the kernel
+    /// says is exact, and costs the event path nothing (unlike keeping a model per
+    /// event). A second request while one is pending is ignored.
+    pub fn request_state(&mut self) {
+        if !self.state_pending && self.baseline_done {
+            self.state_pending = self.requests.send(ProbeReq::State).is_ok();
+        }
+    }
+
     /// Drains the ring once more (at stop: what the kernel wrote still counts).
     pub fn drain(&mut self, out: &mut Vec<Input>) {
         let mut batch = Vec::new();
@@ -152,7 +173,7 @@ impl LiveSource {
                     pid: ev.pid,
                 });
             }
-            if self.baseline_done {
+            if self.baseline_done && !self.state_pending {
                 out.push(Input::Event(ev));
             } else {
                 self.held.push(ev);
@@ -173,6 +194,11 @@ impl LiveSource {
                 notes.baseline_done = true;
                 out.extend(self.held.drain(..).map(Input::Event));
                 self.held.shrink_to_fit();
+            }
+            ProbeMsg::StateDone => {
+                self.state_pending = false;
+                notes.state_done = true;
+                out.extend(self.held.drain(..).map(Input::Event));
             }
             ProbeMsg::Warning(w) => notes.warnings.push(w),
         }
@@ -293,6 +319,26 @@ fn prober(
                     Err(e) => send(ProbeMsg::Warning(format!("{ns}: {e:#}"))),
                 };
                 if !ok {
+                    return;
+                }
+            }
+            Ok(ProbeReq::State) => {
+                let owners = proc_owners::socket_owners();
+                for (p, name, last) in &mut probes {
+                    let msg = match baseline(p, name.clone(), &owners) {
+                        Ok(msg) => {
+                            if let ProbeMsg::Input(Input::State(s)) = &msg {
+                                last.clone_from(&s.config);
+                            }
+                            msg
+                        }
+                        Err(e) => ProbeMsg::Warning(format!("netns {}: {e:#}", p.inode)),
+                    };
+                    if !send(msg) {
+                        return;
+                    }
+                }
+                if !send(ProbeMsg::StateDone) {
                     return;
                 }
             }

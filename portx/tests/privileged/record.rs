@@ -26,7 +26,7 @@ struct Recorder {
 }
 
 impl Recorder {
-    /// Starts it and waits until its programs are attached (its start line).
+    /// Starts it and waits until its programs are attached and its baseline taken.
     fn start(args: &[&str]) -> Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
             .arg("record")
@@ -45,9 +45,8 @@ impl Recorder {
             }
         });
         let r = Self { child, stderr: rx };
-        r.expect(|l| {
-            l.starts_with("portx: recording to") || l.starts_with("portx: flight recorder armed")
-        })?;
+        // Attached, and what was held before is in: the tests' sockets come after.
+        r.expect(|l| l.starts_with("portx: baseline taken"))?;
         Ok(r)
     }
 
