@@ -423,6 +423,8 @@ pub fn bench_storm(quick: bool) {
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
     let mut trace_rss = (0, 0);
     let mut dropped = 0u64;
+    // Which tracers dropped, to name them in the figure.
+    let mut droppers: Vec<String> = Vec::new();
     // For profiling some conditions: PORTX_BENCH_TRACER=none,trace,top,bpftrace-print,...
     let only = std::env::var("PORTX_BENCH_TRACER").ok();
     for rep in 0..reps {
@@ -466,6 +468,9 @@ pub fn bench_storm(quick: bool) {
                     Tracer::Trace | Tracer::Top | Tracer::TraceErrors | Tracer::Record
                 ) {
                     dropped += d.unwrap_or(0);
+                    if let Some(n) = d.filter(|&n| n > 0) {
+                        droppers.push(format!("{} {n} in repeat {rep}", c.name()));
+                    }
                 }
                 if c == Tracer::Record {
                     let size = std::fs::metadata(record_path()).map_or(0, |m| m.len());
@@ -705,7 +710,14 @@ pub fn bench_storm(quick: bool) {
         });
     }
     report(Figure {
-        figure: "events dropped during the storms (trace, top, trace --errors, record)",
+        figure: &if droppers.is_empty() {
+            "events dropped during the storms (trace, top, trace --errors, record)".to_owned()
+        } else {
+            format!(
+                "events dropped during the storms (trace, top, trace --errors, record): {}",
+                droppers.join(", ")
+            )
+        },
         value: dropped as f64,
         unit: "events",
         baseline: None,
