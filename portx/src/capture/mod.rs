@@ -14,6 +14,7 @@ use crate::{events::filter::Filter, kernel::loader::HookPath, model::input::Inpu
 mod body;
 pub mod civil;
 pub mod codec;
+pub mod disk;
 pub mod frame;
 pub mod reader;
 pub mod ring;

@@ -25,6 +25,7 @@ use crate::{
     capture::{
         Counters, EndSummary, FORMAT_VERSION, FileHeader, Mode, Record, TriggerFired,
         civil::compact_utc,
+        disk::{DiskWriter, Target},
         ring::FlightRing,
         writer::{CaptureFile, Encoder, RotatingSet, RotationPolicy},
     },
@@ -80,8 +81,8 @@ fn random_u64() -> u64 {
 
 /// What goes into the memory or the files.
 enum Sink {
-    File(CaptureFile),
-    Rotating(RotatingSet),
+    /// A file or a rotating set, written by the disk thread.
+    Disk(DiskWriter),
     Flight(Flight),
 }
 
@@ -224,36 +225,9 @@ fn write_err(path: &Path, e: std::io::Error) -> anyhow::Error {
 }
 
 impl Sink {
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let f = match self {
-            Self::File(f) => f,
-            Self::Rotating(r) => r.current(),
-            Self::Flight(_) => unreachable!("flight frames go to the ring"),
-        };
-        f.write(bytes)
-            .and_then(|()| f.sync())
-            .map_err(|e| write_err(f.path(), e))
-    }
-
-    fn describe(&mut self) -> String {
+    fn describe(&self) -> String {
         match self {
-            Self::File(f) => format!("{}: {} bytes", f.path().display(), f.bytes()),
-            Self::Rotating(r) => {
-                let files = r.files();
-                let bytes: u64 = files
-                    .iter()
-                    .filter_map(|p| std::fs::metadata(p).ok())
-                    .map(|m| m.len())
-                    .sum();
-                format!(
-                    "{} files, {bytes} bytes, the newest {}",
-                    files.len(),
-                    r.current().path().display()
-                )
-            }
+            Self::Disk(d) => d.describe(),
             Self::Flight(f) => format!("{} files written to {}", f.dumps, f.dir.display()),
         }
     }
@@ -388,9 +362,11 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                 every_s: args.rotate_time,
                 max_files: args.max_files.map(|n| n as usize),
             };
-            Sink::Rotating(
-                RotatingSet::create(out, policy, args.force, wall_ns(), &start)
-                    .with_context(|| format!("creating a file next to {}", out.display()))?,
+            let set = RotatingSet::create(out, policy, args.force, wall_ns(), &start)
+                .with_context(|| format!("creating a file next to {}", out.display()))?;
+            Sink::Disk(
+                DiskWriter::start(Target::Rotating(set), wall_ns)
+                    .context("starting the capture writer thread")?,
             )
         }
         (Some(out), None) => {
@@ -398,7 +374,10 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                 .with_context(|| format!("creating {}", out.display()))?;
             let start = rec.file_start(0, now_ns);
             f.write(&start).map_err(|e| write_err(out, e))?;
-            Sink::File(f)
+            Sink::Disk(
+                DiskWriter::start(Target::File(f), wall_ns)
+                    .context("starting the capture writer thread")?,
+            )
         }
         (None, None) => unreachable!("clap requires one"),
     };
@@ -479,7 +458,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                 for input in inputs.drain(..) {
                     // A rotation waits for the kernel's state: it starts the new file.
                     if matches!(input, Input::State(_)) && state_for == Some(StateFor::Rotation) {
-                        rotate(&mut sink, &mut rec, probes.dropped()?, verbose)?;
+                        rotate(&mut sink, &mut rec, probes.dropped()?)?;
                         state_for = Some(StateFor::Periodic);
                     }
                     let trig = match &mut sink {
@@ -494,7 +473,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                 if notes.state_done {
                     // No namespace answered: rotate all the same.
                     if state_for == Some(StateFor::Rotation) {
-                        rotate(&mut sink, &mut rec, probes.dropped()?, verbose)?;
+                        rotate(&mut sink, &mut rec, probes.dropped()?)?;
                     }
                     state_for = None;
                 }
@@ -578,9 +557,9 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                     }
                     f.ring.evict(now_ns);
                 }
-                sink => {
-                    sink.write(&frames)?;
-                    let rotation_due = matches!(sink, Sink::Rotating(set) if set.due(wall_ns()));
+                Sink::Disk(disk) => {
+                    disk.write(frames).map_err(anyhow::Error::msg)?;
+                    let rotation_due = disk.rotation_due();
                     if !stop && state_for.is_none() && (rotation_due || new_state) {
                         live.request_state();
                         state_for = Some(if rotation_due {
@@ -611,14 +590,18 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
             }),
             &mut end,
         );
-        sink.write(&end)?;
+        if let Sink::Disk(disk) = &sink {
+            disk.write(end).map_err(anyhow::Error::msg)?;
+        }
     }
+    // Everything handed over is on disk before the closing line.
+    let described = match sink {
+        Sink::Disk(disk) => disk.finish().map_err(anyhow::Error::msg)?,
+        Sink::Flight(f) => Sink::Flight(f).describe(),
+    };
     eprintln!(
         "portx: {} events seen, {} written, {} dropped; {}",
-        rec.stats.seen,
-        rec.stats.shown,
-        rec.stats.dropped,
-        sink.describe()
+        rec.stats.seen, rec.stats.shown, rec.stats.dropped, described
     );
     Ok(())
 }
@@ -633,8 +616,8 @@ enum StateFor {
 }
 
 /// Ends the current file of a rotating set and starts the next (its state follows).
-fn rotate(sink: &mut Sink, rec: &mut Recorder, dropped: u64, verbose: bool) -> Result<()> {
-    let Sink::Rotating(set) = sink else {
+fn rotate(sink: &mut Sink, rec: &mut Recorder, dropped: u64) -> Result<()> {
+    let Sink::Disk(disk) = sink else {
         return Ok(());
     };
     let now_ns = boottime_ns();
@@ -650,13 +633,8 @@ fn rotate(sink: &mut Sink, rec: &mut Recorder, dropped: u64, verbose: bool) -> R
     );
     let seq = rec.header.file_seq + 1;
     let start = rec.file_start(seq, now_ns);
-    let path = set
-        .rotate(&end, wall_ns(), &start)
-        .map_err(|e| write_err(set.current().path(), e))?;
-    if verbose {
-        eprintln!("portx: now writing {}", path.display());
-    }
-    Ok(())
+    disk.rotate(end, wall_ns(), start)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Writes a flight recorder's window and tail to a new file, and starts over.
