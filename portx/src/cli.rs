@@ -345,6 +345,87 @@ mod tests {
     }
 
     #[test]
+    fn parses_record_and_replay_flags() {
+        let c = Cli::try_parse_from([
+            "portx",
+            "record",
+            "-o",
+            "x.portx",
+            "--netns",
+            "blue",
+            "--port",
+            "3306",
+            "--rotate-time",
+            "60",
+            "--max-files",
+            "5",
+            "--duration",
+            "2",
+        ])
+        .unwrap();
+        let Command::Record(r) = c.command else {
+            panic!("not record")
+        };
+        assert_eq!(r.output.as_deref(), Some(std::path::Path::new("x.portx")));
+        assert_eq!(
+            (r.filter.netns.as_deref(), r.filter.port),
+            (Some("blue"), Some(3306))
+        );
+        assert_eq!(
+            (r.rotate_time, r.max_files, r.state_every),
+            (Some(60), Some(5), 60.0)
+        );
+        let c = Cli::try_parse_from([
+            "portx",
+            "record",
+            "--flight-recorder",
+            "/d",
+            "--trigger",
+            "failure,util:90",
+            "--trigger",
+            "signal",
+            "--post",
+            "5",
+        ])
+        .unwrap();
+        let Command::Record(r) = c.command else {
+            panic!("not record")
+        };
+        assert_eq!(r.trigger, ["failure", "util:90", "signal"]);
+        assert_eq!((r.window, r.post, r.buffer_mib), (300, 5, 64));
+        let err = |args: &[&str]| {
+            let mut argv = vec!["portx"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap_err().to_string()
+        };
+        // One of -o and --flight-recorder; a flight recorder needs a trigger.
+        assert!(err(&["record"]).contains("--output"));
+        assert!(
+            err(&[
+                "record",
+                "-o",
+                "x",
+                "--flight-recorder",
+                "/d",
+                "--trigger",
+                "failure"
+            ])
+            .contains("cannot be used with")
+        );
+        assert!(err(&["record", "--flight-recorder", "/d"]).contains("--trigger"));
+        assert!(err(&["record", "-o", "x", "--window", "10"]).contains("--flight-recorder"));
+        let c =
+            Cli::try_parse_from(["portx", "top", "--replay", "a", "b", "--speed", "0"]).unwrap();
+        let Command::Top(t) = c.command else {
+            panic!("not top")
+        };
+        assert_eq!(t.replay.map(|v| v.len()), Some(2));
+        assert_eq!(t.speed, 0.0);
+        assert!(err(&["top", "--speed", "2"]).contains("--replay"));
+        assert!(err(&["top", "--replay", "a", "--speed=-1"]).contains("between 0"));
+    }
+
+    #[test]
     fn verbose_is_global() {
         let c = Cli::try_parse_from(["portx", "trace", "-v"]).unwrap();
         assert!(c.verbose);
