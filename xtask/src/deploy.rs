@@ -62,6 +62,8 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
 const SECURITY_THRESHOLD: &str = "40";
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
+/// The package's Maintainer field unless `PORTX_DEB_MAINTAINER` says otherwise.
+const DEFAULT_MAINTAINER: &str = "portx developers <portx@example.invalid>";
 const SUBCOMMANDS: &[&str] = &["trace", "top", "record", "report", "check", "serve"];
 
 /// One line per check, then the totals.
@@ -1214,11 +1216,10 @@ fn build_dist(tools: &Tools, ws: &Workspace) -> Result<Dist> {
             "Package: portx\n\
              Version: {version}\n\
              Architecture: amd64\n\
-             Maintainer: portx maintainers <portx@localhost>\n\
+             Maintainer: {maintainer}\n\
              Installed-Size: {installed_kib}\n\
              Section: net\n\
              Priority: optional\n\
-             Homepage: https://github.com/portx/portx\n\
              Description: live eBPF view of who is eating ephemeral ports\n \
              portx attaches eBPF programs to the kernel's TCP state changes and to\n \
              connect() and bind(), and shows which process holds the ephemeral source\n \
@@ -1227,7 +1228,9 @@ fn build_dist(tools: &Tools, ws: &Workspace) -> Result<Dist> {
              check, and serve, a Prometheus exporter run by portx.service.\n \
              .\n \
              A static binary: no dependencies. Needs Linux 5.8+ with BTF.\n",
-            version = ws.version
+            version = ws.version,
+            maintainer = std::env::var("PORTX_DEB_MAINTAINER")
+                .unwrap_or_else(|_| DEFAULT_MAINTAINER.to_owned()),
         ),
     )?;
     // The unit is new or changed: let systemd see it; restart a running exporter on
@@ -1311,11 +1314,37 @@ fn dist_checks(tools: &Tools, ws: &Workspace, r: &mut Report) {
             version.trim()
         );
         let size = fs::metadata(&d.binary)?.len();
+        let linked = file
+            .split(", ")
+            .find(|p| p.contains("linked"))
+            .unwrap_or_default();
         Ok(format!(
-            "{}; {}; {:.1} MiB",
-            file.split(',').take(2).collect::<Vec<_>>().join(","),
+            "{linked}; {}; {:.1} MiB",
             version.trim(),
             size as f64 / (1 << 20) as f64
+        ))
+    });
+    r.check("dist: the binary loads its BPF programs", || {
+        let uid = output(Command::new("id").arg("-u"))?;
+        if uid.trim() != "0" {
+            return Ok("skipped: not root".to_owned());
+        }
+        // The BPF object is embedded at build time: a one-second trace proves the musl
+        // build carries it and this kernel takes it.
+        let out = Command::new(&d.binary)
+            .args(["trace", "--errors", "--duration", "1"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let summary = stderr.lines().find(|l| l.contains("events seen"));
+        ensure!(
+            out.status.success() && summary.is_some(),
+            "portx trace exited with {}: {}",
+            out.status,
+            summarize(&stderr)
+        );
+        Ok(format!(
+            "portx trace --errors --duration 1: {}",
+            summary.unwrap_or_default().trim_start_matches("portx: ")
         ))
     });
     r.check("dist: dpkg-deb --info and --contents", || {
@@ -1348,8 +1377,17 @@ fn dist_checks(tools: &Tools, ws: &Workspace, r: &mut Report) {
                 "{path}: `{line}` (want {mode} root/root)"
             );
         }
+        // What was packed reads back: the page renders from its .gz.
+        let tmp = TempDir::new("dist-check")?;
+        output(Command::new("dpkg-deb").arg("-x").arg(&d.deb).arg(&tmp.0))?;
+        clean_output(
+            Command::new("man")
+                .args(["--warnings", "-l"])
+                .arg(tmp.0.join("usr/share/man/man8/portx.8.gz"))
+                .env("MANWIDTH", "80"),
+        )?;
         Ok(format!(
-            "{} files, root/root, no Depends",
+            "{} files, root/root, no Depends; the packed man page renders",
             contents.lines().filter(|l| !l.ends_with('/')).count()
         ))
     });
