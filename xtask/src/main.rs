@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | run | test | vm-test`.
+//! Project tasks: `cargo xtask setup | build | run | test | vm-test | deploy-check | dist`.
 //!
 //! Every command first runs the idempotent set-up (see `setup.rs`), so the README's
 //! commands work on a fresh machine.
 
 mod bench;
+mod deploy;
 mod setup;
 mod vm;
 
@@ -56,6 +57,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Check the files under deploy/ with the tools that read them (systemd-analyze,
+    /// kubernetes-validate, promtool, man) and against each other; one line per check.
+    DeployCheck {
+        /// Also build and check the package (`cargo xtask dist`; a release musl build).
+        #[arg(long)]
+        dist: bool,
+    },
+    /// A static musl release binary and a .deb (binary, systemd unit, man page) in
+    /// target/dist/, then their checks.
+    Dist,
     /// The privileged tests inside QEMU (TCG) on Debian's 6.1 and 6.12 cloud kernels,
     /// e.g. `cargo xtask vm-test --kernel 6.1 -- top_`.
     VmTest {
@@ -123,6 +134,18 @@ fn main() -> Result<()> {
             setup::ensure_commands(&[("bpftrace", "bpftrace"), ("ss", "iproute2")])?;
             bench::run(&mut cargo(&tools, &[])?, quick, record, &only)?;
         }
+        Task::DeployCheck { dist } => {
+            let tools = setup::run(false)?;
+            if !deploy::check(&tools, dist)? {
+                std::process::exit(1);
+            }
+        }
+        Task::Dist => {
+            let tools = setup::run(false)?;
+            if !deploy::dist(&tools)? {
+                std::process::exit(1);
+            }
+        }
         Task::VmTest {
             kernel,
             timeout,
@@ -149,6 +172,21 @@ fn main() -> Result<()> {
             let mut unit = cargo(&tools, &["test", "--lib", "--bins", "--"])?;
             unit.args(&args);
             run(&mut unit, "unit tests")?;
+            // The deployment files, and the package (a release musl build: about 2.5
+            // minutes the first time, seconds when nothing changed; PORTX_SKIP_DIST=1
+            // leaves it out).
+            let skip_dist = std::env::var_os("PORTX_SKIP_DIST").is_some_and(|v| v == "1");
+            eprintln!(
+                "xtask: deploy-check{}",
+                if skip_dist {
+                    " (PORTX_SKIP_DIST=1: without the package)"
+                } else {
+                    " --dist"
+                }
+            );
+            if !deploy::check(&tools, !skip_dist)? {
+                bail!("deploy-check failed (see the FAIL lines above)");
+            }
             // Said before the host privileged tests, so that their result stays the
             // closing line when the VM tests are skipped.
             if skip_vm {

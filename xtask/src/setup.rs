@@ -223,6 +223,11 @@ pub fn ensure_commands(wanted: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+/// Installs Debian packages with apt-get.
+pub fn apt_install(missing: &[&str]) -> Result<()> {
     let step = "system packages";
     let todo = "install them with apt-get (as root), or your distribution's package manager";
     if !on_path("apt-get") {
@@ -237,7 +242,7 @@ pub fn ensure_commands(wanted: &[(&str, &str)]) -> Result<()> {
     status(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .map_err(|e| step_err(step, e, todo))
