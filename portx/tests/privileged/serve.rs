@@ -349,6 +349,7 @@ pub fn prometheus_sees_exhaustion() -> Result<()> {
             .then_some(()))
     })?;
     // The exhaustion rule: pending (for: 1m) or firing.
+    let inode_s = inode.to_string();
     poll("prometheus: the exhaustion alert is pending", long, || {
         let (status, body) = get10(prom.port, "/api/v1/alerts")?;
         ensure!(status == 200, "alerts: {status}");
@@ -357,7 +358,7 @@ pub fn prometheus_sees_exhaustion() -> Result<()> {
             .as_array()
             .is_some_and(|a| {
                 a.iter().any(|al| {
-                    al["labels"]["netns"] == inode.to_string()
+                    al["labels"]["netns"].as_str() == Some(inode_s.as_str())
                         && (al["state"] == "pending" || al["state"] == "firing")
                 })
             })

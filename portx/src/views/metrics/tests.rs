@@ -256,7 +256,7 @@ fn cardinality_is_bounded() {
                 ..NetnsUsage::default()
             })
             .map(|mut n| {
-                n.destinations.sort_by(|a, b| b.used.cmp(&a.used));
+                n.destinations.sort_by_key(|d| std::cmp::Reverse(d.used));
                 n
             })
             .collect();
