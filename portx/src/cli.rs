@@ -31,6 +31,40 @@ pub enum Command {
     /// Offline incident report of a recording (one file or a rotation set): time span,
     /// completeness, failures and who held the port, each destination's peak.
     Report(ReportArgs),
+    /// Prometheus exporter: the `top` model behind /metrics, /healthz and /.
+    Serve(ServeArgs),
+}
+
+/// `portx serve`'s default address: loopback, and a port outside both the range
+/// Prometheus's port list has filled (9100-9999) and Linux's default ephemeral range
+/// (32768-60999), so the exporter cannot collide with the connections it watches.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:17117";
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address and port to serve on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    pub listen: std::net::SocketAddr,
+    /// Only this network namespace (name, path or inode); filtered in the kernel.
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Option<String>,
+    /// Destinations (and holders) exported per namespace.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top_k: u16,
+    /// Do not compare the TIME_WAIT model with the kernel's sock_diag view.
+    #[arg(long)]
+    pub no_drift_check: bool,
+    /// Seconds between TIME_WAIT drift checks.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_secs)]
+    pub drift_interval: f64,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    pub ring_mib: u32,
+}
+
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not ADDR:PORT (e.g. 127.0.0.1:17117 or [::1]:17117)"))
 }
 
 #[derive(Debug, Args, Clone)]
@@ -423,6 +457,25 @@ mod tests {
         assert_eq!(t.speed, 0.0);
         assert!(err(&["top", "--speed", "2"]).contains("--replay"));
         assert!(err(&["top", "--replay", "a", "--speed=-1"]).contains("between 0"));
+    }
+
+    #[test]
+    fn parses_serve_flags() {
+        let c = Cli::try_parse_from(["portx", "serve"]).unwrap();
+        let Command::Serve(s) = c.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.top_k, 20);
+        let c =
+            Cli::try_parse_from(["portx", "serve", "--listen", "[::1]:9", "--top-k", "5"]).unwrap();
+        let Command::Serve(s) = c.command else {
+            panic!("not serve")
+        };
+        assert_eq!((s.listen.port(), s.top_k), (9, 5));
+        let err = Cli::try_parse_from(["portx", "serve", "--listen", "localhost"]).unwrap_err();
+        assert!(err.to_string().contains("is not ADDR:PORT"), "{err}");
+        assert!(Cli::try_parse_from(["portx", "serve", "--top-k", "0"]).is_err());
     }
 
     #[test]

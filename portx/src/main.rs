@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             Command::Trace(args) => portx::commands::trace::run(args, cli.verbose).await,
             Command::Top(args) => portx::commands::top::run(args, cli.verbose).await,
             Command::Record(args) => portx::commands::record::run(args, cli.verbose).await,
+            Command::Serve(args) => portx::commands::serve::run(args, cli.verbose).await,
             Command::Check(_) | Command::Report(_) => {
                 unreachable!("handled before the runtime starts")
             }

@@ -3,5 +3,6 @@
 pub mod check;
 pub mod record;
 pub mod report;
+pub mod serve;
 pub mod top;
 pub mod trace;

@@ -8,6 +8,7 @@
 use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
+use portx_common::KernelFilter;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -213,6 +214,37 @@ impl ReplaySource {
     }
 }
 
+/// Loads and attaches the programs and starts the live source (baseline, settings,
+/// drift check every `drift_secs`), saying with `verbose` what is in use. `portx top`
+/// and `portx serve` start the same way.
+pub fn start_live(
+    ring_mib: u32,
+    filter: KernelFilter,
+    drift_secs: Option<f64>,
+    verbose: bool,
+) -> Result<(Probes, LiveSource)> {
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    let mut probes = Probes::load(LoadOptions {
+        ring_bytes: ring_mib << 20,
+        filter,
+        ..LoadOptions::default()
+    })?;
+    if verbose {
+        for a in &probes.setup.attached {
+            eprintln!("portx: attached {a}");
+        }
+        crate::commands::trace::print_hooks(&probes.setup.hooks);
+        eprintln!("portx: {}", probes.wakeup_policy());
+        eprintln!(
+            "portx: TIME_WAIT: modelled from FIN_WAIT2/CLOSING -> CLOSE (no tracepoint reports it); drift check {}",
+            drift_secs.map_or("off".to_owned(), |s| format!("every {s} s"))
+        );
+    }
+    let live = LiveSource::start(&mut probes, drift_secs.map(Duration::from_secs_f64))?;
+    Ok((probes, live))
+}
+
 pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     let mut source = match &args.replay {
         Some(files) => {
@@ -220,30 +252,8 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
             Source::Replay(r)
         }
         None => {
-            preflight::check_privileges()?;
-            preflight::check_btf()?;
-            let mut probes = Probes::load(LoadOptions {
-                ring_bytes: args.ring_mib << 20,
-                ..LoadOptions::default()
-            })?;
-            if verbose {
-                for a in &probes.setup.attached {
-                    eprintln!("portx: attached {a}");
-                }
-                crate::commands::trace::print_hooks(&probes.setup.hooks);
-                eprintln!("portx: {}", probes.wakeup_policy());
-                eprintln!(
-                    "portx: TIME_WAIT: modelled from FIN_WAIT2/CLOSING -> CLOSE (no tracepoint reports it); drift check {}",
-                    if args.no_drift_check {
-                        "off".to_owned()
-                    } else {
-                        format!("every {} s", args.drift_interval)
-                    }
-                );
-            }
-            let drift_every =
-                (!args.no_drift_check).then(|| Duration::from_secs_f64(args.drift_interval));
-            let live = LiveSource::start(&mut probes, drift_every)?;
+            let drift = (!args.no_drift_check).then_some(args.drift_interval);
+            let (probes, live) = start_live(args.ring_mib, KernelFilter::ALL, drift, verbose)?;
             Source::Live {
                 probes: Box::new(probes),
                 live,

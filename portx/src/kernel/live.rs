@@ -62,6 +62,11 @@ enum ProbeReq {
     Discover { inode: u32, pid: u32 },
     /// Every namespace's sockets and settings now, as at start-up.
     State,
+    /// Re-read every namespace's settings now (`portx serve` on SIGHUP).
+    Settings,
+    /// Drop every capability of the prober thread but these (capabilities are per
+    /// thread; see [`crate::kernel::privs`]).
+    DropCaps(crate::kernel::privs::CapsHashSet),
 }
 
 /// What one [`LiveSource::next`] call brought besides inputs.
@@ -147,6 +152,17 @@ impl LiveSource {
         if !self.state_pending && self.baseline_done {
             self.state_pending = self.requests.send(ProbeReq::State).is_ok();
         }
+    }
+
+    /// Asks the prober to re-read every namespace's settings now rather than at its
+    /// next 2 s tick; changes come as `Input::Settings`.
+    pub fn reread_settings(&self) {
+        let _ = self.requests.send(ProbeReq::Settings);
+    }
+
+    /// Asks the prober thread to keep only `keep` (it warns if it cannot).
+    pub fn drop_prober_caps(&self, keep: crate::kernel::privs::CapsHashSet) {
+        let _ = self.requests.send(ProbeReq::DropCaps(keep));
     }
 
     /// Drains the ring once more (at stop: what the kernel wrote still counts).
@@ -339,6 +355,14 @@ fn prober(
                     }
                 }
                 if !send(ProbeMsg::StateDone) {
+                    return;
+                }
+            }
+            Ok(ProbeReq::Settings) => next_settings = Instant::now(),
+            Ok(ProbeReq::DropCaps(keep)) => {
+                if let Err(e) = crate::kernel::privs::drop_to(&keep)
+                    && !send(ProbeMsg::Warning(format!("prober thread: {e:#}")))
+                {
                     return;
                 }
             }

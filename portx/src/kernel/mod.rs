@@ -6,6 +6,7 @@ pub mod live;
 pub mod loader;
 pub mod netns;
 pub mod preflight;
+pub mod privs;
 pub mod proc_owners;
 pub mod sockdiag;
 pub mod tracefs;

@@ -5,6 +5,7 @@
 mod peer;
 mod record;
 mod report_page;
+mod serve;
 mod support;
 mod top;
 
@@ -90,6 +91,22 @@ fn main() {
         (
             "record_full_disk_and_bad_input",
             record::record_full_disk_and_bad_input,
+        ),
+        (
+            "serve_prometheus_sees_exhaustion",
+            serve::prometheus_sees_exhaustion,
+        ),
+        (
+            "serve_bad_clients_are_bounded",
+            serve::bad_clients_are_bounded,
+        ),
+        (
+            "serve_capabilities_dropped_after_start",
+            serve::capabilities_dropped_after_start,
+        ),
+        (
+            "serve_bad_listen_and_port_in_use_are_one_line",
+            serve::bad_listen_and_port_in_use_are_one_line,
         ),
         (
             "report_page_renders_in_chromium",
