@@ -1466,6 +1466,6 @@ mod tests {
         );
         let simple = good.replace("Type=notify", "Type=simple");
         assert!(check_unit(&simple).is_err());
-        assert_eq!(unit_port(&unit_keys(good)).unwrap(), 9989);
+        assert_eq!(unit_port(&unit_keys(good)).unwrap(), 17117);
     }
 }

@@ -180,6 +180,11 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
                         served.model.socket_count(),
                         served.model.timewait_count()
                     );
+                    // Type=notify: systemd counts the service started from here (a
+                    // no-op without $NOTIFY_SOCKET).
+                    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                        eprintln!("portx: warning: telling systemd we are ready: {e}");
+                    }
                 }
                 // Scrapes that came meanwhile, now that this batch is in.
                 while let Ok(req) = scrapes.try_recv() {
@@ -190,10 +195,15 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
             Some(req) = scrapes.recv() => answer(&mut served, req),
             _ = ticker.tick() => served.model.tick(boottime_ns()),
             _ = sighup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                 live.reread_settings();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 eprintln!("portx: SIGHUP: re-reading namespace settings");
             }
-            _ = sigterm.recv() => break Ok(()),
+            _ = sigterm.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                break Ok(());
+            }
             _ = sigint.recv() => break Ok(()),
         }
     };

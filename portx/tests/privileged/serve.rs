@@ -228,19 +228,22 @@ struct Prometheus {
     _dir: TempDir,
 }
 
+/// `deploy/prometheus/alerts.yml`.
+const SHIPPED_RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/prometheus/alerts.yml"
+);
+
 impl Prometheus {
     fn start(target_port: u16) -> Result<Self> {
         let dir = TempDir::new("prom")?;
         let port = free_port()?;
         std::fs::write(
-            dir.0.join("rules.yml"),
-            "groups:\n- name: portx\n  rules:\n  - alert: PortxEphemeralPortsExhausted\n    expr: portx_ephemeral_ports_used / on(netns) group_left portx_ephemeral_port_capacity >= 1\n    for: 1m\n",
-        )?;
-        std::fs::write(
             dir.0.join("prometheus.yml"),
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nscrape_configs:\n- job_name: portx\n  sample_limit: 12000\n  static_configs:\n  - targets: [\"127.0.0.1:{target_port}\"]\n",
-                dir.0.join("rules.yml").display()
+                // The rules portx ships, as a user deploys them.
+                SHIPPED_RULES
             ),
         )?;
         let child = Command::new("prometheus")
@@ -348,22 +351,35 @@ pub fn prometheus_sees_exhaustion() -> Result<()> {
             .is_some_and(|v| *v > before)
             .then_some(()))
     })?;
-    // The exhaustion rule: pending (for: 1m) or firing.
+    // The shipped rules: the critical utilisation alert (for: 5m) and the
+    // EADDRNOTAVAIL one are pending or firing for this namespace.
     let inode_s = inode.to_string();
-    poll("prometheus: the exhaustion alert is pending", long, || {
-        let (status, body) = get10(prom.port, "/api/v1/alerts")?;
-        ensure!(status == 200, "alerts: {status}");
-        let v: Value = serde_json::from_str(&body)?;
-        Ok(v["data"]["alerts"]
-            .as_array()
-            .is_some_and(|a| {
-                a.iter().any(|al| {
-                    al["labels"]["netns"].as_str() == Some(inode_s.as_str())
-                        && (al["state"] == "pending" || al["state"] == "firing")
+    poll(
+        "prometheus: the shipped exhaustion alerts are pending",
+        long,
+        || {
+            let (status, body) = get10(prom.port, "/api/v1/alerts")?;
+            ensure!(status == 200, "alerts: {status}");
+            let v: Value = serde_json::from_str(&body)?;
+            Ok(v["data"]["alerts"]
+                .as_array()
+                .is_some_and(|a| {
+                    [
+                        "PortxEphemeralPortsCritical",
+                        "PortxConnectAddressNotAvailable",
+                    ]
+                    .iter()
+                    .all(|name| {
+                        a.iter().any(|al| {
+                            al["labels"]["alertname"] == *name
+                                && al["labels"]["netns"].as_str() == Some(inode_s.as_str())
+                                && (al["state"] == "pending" || al["state"] == "firing")
+                        })
+                    })
                 })
-            })
-            .then_some(()))
-    })?;
+                .then_some(()))
+        },
+    )?;
     peer.finish()?;
     drop(prom);
     serve.stop()
