@@ -195,7 +195,7 @@ fn main() -> Result<()> {
                 );
             }
             // The report page is checked in a real browser.
-            setup::ensure_commands(&[("chromium", "chromium")])?;
+            setup::ensure_commands(&[("chromium", "chromium"), ("prometheus", "prometheus")])?;
             // One test at a time: each loads the BPF programs and times its own
             // namespaces' events.
             let mut privileged = cargo(

@@ -296,6 +296,10 @@ fn get10(port: u16, path: &str) -> Result<(u16, String)> {
 }
 
 pub fn prometheus_sees_exhaustion() -> Result<()> {
+    if std::env::var_os("PORTX_IN_VM").is_some() {
+        eprintln!("skipping test - no Prometheus inside the VM (the host run has it)");
+        return Ok(());
+    }
     ensure_prometheus()?;
     let ns = Netns::new(Some((3306, 3309)))?;
     let serve = Serve::start(&[])?;
