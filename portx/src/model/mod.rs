@@ -1103,7 +1103,18 @@ impl Model {
             .filter(|s| s.state == TcpState::Listen)
             .map(|s| s.tuple.sport)
             .collect();
+        // A namespace found after start-up is dumped while its events keep coming:
+        // sockets those events already made are in the dump too, and count once.
+        let known: rustc_hash::FxHashSet<Tuple> = self
+            .sockets
+            .values()
+            .filter(|s| s.netns == netns && s.state != TcpState::Close)
+            .map(|s| self.tuple_of(&s.quad))
+            .collect();
         for b in sockets {
+            if b.state != TcpState::TimeWait && known.contains(&b.tuple) {
+                continue;
+            }
             let owner = match &b.owner {
                 Some((pid, comm, cg)) => self.intern_owner(*pid, comm, *cg),
                 None => NO_OWNER,

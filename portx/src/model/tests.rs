@@ -720,3 +720,31 @@ fn exported_state_reloads_to_the_same_view_and_later_events_find_their_sockets()
     );
     assert_eq!((da.used, &da.states), (db.used, &db.states));
 }
+
+#[test]
+fn a_dump_of_sockets_events_already_made_counts_them_once() {
+    // A namespace discovered after start-up: its events come before its dump.
+    let mut m = model();
+    let socks: Vec<Sk> = (0..3)
+        .map(|i| Sk::client(0x2000 + i, 77, 20000 + i as u16, "10.0.0.9", 80))
+        .collect();
+    for (i, s) in socks.iter().enumerate() {
+        s.open(&mut m, S + i as u64 * 10);
+    }
+    let dump: Vec<BaselineSocket> = socks
+        .iter()
+        .map(|s| BaselineSocket {
+            sock: 0,
+            tuple: Tuple::new(s.saddr, s.sport, s.daddr, s.dport),
+            state: TcpState::Established,
+            owner: Some((77, "curl".into(), 7)),
+            expires_ms: 0,
+            orphan: false,
+        })
+        .collect();
+    m.load_baseline(NS, &dump, 2 * S);
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.9", 80);
+    assert_eq!((d.used, state(d, "ESTABLISHED")), (3, 3));
+    assert_eq!(m.socket_count(), 3);
+}

@@ -535,14 +535,14 @@ pub fn capabilities_dropped_after_start() -> Result<()> {
         wait(),
         || {
             *last.borrow_mut() = serve.metrics()?;
-            // connects_total is exact; used may count a socket twice when the
-            // namespace's discovery dump races its first events (a known limit of
-            // discovery, reported, not serve's), so it must reach 3.
+            // The namespace is found from its first events, and its dump races
+            // them: each socket still counts once.
             let text = last.borrow();
             let connects = format!("portx_connects_total{{netns=\"{}\"}}", ns.inode);
-            Ok((sample(&text, &connects) == Some(3.0)
-                && sample(&text, &used).is_some_and(|u| u >= 3.0))
-            .then_some(()))
+            Ok(
+                (sample(&text, &connects) == Some(3.0) && sample(&text, &used) == Some(3.0))
+                    .then_some(()),
+            )
         },
     )
     .with_context(|| {
