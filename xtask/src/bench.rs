@@ -59,8 +59,8 @@ fn machine() -> String {
 }
 
 pub fn run(cargo: &mut Command, quick: bool, record: bool, only: &[String]) -> Result<()> {
-    const PARTS: [&str; 6] = [
-        "ingest", "memory", "baseline", "storm", "latency", "capture",
+    const PARTS: [&str; 7] = [
+        "ingest", "memory", "baseline", "storm", "latency", "capture", "serve",
     ];
     if let Some(p) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
         bail!("unknown bench part `{p}`; parts: {}", PARTS.join(", "));
@@ -96,7 +96,10 @@ pub fn run(cargo: &mut Command, quick: bool, record: bool, only: &[String]) -> R
     let table = table(&stdout);
     // Lines the bench prints for people (skips, what it built).
     for l in String::from_utf8_lossy(&out.stderr).lines() {
-        if l.starts_with("skipping") || l.starts_with("baseline dump:") {
+        if l.starts_with("skipping")
+            || l.starts_with("baseline dump:")
+            || l.starts_with("serve churn:")
+        {
             eprintln!("{l}");
         }
     }

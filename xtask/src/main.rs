@@ -44,7 +44,7 @@ enum Task {
         /// Append the table to BENCHMARKS.md.
         #[arg(long)]
         record: bool,
-        /// Run only these parts: ingest, memory, baseline, storm, latency, capture
+        /// Run only these parts: ingest, memory, baseline, storm, latency, capture, serve
         /// (comma-separated).
         #[arg(long, value_delimiter = ',', conflicts_with = "record")]
         only: Vec<String>,

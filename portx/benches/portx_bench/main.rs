@@ -16,6 +16,7 @@ use std::{
 };
 
 mod capture;
+mod serve;
 mod storm;
 
 use portx::{
@@ -488,7 +489,7 @@ fn main() {
     // `cargo bench` passes --bench; ignore it.
     let quick = args.iter().any(|a| a == "--quick");
     // `--only PART[,PART]`: run some parts (ingest, memory, baseline, storm, latency,
-    // capture).
+    // capture, serve).
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")
@@ -515,5 +516,9 @@ fn main() {
     }
     if part("capture") {
         capture::bench_capture(quick);
+    }
+    if part("serve") {
+        serve::bench_scrape(quick);
+        serve::bench_churn(quick);
     }
 }

@@ -94,6 +94,63 @@ enum Tracer {
     TraceErrors,
     /// `portx record -o FILE`: every event framed, compressed and written to disk.
     Record,
+    /// `portx serve` on a free loopback port, its `/metrics` scraped every second
+    /// during the storm.
+    Serve,
+}
+
+/// The port `portx serve` listens on in the storm (picked at its start).
+static SERVE_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// A free loopback port: bound, read and released.
+fn free_port() -> Option<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .ok()
+}
+
+/// GET /metrics from `portx serve`: the body and the time to the last byte.
+fn get_metrics(port: u16) -> Option<(String, Duration)> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let took = t.elapsed();
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| (body.to_owned(), took))
+}
+
+/// `portx_events_dropped_total` in a scrape's body.
+fn dropped_in(body: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix("portx_events_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Scrapes `/metrics` once a second until `stop` is set; the latencies, in ms.
+fn scraper(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> thread::JoinHandle<Vec<f64>> {
+    thread::spawn(move || {
+        let mut lat = Vec::new();
+        let mut next = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if Instant::now() >= next {
+                if let Some((_, took)) = get_metrics(port) {
+                    lat.push(took.as_secs_f64() * 1e3);
+                }
+                next += Duration::from_secs(1);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        lat
+    })
 }
 
 /// Where the storm's recording goes (removed after each storm).
@@ -119,6 +176,7 @@ impl Tracer {
             Tracer::BpftraceSyscallFloor => "bpftrace-syscall",
             Tracer::TraceErrors => "trace-errors",
             Tracer::Record => "record",
+            Tracer::Serve => "serve",
         }
     }
 }
@@ -189,6 +247,13 @@ fn start(t: Tracer) -> Option<Running> {
             let mut c = Command::new(portx);
             let _ = std::fs::remove_file(record_path());
             c.arg("record").arg("-o").arg(record_path());
+            (c, "portx: baseline taken", false)
+        }
+        Tracer::Serve => {
+            let mut c = Command::new(portx);
+            let port = free_port()?;
+            SERVE_PORT.store(port, std::sync::atomic::Ordering::Relaxed);
+            c.args(["serve", "-v", "--listen", &format!("127.0.0.1:{port}")]);
             (c, "portx: baseline taken", false)
         }
         Tracer::Top => {
@@ -381,8 +446,13 @@ fn stop(mut r: Running) -> (Option<u64>, Option<u64>) {
                 if w.starts_with("written") && i > 0 {
                     r.written = words[i - 1].parse().ok();
                 }
-                if w.starts_with("dropped") && i > 0 {
-                    dropped = words[i - 1].parse().ok();
+                if w.starts_with("dropped")
+                    && i > 0
+                    && let Ok(n) = words[i - 1].parse()
+                {
+                    // "... D dropped"; for "D events dropped" the number is read at
+                    // "events" below, and "events" must not clear it.
+                    dropped = Some(n);
                 } else if *w == "events" && words.get(i + 1) == Some(&"dropped") {
                     dropped = words.get(i.wrapping_sub(1)).and_then(|n| n.parse().ok());
                 }
@@ -413,7 +483,10 @@ pub fn bench_storm(quick: bool) {
         Tracer::BpftraceSyscallFloor,
         Tracer::TraceErrors,
         Tracer::Record,
+        Tracer::Serve,
     ];
+    // `portx serve`'s scrape latencies: idle (before each storm), during the storms.
+    let (mut idle_scrapes, mut storm_scrapes) = (Vec::new(), Vec::new());
     // `portx record`'s bytes on disk per event written, per storm.
     let mut record_bytes: Vec<f64> = Vec::new();
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); conds.len()];
@@ -447,6 +520,16 @@ pub fn bench_storm(quick: bool) {
                 eprintln!("skipping {c:?} in the connect storm - it did not start");
                 continue;
             }
+            let serve_port = SERVE_PORT.load(std::sync::atomic::Ordering::Relaxed);
+            if c == Tracer::Serve {
+                for _ in 0..5 {
+                    if let Some((_, t)) = get_metrics(serve_port) {
+                        idle_scrapes.push(t.as_secs_f64() * 1e3);
+                    }
+                }
+            }
+            let stop_scraper = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scraping = (c == Tracer::Serve).then(|| scraper(serve_port, stop_scraper.clone()));
             let before = running.as_ref().map(|r| usage(r.child.id()));
             let rate = storm(&ns.0, total, workers);
             rates[i].push(rate);
@@ -455,6 +538,16 @@ pub fn bench_storm(quick: bool) {
             }
             if let (Some(r), Some(before)) = (running, before) {
                 let after = usage(r.child.id());
+                // serve: the scrapes during the storm, then one more for the drop count.
+                let mut scraped_drops = None;
+                if let Some(h) = scraping {
+                    stop_scraper.store(true, std::sync::atomic::Ordering::Relaxed);
+                    storm_scrapes.extend(h.join().unwrap_or_default());
+                    scraped_drops = get_metrics(serve_port).and_then(|(b, _)| dropped_in(&b));
+                    if scraped_drops.is_none() {
+                        eprintln!("skipping serve's drop count in repeat {rep} - no final scrape");
+                    }
+                }
                 cpu[i].push((after.cpu - before.cpu) * 1e3 / (total as f64 / 1e3));
                 if c == Tracer::Trace {
                     trace_rss = (
@@ -463,9 +556,17 @@ pub fn bench_storm(quick: bool) {
                     );
                 }
                 let (d, written) = stop(r);
+                let d = match (d, scraped_drops) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
                 if matches!(
                     c,
-                    Tracer::Trace | Tracer::Top | Tracer::TraceErrors | Tracer::Record
+                    Tracer::Trace
+                        | Tracer::Top
+                        | Tracer::TraceErrors
+                        | Tracer::Record
+                        | Tracer::Serve
                 ) {
                     dropped += d.unwrap_or(0);
                     if let Some(n) = d.filter(|&n| n > 0) {
@@ -495,7 +596,7 @@ pub fn bench_storm(quick: bool) {
         spread: base.1,
         paired_ratio: None,
     });
-    let mut ratios = [f64::NAN; 8];
+    let mut ratios = [f64::NAN; 9];
     for (i, name, target) in [
         (1, "connect storm with portx trace --json", Some(0.97)),
         (2, "connect storm with portx top (headless)", Some(0.97)),
@@ -516,6 +617,11 @@ pub fn bench_storm(quick: bool) {
             None,
         ),
         (7, "connect storm with portx record -o FILE", None),
+        (
+            8,
+            "connect storm with portx serve, /metrics scraped every second",
+            Some(0.97),
+        ),
     ] {
         if paired[i].is_empty() {
             continue;
@@ -584,6 +690,10 @@ pub fn bench_storm(quick: bool) {
             "bpftrace printing, CPU per 1000 connections (own process)",
         ),
         (7, "portx record CPU per 1000 connections (own process)"),
+        (
+            8,
+            "portx serve CPU per 1000 connections (own process, scrapes included)",
+        ),
     ] {
         if cpu[i].is_empty() {
             continue;
@@ -696,6 +806,21 @@ pub fn bench_storm(quick: bool) {
             paired_ratio: None,
         });
     }
+    if !storm_scrapes.is_empty() {
+        let n = storm_scrapes.len();
+        let p99 = percentile(&mut storm_scrapes, 0.99);
+        let idle = (!idle_scrapes.is_empty()).then(|| percentile(&mut idle_scrapes, 0.99));
+        report(Figure {
+            figure: &format!("portx serve /metrics latency p99 during the storms ({n} scrapes)"),
+            value: p99,
+            unit: "ms",
+            baseline: idle.map(|i| (i, "p99 idle, before each storm")),
+            target: "< 1000 ms (one scrape interval)",
+            pass: Some(p99 < 1000.0),
+            spread: 0.0,
+            paired_ratio: None,
+        });
+    }
     if !record_bytes.is_empty() {
         let (b, spread) = median(record_bytes);
         report(Figure {
@@ -711,10 +836,11 @@ pub fn bench_storm(quick: bool) {
     }
     report(Figure {
         figure: &if droppers.is_empty() {
-            "events dropped during the storms (trace, top, trace --errors, record)".to_owned()
+            "events dropped during the storms (trace, top, trace --errors, record, serve)"
+                .to_owned()
         } else {
             format!(
-                "events dropped during the storms (trace, top, trace --errors, record): {}",
+                "events dropped during the storms (trace, top, trace --errors, record, serve): {}",
                 droppers.join(", ")
             )
         },
