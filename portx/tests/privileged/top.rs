@@ -417,10 +417,11 @@ pub fn drift_check_corrects_timewait() -> Result<()> {
     client.finish()?;
     server.finish()?;
     // The kernel's limit is a racy count (inet_twsk_alloc reads tw_refcount while
-    // other timewait sockets come and go), so it may keep one more than 2; what
-    // matters is that it refused some and the model follows it.
+    // other timewait sockets come and go), so it may keep one more or one fewer than
+    // 2 (1 was seen on 6.1 under emulation); what matters is that it refused some and
+    // the model follows it.
     ensure!(
-        (2..5).contains(&kernel_tw),
+        (1..5).contains(&kernel_tw),
         "the kernel kept {kernel_tw} TIME_WAIT sockets of 5 with tcp_max_tw_buckets=2"
     );
     let d = dest(netns_entry(&snap, &ns)?, 9001)?;
