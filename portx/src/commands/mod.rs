@@ -6,3 +6,11 @@ pub mod report;
 pub mod serve;
 pub mod top;
 pub mod trace;
+
+/// Resolves after `duration` (`--duration`), or never.
+pub async fn stop_after(duration: Option<std::time::Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}

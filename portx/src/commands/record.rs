@@ -401,13 +401,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let sleep = crate::commands::stop_after(args.duration);
     tokio::pin!(sleep);
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
     let state_every = Duration::from_secs_f64(args.state_every);

@@ -107,13 +107,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let sleep = crate::commands::stop_after(args.duration);
     tokio::pin!(sleep);
 
     let mut printer = Printer {
