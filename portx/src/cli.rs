@@ -60,6 +60,8 @@ pub struct ServeArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -104,7 +106,9 @@ pub struct CheckArgs {
 pub enum By {
     Dest,
     Process,
-    Cgroup,
+    /// Pods, containers and units (`cgroup` is the older name).
+    #[value(alias = "cgroup")]
+    Workload,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -124,9 +128,11 @@ pub struct TopArgs {
     /// Only this process's ports.
     #[arg(long)]
     pub pid: Option<u32>,
-    /// Group by destination, process or cgroup.
+    /// Group by destination, process or workload.
     #[arg(long, value_enum, default_value_t = By::Dest)]
     pub by: By,
+    #[command(flatten)]
+    pub host: HostArgs,
     /// Do not compare the TIME_WAIT model with the kernel's sock_diag view.
     #[arg(long)]
     pub no_drift_check: bool,
@@ -222,6 +228,8 @@ pub struct RecordArgs {
     /// Flight recorder: memory for the window, MiB (the oldest history goes first).
     #[arg(long, value_name = "MIB", default_value_t = 64, requires = "flight_recorder", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub buffer_mib: u32,
+    #[command(flatten)]
+    pub host: HostArgs,
     /// Do not compare the TIME_WAIT model with the kernel's sock_diag view.
     #[arg(long)]
     pub no_drift_check: bool,
@@ -230,11 +238,26 @@ pub struct RecordArgs {
     pub ring_mib: u32,
 }
 
+/// Where the host's files are, for naming workloads from inside a container.
+#[derive(Debug, Args, Clone)]
+pub struct HostArgs {
+    /// Where the host's /proc, /sys/fs/cgroup and /var/log are (a DaemonSet mounts
+    /// them under e.g. /host).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub host_root: std::path::PathBuf,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct TraceArgs {
     /// Print NDJSON, one object per event (fields in the README).
     #[arg(long)]
     pub json: bool,
+    /// Add the WORKLOAD column (pod, container, unit) to the text output; shown
+    /// anyway on a terminal of at least 180 columns.
+    #[arg(long, conflicts_with = "json")]
+    pub wide: bool,
+    #[command(flatten)]
+    pub host: HostArgs,
     #[command(flatten)]
     pub filter: EventFilterArgs,
     /// Stop after this many seconds.
@@ -351,12 +374,12 @@ mod tests {
             panic!("not top")
         };
         assert!(t.once && t.json && t.no_drift_check);
-        assert_eq!((t.interval, t.by, t.pid), (0.5, By::Cgroup, Some(3)));
+        assert_eq!((t.interval, t.by, t.pid), (0.5, By::Workload, Some(3)));
         assert_eq!(t.drift_interval, 10.0);
         let err = Cli::try_parse_from(["portx", "top", "--by", "port"]).unwrap_err();
         assert!(
             err.to_string()
-                .contains("possible values: dest, process, cgroup"),
+                .contains("possible values: dest, process, workload"),
             "{err}"
         );
     }

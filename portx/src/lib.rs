@@ -19,3 +19,4 @@ pub mod events;
 pub mod kernel;
 pub mod model;
 pub mod views;
+pub mod workload;

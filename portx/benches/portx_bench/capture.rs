@@ -122,7 +122,7 @@ pub fn bench_capture(quick: bool) {
     let capture_b = (file.len() - start) as f64 / events.len() as f64;
     let mut ndjson = Vec::new();
     for e in &events {
-        let _ = write_json_line(&mut ndjson, e);
+        let _ = write_json_line(&mut ndjson, e, None);
     }
     let ndjson_b = ndjson.len() as f64 / events.len() as f64;
     report(Figure {
@@ -143,7 +143,7 @@ pub fn bench_capture(quick: bool) {
         let mut buf = Vec::with_capacity(ndjson.len());
         let t = Instant::now();
         for e in &events {
-            let _ = write_json_line(&mut buf, e);
+            let _ = write_json_line(&mut buf, e, None);
         }
         black_box(&buf);
         let json = events.len() as f64 / t.elapsed().as_secs_f64();

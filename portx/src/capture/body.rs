@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Counters, EndSummary, FileHeader, Record, TriggerFired, frame::FrameType};
+
 use crate::model::{NetnsConfig, Tuple, input::Input};
 
 /// The body of a settings frame.
@@ -37,6 +38,7 @@ pub fn encode(r: &Record) -> Option<(FrameType, Vec<u8>)> {
         Record::Counters(c) => (FrameType::Counters, to_vec(c)),
         Record::Trigger(t) => (FrameType::Trigger, to_vec(t)),
         Record::End(e) => (FrameType::End, to_vec(e)),
+        Record::Cgroups(names) => (FrameType::Cgroups, to_vec(names)),
         Record::Input(Input::Event(_)) => return None,
         Record::Input(Input::State(s)) => (FrameType::State, to_vec(s)),
         Record::Input(Input::Settings { netns, config }) => (
@@ -88,6 +90,7 @@ pub fn decode(ty: FrameType, body: &[u8]) -> Result<Record, String> {
         FrameType::Counters => Record::Counters(de::<Counters>(body)?),
         FrameType::Trigger => Record::Trigger(de::<TriggerFired>(body)?),
         FrameType::End => Record::End(de::<EndSummary>(body)?),
+        FrameType::Cgroups => Record::Cgroups(de(body)?),
         FrameType::Events => return Err("events frame is not a postcard body".into()),
     })
 }

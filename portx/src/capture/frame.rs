@@ -33,6 +33,7 @@ pub enum FrameType {
     Counters = 6,
     Trigger = 7,
     End = 8,
+    Cgroups = 9,
 }
 
 impl FrameType {
@@ -46,6 +47,7 @@ impl FrameType {
             6 => Self::Counters,
             7 => Self::Trigger,
             8 => Self::End,
+            9 => Self::Cgroups,
             _ => return None,
         })
     }
@@ -176,10 +178,10 @@ mod tests {
 
     #[test]
     fn frame_types_are_numbered_as_documented() {
-        for v in 1..=8 {
+        for v in 1..=9 {
             assert_eq!(FrameType::from_u16(v).map(|t| t as u16), Some(v));
         }
         assert_eq!(FrameType::from_u16(0), None);
-        assert_eq!(FrameType::from_u16(9), None);
+        assert_eq!(FrameType::from_u16(10), None);
     }
 }

@@ -9,7 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{events::filter::Filter, kernel::loader::HookPath, model::input::Input};
+use crate::{
+    events::filter::Filter, kernel::loader::HookPath, model::input::Input, workload::Named,
+};
 
 mod body;
 pub mod civil;
@@ -106,6 +108,38 @@ pub struct EndSummary {
     pub rotated: bool,
 }
 
+/// What a cgroup id of the recording was, as the recording host named it: its path
+/// and what the kubelet's logs said of its pod. The reader classifies the path
+/// again ([`crate::workload::classify`]), so a newer portx reads a newer layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupName {
+    pub id: u64,
+    pub path: String,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+}
+
+impl CgroupName {
+    pub fn new(id: u64, n: &Named) -> Self {
+        Self {
+            id,
+            path: n.cgroup.clone(),
+            namespace: n.workload.namespace.clone(),
+            pod: n.workload.pod.clone(),
+            container: n.workload.container.clone(),
+        }
+    }
+
+    pub fn to_named(&self) -> Named {
+        let mut w = crate::workload::classify(&self.path);
+        if let (Some(ns), Some(pod)) = (&self.namespace, &self.pod) {
+            w.set_pod_names(ns, pod, self.container.as_deref());
+        }
+        Named::from_parts(self.path.clone(), w)
+    }
+}
+
 /// The content of one frame (an events frame yields one `Input::Event` per event).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
@@ -114,4 +148,6 @@ pub enum Record {
     Counters(Counters),
     Trigger(TriggerFired),
     End(EndSummary),
+    /// Names of cgroup ids: each file has every name its events need, before them.
+    Cgroups(Vec<CgroupName>),
 }

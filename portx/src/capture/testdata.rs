@@ -1,6 +1,9 @@
 //! Records of every kind and a sample file, for the capture tests.
 
-use super::{Counters, EndSummary, FileHeader, Mode, Record, TriggerFired, codec, writer::Encoder};
+use super::{
+    CgroupName, Counters, EndSummary, FileHeader, Mode, Record, TriggerFired, codec,
+    writer::Encoder,
+};
 use crate::{
     events::{TcpState, filter::Filter},
     kernel::loader::HookPath,
@@ -128,6 +131,22 @@ pub fn non_event_records() -> Vec<Record> {
             spec: "failure:EADDRNOTAVAIL".into(),
             reason: "connect() by curl(4242) to 10.0.0.5:443 failed: EADDRNOTAVAIL".into(),
         }),
+        Record::Cgroups(vec![
+            CgroupName {
+                id: 7,
+                path: "/kubepods/besteffort/pod8dbc5577-d0e2-4706-8787-57d52c03ddf2/x".into(),
+                namespace: Some("shop".into()),
+                pod: Some("web-1".into()),
+                container: None,
+            },
+            CgroupName {
+                id: u64::MAX,
+                path: "/system.slice/caf\u{e9}.service".into(),
+                namespace: None,
+                pod: None,
+                container: Some("c".into()),
+            },
+        ]),
         Record::End(EndSummary {
             at_ns: 9,
             events: 12,

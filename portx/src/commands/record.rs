@@ -23,7 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     capture::{
-        Counters, EndSummary, FORMAT_VERSION, FileHeader, Mode, Record, TriggerFired,
+        CgroupName, Counters, EndSummary, FORMAT_VERSION, FileHeader, Mode, Record, TriggerFired,
         civil::compact_utc,
         disk::{DiskWriter, Target},
         ring::FlightRing,
@@ -33,6 +33,7 @@ use crate::{
     commands::trace::{Stats, filter_from, print_hooks},
     events::{filter::Filter, sock_owners::SockOwners},
     kernel::{
+        cgroups::{CgroupNames, HostRoot},
         live::{LiveSource, boottime_ns},
         loader::{LoadOptions, Probes},
         preflight,
@@ -43,6 +44,7 @@ use crate::{
         trigger::{Fired, Triggers},
     },
     views::output::Clock,
+    workload::Names as _,
 };
 
 /// How often buffered events become a frame on disk (the loss bound after kill -9).
@@ -114,6 +116,9 @@ struct Recorder {
     out: Vec<u8>,
     /// Events framed since the last hand-over to the flight ring.
     framed: u64,
+    names: CgroupNames,
+    /// Every cgroup named so far: each new file starts with them all.
+    named: std::collections::BTreeMap<u64, CgroupName>,
 }
 
 impl Recorder {
@@ -136,6 +141,8 @@ impl Recorder {
                     return None;
                 }
                 self.stats.shown += 1;
+                // The joined owner's cgroup is what readers show.
+                self.note_cgroups(&[joined.cgroup_id]);
                 self.encoder.push_event(&ev);
                 if let Some(m) = &mut self.model {
                     m.apply(&ev);
@@ -151,11 +158,49 @@ impl Recorder {
                 if let Some(m) = &mut self.model {
                     m.feed(&other);
                 }
+                if let Input::State(st) = &other {
+                    let ids: Vec<u64> = st
+                        .sockets
+                        .iter()
+                        .filter_map(|s| s.owner.as_ref().map(|o| o.2))
+                        .collect();
+                    self.note_cgroups(&ids);
+                }
                 let mut out = std::mem::take(&mut self.out);
                 self.record(&Record::Input(other), &mut out);
                 self.out = out;
                 None
             }
+        }
+    }
+
+    /// Names the cgroups not named yet, in a frame before the events that carry them.
+    fn note_cgroups(&mut self, ids: &[u64]) {
+        let mut new: Vec<CgroupName> = Vec::new();
+        for &id in ids {
+            if id == 0 || self.named.contains_key(&id) || new.iter().any(|n| n.id == id) {
+                continue;
+            }
+            if let Some(n) = self.names.name(id) {
+                new.push(CgroupName::new(id, &n));
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        for n in &new {
+            self.named.insert(n.id, n.clone());
+        }
+        let mut out = std::mem::take(&mut self.out);
+        self.record(&Record::Cgroups(new), &mut out);
+        self.out = out;
+    }
+
+    /// Every name so far, for the start of a file.
+    fn all_names(&mut self, out: &mut Vec<u8>) {
+        if !self.named.is_empty() {
+            let all = self.named.values().cloned().collect();
+            self.record(&Record::Cgroups(all), out);
         }
     }
 
@@ -182,6 +227,7 @@ impl Recorder {
         let mut b = Vec::new();
         self.encoder.file_start(&self.header, &mut b);
         self.counters_frame(now_ns, (0, 0), &mut b);
+        self.all_names(&mut b);
         b
     }
 
@@ -333,6 +379,8 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         kernel_dropped: 0,
         out: Vec::with_capacity(1 << 20),
         framed: 0,
+        names: CgroupNames::new(HostRoot::new(&args.host.host_root)),
+        named: Default::default(),
     };
     rec.header.filter = rec.filter.clone();
     if let Some(m) = &mut rec.model {
@@ -641,6 +689,7 @@ fn dump(f: &mut Flight, rec: &mut Recorder, t: &TriggerFired, now_ns: u64) -> Re
     rec.encoder.file_start(&rec.header, &mut start);
     rec.counters_frame(now_ns, f.ring.evicted(), &mut start);
     rec.record(&Record::Trigger(t.clone()), &mut start);
+    rec.all_names(&mut start);
     let written = file
         .write(&start)
         .and_then(|()| f.ring.write_to(&mut FileWriter(&mut file)))

@@ -24,6 +24,7 @@ use crate::{
     cli::ServeArgs,
     events::filter::Filter,
     kernel::{
+        cgroups::{CgroupNames, HostRoot},
         live::{LiveSource, boottime_ns},
         loader::Probes,
         netns, privs,
@@ -44,6 +45,7 @@ struct Served {
     view: View,
     /// The last drop count read (kept if a later read fails).
     dropped: u64,
+    names: CgroupNames,
 }
 
 impl Served {
@@ -61,6 +63,7 @@ impl Served {
         let now = boottime_ns();
         self.model.tick(now);
         let mut snap = self.model.snapshot(self.view);
+        crate::workload::annotate::annotate(&mut snap, &mut self.names);
         if let Ok(d) = probes.dropped() {
             self.dropped = d;
         }
@@ -132,7 +135,11 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
             ..View::default()
         },
         dropped: 0,
+        names: CgroupNames::new(HostRoot::new(&args.host.host_root)),
     };
+    if verbose {
+        eprintln!("portx: {}", served.names.describe());
+    }
     served.model.set_exact_timewait(probes.exact_timewait);
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -5,7 +5,7 @@
 //! ([`LiveSource`]: ring buffer, start-up baseline, settings, drift check) or a
 //! recording ([`ReplaySource`]), so a replayed view is the live view of that time.
 
-use std::{io::Write as _, path::PathBuf, time::Duration};
+use std::{collections::HashMap, io::Write as _, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use portx_common::KernelFilter;
@@ -21,12 +21,14 @@ use crate::{
     },
     cli::{By, TopArgs},
     kernel::{
+        cgroups::{CgroupNames, HostRoot},
         live::{LiveSource, Notes, boottime_ns},
         loader::{HookPath, LoadOptions, Probes},
         netns, preflight,
     },
     model::{Model, View, input::Input, snapshot::Snapshot},
     views::tui,
+    workload::{Named, Names, annotate::annotate},
 };
 
 /// One snapshot on stdout: a JSON line, or the plain table followed by a blank line.
@@ -47,6 +49,7 @@ enum Source {
     Live {
         probes: Box<Probes>,
         live: LiveSource,
+        names: CgroupNames,
     },
     Replay(ReplaySource),
 }
@@ -75,6 +78,14 @@ impl Source {
         }
     }
 
+    /// Who names cgroup ids: this host, or the recording.
+    fn names(&mut self) -> &mut dyn Names {
+        match self {
+            Self::Live { names, .. } => names,
+            Self::Replay(r) => &mut r.names,
+        }
+    }
+
     fn hooks(&self) -> &[HookPath] {
         match self {
             Self::Live { probes, .. } => &probes.setup.hooks,
@@ -99,6 +110,8 @@ pub struct ReplaySource {
     pub dropped: u64,
     pub hooks: Vec<HookPath>,
     pub exact_timewait: bool,
+    /// The recording's names of cgroup ids.
+    pub names: HashMap<u64, Arc<Named>>,
     /// How the files ended (torn tail, corruption), for the closing line.
     pub statuses: Vec<(PathBuf, ReadStatus)>,
 }
@@ -133,6 +146,7 @@ impl ReplaySource {
             dropped: 0,
             hooks: Vec::new(),
             exact_timewait: false,
+            names: HashMap::new(),
             statuses: Vec::new(),
         })
     }
@@ -172,6 +186,11 @@ impl ReplaySource {
                     }
                 }
                 Some(Ok(Record::Input(i))) => return Ok(Some(i)),
+                Some(Ok(Record::Cgroups(names))) => {
+                    for n in names {
+                        self.names.insert(n.id, Arc::new(n.to_named()));
+                    }
+                }
                 Some(Ok(Record::Trigger(_) | Record::End(_))) => {}
             }
         }
@@ -254,9 +273,14 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
         None => {
             let drift = (!args.no_drift_check).then_some(args.drift_interval);
             let (probes, live) = start_live(args.ring_mib, KernelFilter::ALL, drift, verbose)?;
+            let names = CgroupNames::new(HostRoot::new(&args.host.host_root));
+            if verbose {
+                eprintln!("portx: {}", names.describe());
+            }
             Source::Live {
                 probes: Box::new(probes),
                 live,
+                names,
             }
         }
     };
@@ -288,7 +312,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     let tui_view = match args.by {
         By::Dest => tui::View::Destinations,
         By::Process => tui::View::Processes,
-        By::Cgroup => tui::View::Cgroups,
+        By::Workload => tui::View::Workloads,
     };
     let mut tui_task = interactive.then(|| tokio::spawn(tui::run_terminal(snap_rx, tui_view)));
     let interval = Duration::from_secs_f64(args.interval);
@@ -303,10 +327,11 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut inputs = Vec::with_capacity(1024);
-    let snapshot = |model: &mut Model, source: &Source| -> Result<Snapshot> {
+    let snapshot = |model: &mut Model, source: &mut Source| -> Result<Snapshot> {
         let mut snap = model.snapshot(view);
         snap.dropped_events = source.dropped()?;
         snap.hooks = source.hooks().to_vec();
+        annotate(&mut snap, source.names());
         Ok(snap)
     };
 
@@ -317,7 +342,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                     // The recording is over: show where it ended.
                     ended = true;
                     model.tick(source.now_ns());
-                    let snap = snapshot(&mut model, &source)?;
+                    let snap = snapshot(&mut model, &mut source)?;
                     if interactive {
                         let _ = snap_tx.send(snap);
                         continue;
@@ -359,11 +384,11 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                 model.tick(source.now_ns());
                 let now = tokio::time::Instant::now();
                 if interactive {
-                    let _ = snap_tx.send(snapshot(&mut model, &source)?);
+                    let _ = snap_tx.send(snapshot(&mut model, &mut source)?);
                 } else if now >= next_print && !(replay && args.once) {
                     // A replay with --once prints where the recording ends.
                     next_print = now + interval;
-                    print_snapshot(&snapshot(&mut model, &source)?, args.json, tui_view)?;
+                    print_snapshot(&snapshot(&mut model, &mut source)?, args.json, tui_view)?;
                     if args.once {
                         break;
                     }

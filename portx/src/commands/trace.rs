@@ -10,10 +10,12 @@ use crate::{
     events::decode,
     events::filter::{Filter, describe_kernel},
     events::sock_owners::SockOwners,
+    kernel::cgroups::{CgroupNames, HostRoot},
     kernel::loader::{LoadOptions, Probes},
     kernel::netns,
     kernel::preflight,
-    views::output::{Clock, TEXT_HEADER, text_line, write_json_line},
+    views::output::{Clock, WIDE_COLUMNS, text_header, text_line, write_json_line},
+    workload::Names as _,
 };
 
 /// Says which attach point serves each need and why better ones were not used.
@@ -89,11 +91,16 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
             eprintln!("portx: degraded: {m}");
         }
     }
+    let names = CgroupNames::new(HostRoot::new(&args.host.host_root));
+    if verbose {
+        eprintln!("portx: {}", names.describe());
+    }
+    let wide = args.wide || terminal_is_wide();
     let mut reader = probes.events()?;
     let clock = Clock::now();
     let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     if !args.json {
-        writeln!(out, "{TEXT_HEADER}")?;
+        writeln!(out, "{}", text_header(wide))?;
         out.flush()?;
     }
     // What serves each need is in -v; here just the one line to know it is running.
@@ -114,6 +121,8 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
         filter,
         clock,
         json: args.json,
+        wide,
+        names,
         stats: Stats::default(),
         owners: SockOwners::default(),
         out,
@@ -152,12 +161,22 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     }
 }
 
+/// Whether stdout is a terminal with room for the WORKLOAD column.
+fn terminal_is_wide() -> bool {
+    use std::io::IsTerminal as _;
+    io::stdout().is_terminal()
+        && crossterm::terminal::size().is_ok_and(|(cols, _)| cols >= WIDE_COLUMNS)
+}
+
 /// Decodes, filters and prints records, remembering the first write error
 /// (a closed pipe ends the trace quietly).
 struct Printer<W: io::Write> {
     filter: Filter,
     clock: Clock,
     json: bool,
+    /// The WORKLOAD column in text output.
+    wide: bool,
+    names: CgroupNames,
     stats: Stats,
     owners: SockOwners,
     out: W,
@@ -177,10 +196,15 @@ impl<W: io::Write> Printer<W> {
             return;
         }
         self.stats.shown += 1;
+        let named = (self.json || self.wide)
+            .then(|| self.names.name(ev.cgroup_id))
+            .flatten();
         let written = if self.json {
-            write_json_line(&mut self.out, &ev)
+            write_json_line(&mut self.out, &ev, named.as_deref())
         } else {
-            writeln!(self.out, "{}", text_line(&ev, &self.clock))
+            let label = named.as_ref().map(|n| n.workload.label());
+            let column = self.wide.then(|| label.as_deref().unwrap_or(""));
+            writeln!(self.out, "{}", text_line(&ev, &self.clock, column))
         };
         if let Err(e) = written {
             self.write_err.get_or_insert(e);

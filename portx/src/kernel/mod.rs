@@ -2,6 +2,7 @@
 //! BTF, sock_diag dumps, `/proc` owners, network namespaces, privileges.
 
 pub mod btf;
+pub mod cgroups;
 pub mod live;
 pub mod loader;
 pub mod netns;

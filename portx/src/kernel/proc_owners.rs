@@ -9,6 +9,8 @@ use std::{
     path::PathBuf,
 };
 
+use super::cgroups::{Cgroup2Tree, HostRoot};
+
 /// The process a socket is attributed to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcOwner {
@@ -26,7 +28,7 @@ fn parse_socket_link(link: &[u8]) -> Option<u64> {
 
 /// The cgroup v2 path in a `/proc/PID/cgroup` file: its `0::/path` line. `None` for
 /// a process in a removed cgroup (the kernel appends " (deleted)").
-fn cgroup_v2_path(proc_cgroup: &str) -> Option<&str> {
+pub(crate) fn cgroup_v2_path(proc_cgroup: &str) -> Option<&str> {
     let path = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
     (path.starts_with('/') && !path.ends_with(" (deleted)")).then_some(path)
 }
@@ -52,17 +54,11 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Where cgroup2 is mounted, and which cgroup that mount shows at its top.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Cgroup2Mount {
-    /// The mount's root within the hierarchy (not "/" for a mount of a sub-tree).
-    root: String,
-    mount_point: PathBuf,
-}
-
 /// The first cgroup2 mount in a `/proc/self/mountinfo` text
-/// (`ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTS`).
-fn find_cgroup2_mount(mountinfo: &str) -> Option<Cgroup2Mount> {
+/// (`ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTS`):
+/// the cgroup the mount shows at its top (not "/" for a mount of a sub-tree), and
+/// where it is mounted.
+pub(crate) fn find_cgroup2_mount(mountinfo: &str) -> Option<(String, PathBuf)> {
     mountinfo.lines().find_map(|line| {
         let (mount, fs) = line.split_once(" - ")?;
         if fs.split(' ').next()? != "cgroup2" {
@@ -71,38 +67,20 @@ fn find_cgroup2_mount(mountinfo: &str) -> Option<Cgroup2Mount> {
         let mut f = mount.split(' ').skip(3);
         let root = unescape_mountinfo(f.next()?);
         let mount_point = PathBuf::from(unescape_mountinfo(f.next()?));
-        Some(Cgroup2Mount { root, mount_point })
+        Some((root, mount_point))
     })
-}
-
-/// The directory of cgroup `path` (as in `/proc/PID/cgroup`) under `mount`, or `None`
-/// when the mount does not show that cgroup.
-fn cgroup_dir(mount: &Cgroup2Mount, path: &str) -> Option<PathBuf> {
-    let rel = if mount.root == "/" {
-        path
-    } else {
-        match path.strip_prefix(mount.root.as_str())? {
-            "" => "/",
-            rest if rest.starts_with('/') => rest,
-            _ => return None,
-        }
-    };
-    Some(mount.mount_point.join(rel.trim_start_matches('/')))
 }
 
 /// Reads cgroup ids, stat'ing each cgroup directory once.
 struct CgroupIds {
-    mount: Option<Cgroup2Mount>,
+    tree: Option<Cgroup2Tree>,
     cache: HashMap<String, u64>,
 }
 
 impl CgroupIds {
     fn new() -> Self {
-        let mount = std::fs::read_to_string("/proc/self/mountinfo")
-            .ok()
-            .and_then(|m| find_cgroup2_mount(&m));
         Self {
-            mount,
+            tree: Cgroup2Tree::find(&HostRoot::default()),
             cache: HashMap::new(),
         }
     }
@@ -110,7 +88,7 @@ impl CgroupIds {
     /// The cgroup v2 id of `pid`: the inode number of its cgroup2 directory (kernfs
     /// node id; <https://elixir.bootlin.com/linux/v6.12/source/fs/kernfs/inode.c>).
     fn of(&mut self, pid: u32) -> u64 {
-        let Some(mount) = &self.mount else {
+        let Some(tree) = &self.tree else {
             return 0;
         };
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
@@ -122,7 +100,8 @@ impl CgroupIds {
         if let Some(&id) = self.cache.get(path) {
             return id;
         }
-        let id = cgroup_dir(mount, path)
+        let id = tree
+            .dir_of(path)
             .and_then(|d| std::fs::metadata(d).ok())
             .map_or(0, |m| m.ino());
         self.cache.insert(path.to_owned(), id);
@@ -210,33 +189,23 @@ mod tests {
 32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
 ";
-        let m = find_cgroup2_mount(mi).unwrap();
-        assert_eq!(m.mount_point, Path::new("/sys/fs/cgroup/unified"));
-        assert_eq!(m.root, "/");
+        let (root, dir) = find_cgroup2_mount(mi).unwrap();
         assert_eq!(
-            cgroup_dir(&m, "/"),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            cgroup_dir(&m, "/a/b"),
-            Some(PathBuf::from("/sys/fs/cgroup/unified/a/b"))
+            (root.as_str(), dir.as_path()),
+            ("/", Path::new("/sys/fs/cgroup/unified"))
         );
         assert_eq!(find_cgroup2_mount(&mi[..mi.find("41 ").unwrap()]), None);
 
-        let sub = find_cgroup2_mount("50 1 0:38 /pod\\0401 /mnt/my\\040cg rw - cgroup2 none rw\n")
-            .unwrap();
-        assert_eq!(sub.root, "/pod 1");
-        assert_eq!(sub.mount_point, Path::new("/mnt/my cg"));
-        assert_eq!(
-            cgroup_dir(&sub, "/pod 1/c"),
-            Some(PathBuf::from("/mnt/my cg/c"))
-        );
-        assert_eq!(
-            cgroup_dir(&sub, "/pod 1"),
-            Some(PathBuf::from("/mnt/my cg/"))
-        );
-        assert_eq!(cgroup_dir(&sub, "/pod 10"), None);
-        assert_eq!(cgroup_dir(&sub, "/other"), None);
+        let (root, dir) =
+            find_cgroup2_mount("50 1 0:38 /pod\\0401 /mnt/my\\040cg rw - cgroup2 none rw\n")
+                .unwrap();
+        assert_eq!(root, "/pod 1");
+        assert_eq!(dir, Path::new("/mnt/my cg"));
+        let sub = Cgroup2Tree { dir, root };
+        assert_eq!(sub.dir_of("/pod 1/c"), Some(PathBuf::from("/mnt/my cg/c")));
+        assert_eq!(sub.dir_of("/pod 1"), Some(PathBuf::from("/mnt/my cg/")));
+        assert_eq!(sub.dir_of("/pod 10"), None);
+        assert_eq!(sub.dir_of("/other"), None);
     }
 
     #[test]
@@ -248,13 +217,10 @@ mod tests {
         assert_eq!(me.pid, std::process::id());
         assert_eq!(me.comm, comm_of(std::process::id()));
         assert!(!me.comm.is_empty());
-        if let Some(mount) = CgroupIds::new().mount.map(|m| m.mount_point) {
+        if let Some(tree) = CgroupIds::new().tree {
             let path = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-            let path = cgroup_v2_path(&path)
-                .unwrap()
-                .trim_start_matches('/')
-                .to_owned();
-            let ino = std::fs::metadata(mount.join(path)).unwrap().ino();
+            let dir = tree.dir_of(cgroup_v2_path(&path).unwrap()).unwrap();
+            let ino = std::fs::metadata(dir).unwrap().ino();
             assert_eq!(me.cgroup_id, ino);
             assert_ne!(ino, 0);
         }

@@ -951,6 +951,8 @@ impl Model {
             dport: tuple.dport,
             state: state.name().to_owned(),
             ephemeral: ephemeral && self.in_range(netns, tuple.sport),
+            cgroup_id: o.cgroup_id,
+            workload: None,
         }
     }
 
@@ -1190,6 +1192,8 @@ impl Model {
                     pid: info.pid,
                     comm: info.comm.to_string(),
                     ports: n,
+                    cgroup_id: info.cgroup_id,
+                    workload: None,
                 }
             })
             .collect();
@@ -1411,6 +1415,8 @@ impl Model {
                 comm: o.comm.to_string(),
                 cgroup_id: o.cgroup_id,
                 ports,
+                cgroup: None,
+                workload: None,
             };
             per_ns
                 .entry(netns)
@@ -1454,6 +1460,7 @@ impl Model {
             dropped_events: 0,
             drift: self.drift,
             hooks: Vec::new(),
+            workloads: Vec::new(),
         }
     }
 

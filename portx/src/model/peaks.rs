@@ -243,7 +243,9 @@ mod tests {
             vec![OwnerPorts {
                 pid: 4242,
                 comm: "client".into(),
-                ports: 4
+                ports: 4,
+                cgroup_id: 1,
+                workload: None,
             }]
         );
         assert_eq!(p.time_wait, 0);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::views::output::JsonEvent;
+use crate::{views::output::JsonEvent, workload::Workload};
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -19,6 +19,33 @@ pub struct Snapshot {
     pub drift: Drift,
     /// The attach point serving each need (state, connect, bind, timewait).
     pub hooks: Vec<crate::kernel::loader::HookPath>,
+    /// Ports held per workload (pod, container, unit) across namespaces, most first;
+    /// filled when cgroups can be named ([`crate::workload::annotate`]).
+    #[serde(default)]
+    pub workloads: Vec<WorkloadUsage>,
+}
+
+/// One workload's ports and the processes holding them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadUsage {
+    pub workload: Workload,
+    /// Its cgroups' paths (a pod has one per container).
+    pub cgroups: Vec<String>,
+    /// Local ports held, summed over its processes.
+    pub ports: u64,
+    /// Most ports first.
+    pub processes: Vec<WorkloadProcess>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub netns: u32,
+    pub ports: u32,
+    /// In a pod: the container's name, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,6 +93,10 @@ pub struct OwnerPorts {
     pub pid: u32,
     pub comm: String,
     pub ports: u32,
+    #[serde(default)]
+    pub cgroup_id: u64,
+    #[serde(default)]
+    pub workload: Option<Workload>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -75,6 +106,11 @@ pub struct ProcessUsage {
     pub cgroup_id: u64,
     /// Local ports held (sockets in any state but LISTEN and CLOSE).
     pub ports: u32,
+    /// The cgroup's path, when it could be resolved.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    #[serde(default)]
+    pub workload: Option<Workload>,
 }
 
 /// A failed connect()/bind(): the trace event's fields, and who held the port.
@@ -98,4 +134,8 @@ pub struct Holder {
     pub state: String,
     /// The port was taken as an ephemeral source port by connect(), not bound.
     pub ephemeral: bool,
+    #[serde(default)]
+    pub cgroup_id: u64,
+    #[serde(default)]
+    pub workload: Option<Workload>,
 }

@@ -273,7 +273,9 @@ fn owners_survive_softirq_events() {
         vec![OwnerPorts {
             pid: 100,
             comm: "curl".into(),
-            ports: 1
+            ports: 1,
+            cgroup_id: 7,
+            workload: None,
         }]
     );
 }

@@ -10,7 +10,7 @@
 //!
 //! Cardinality is bounded by design: per exported namespace at most `2 K` destination
 //! series for each of the two destination metrics (the top K plus at most K that left
-//! it less than [`RETAIN_NS`] ago), `2 K` holders, and a fixed set of errno series;
+//! it less than [`RETAIN_NS`] ago), `2 K` holders, `2 K` workloads, and a fixed set of errno series;
 //! at most [`MAX_NETNS`] namespaces. See [`series_bound`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -52,11 +52,11 @@ pub const MAX_NETNS: usize = 64;
 
 /// The most series one scrape can hold with top K `k`: what `sample_limit` must allow.
 /// Per namespace: capacity, used_max, connects, binds (4), 2 K destinations for each
-/// of used and time_wait, 2 K holders, 10 errno series for each of connect and bind
-/// errors; plus the self metrics (build, dropped, drift, sockets, scrape duration,
-/// 3 omitted kinds, 4 attach needs: 11).
+/// of used and time_wait, 2 K holders, 2 K workloads, 10 errno series for each of
+/// connect and bind errors; plus the self metrics (build, dropped, drift, sockets,
+/// scrape duration, 4 omitted kinds, 4 attach needs: 12).
 pub const fn series_bound(k: usize) -> usize {
-    MAX_NETNS * (4 + 2 * (2 * k) + 2 * k + 2 * ERRNO_SLOTS) + 11
+    MAX_NETNS * (4 + 2 * (2 * k) + 2 * k + 2 * k + 2 * ERRNO_SLOTS) + 12
 }
 
 fn errno_slot(errno: u32) -> usize {
@@ -263,6 +263,25 @@ pub struct Exporter {
     version: String,
     dests: Retention<DestKey>,
     holders: Retention<(u32, String)>,
+    workloads: Retention<(u32, WorkloadLabels)>,
+}
+
+/// A workload's labels: kind, workload (its name), namespace, pod, container, unit
+/// (empty where they do not apply, which Prometheus reads as absent).
+type WorkloadLabels = [String; 6];
+
+const WORKLOAD_LABELS: [&str; 6] = ["kind", "workload", "namespace", "pod", "container", "unit"];
+
+fn workload_labels(w: &crate::workload::Workload) -> WorkloadLabels {
+    let s = |o: &Option<String>| o.clone().unwrap_or_default();
+    [
+        w.kind.as_str().to_owned(),
+        w.name.clone(),
+        s(&w.namespace),
+        s(&w.pod),
+        s(&w.container),
+        s(&w.unit),
+    ]
 }
 
 impl Exporter {
@@ -273,6 +292,7 @@ impl Exporter {
             version: version.to_owned(),
             dests: Retention::default(),
             holders: Retention::default(),
+            workloads: Retention::default(),
         }
     }
 
@@ -306,6 +326,7 @@ impl Exporter {
         let ttl = self.ttl_ns;
         self.dests.expire(ttl, now_ns);
         self.holders.expire(ttl, now_ns);
+        self.workloads.expire(ttl, now_ns);
 
         let mut capacity = Family::gauge(
             "portx_ephemeral_port_capacity",
@@ -343,6 +364,10 @@ impl Exporter {
             "portx_ports_held",
             "Local ports of outgoing connections held by processes of this name (TIME_WAIT they left included); the top K.",
         );
+        let mut workload_held = Family::gauge(
+            "portx_workload_ports_held",
+            "Local ports of outgoing connections held by a workload (pod container, container, systemd unit; TIME_WAIT included); the top K.",
+        );
 
         // Namespaces: the busiest first, at most MAX_NETNS.
         let by_inode: BTreeMap<u32, &crate::model::snapshot::NetnsUsage> =
@@ -369,6 +394,7 @@ impl Exporter {
 
         let mut omitted_dests = 0;
         let mut omitted_holders = 0;
+        let mut omitted_workloads = 0;
         for inode in ranked {
             let ns = inode.to_string();
             let l = || vec![("netns", ns.clone())];
@@ -422,6 +448,24 @@ impl Exporter {
                         Value::Gauge(ports as i64),
                     ));
                 }
+                // Workloads: named cgroups only (the rest are in portx_ports_held).
+                let mut by_workload: BTreeMap<WorkloadLabels, u64> = BTreeMap::new();
+                for p in &n.processes {
+                    if let Some(w) = &p.workload {
+                        *by_workload.entry(workload_labels(w)).or_default() += u64::from(p.ports);
+                    }
+                }
+                let mut ranked: Vec<(WorkloadLabels, u64)> =
+                    by_workload.into_iter().filter(|(_, n)| *n > 0).collect();
+                ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let ranked = ranked.into_iter().map(|(l, n)| ((inode, l), n)).collect();
+                let (kept, omitted) = self.workloads.select(ranked, k, ttl, now_ns);
+                omitted_workloads += omitted;
+                for ((_, labels), ports) in kept {
+                    let mut l = vec![("netns", ns.clone())];
+                    l.extend(WORKLOAD_LABELS.into_iter().zip(labels));
+                    workload_held.series.push((l, Value::Gauge(ports as i64)));
+                }
             }
             let c = counters.per_ns.get(&inode).cloned().unwrap_or_default();
             connects.series.push((l(), Value::Counter(c.connects)));
@@ -470,6 +514,7 @@ impl Exporter {
         for (kind, n) in [
             ("destinations", omitted_dests),
             ("holders", omitted_holders),
+            ("workloads", omitted_workloads),
             ("netns", omitted_netns),
         ] {
             omitted
@@ -504,6 +549,7 @@ impl Exporter {
             binds,
             bind_errors,
             held,
+            workload_held,
             build,
             dropped,
             drift,

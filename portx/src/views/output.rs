@@ -7,7 +7,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{Kind, TraceEvent};
+use crate::{
+    events::{Kind, TraceEvent},
+    workload::{Named, Workload},
+};
 
 /// The JSON shape of one event. Field names are part of portx's interface (README).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -18,6 +21,12 @@ pub struct JsonEvent {
     pub tid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    /// The cgroup's path, when it could be resolved.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Who the cgroup belongs to (pod, container, unit), when it could be resolved.
+    #[serde(default)]
+    pub workload: Option<Workload>,
     pub netns: u32,
     pub family: String,
     pub saddr: String,
@@ -34,6 +43,18 @@ pub struct JsonEvent {
     pub sock: String,
 }
 
+impl JsonEvent {
+    /// The event, with its cgroup named.
+    pub fn named(e: &TraceEvent, name: Option<&Named>) -> Self {
+        let mut j = Self::from(e);
+        if let Some(n) = name {
+            j.cgroup = Some(n.cgroup.clone());
+            j.workload = Some(n.workload.clone());
+        }
+        j
+    }
+}
+
 impl From<&TraceEvent> for JsonEvent {
     fn from(e: &TraceEvent) -> Self {
         Self {
@@ -43,6 +64,8 @@ impl From<&TraceEvent> for JsonEvent {
             tid: e.tid,
             comm: e.comm.to_string(),
             cgroup_id: e.cgroup_id,
+            cgroup: None,
+            workload: None,
             netns: e.netns,
             family: e.family.as_str().to_owned(),
             saddr: e.saddr.to_string(),
@@ -69,9 +92,14 @@ impl From<&TraceEvent> for JsonEvent {
 /// per event, hundreds of thousands a second in a storm: serde's derived serializer
 /// escapes every key and formats through `core::fmt`, about half of trace's CPU. The
 /// schema is fixed, so keys need no escaping and numbers go through itoa; `comm`, the
-/// only free-form text, goes through serde_json's escaping when it needs any.
-pub fn write_json_line(out: &mut impl Write, e: &TraceEvent) -> io::Result<()> {
-    let mut buf = [0u8; 1024];
+/// only free-form text, goes through serde_json's escaping when it needs any; the
+/// cgroup's path and workload were rendered once, when the cgroup was named.
+pub fn write_json_line(
+    out: &mut impl Write,
+    e: &TraceEvent,
+    name: Option<&Named>,
+) -> io::Result<()> {
+    let mut buf = [0u8; 2048];
     let mut w = LineBuf {
         buf: &mut buf,
         len: 0,
@@ -88,6 +116,11 @@ pub fn write_json_line(out: &mut impl Write, e: &TraceEvent) -> io::Result<()> {
     w.string(&e.comm)?;
     w.raw(b",\"cgroup_id\":");
     w.int(e.cgroup_id);
+    w.raw(b",");
+    match name {
+        Some(n) => w.raw(n.json_fields().as_bytes()),
+        None => w.raw(b"\"cgroup\":null,\"workload\":null"),
+    }
     w.raw(b",\"netns\":");
     w.int(e.netns);
     w.raw(b",\"family\":");
@@ -116,14 +149,17 @@ pub fn write_json_line(out: &mut impl Write, e: &TraceEvent) -> io::Result<()> {
     }
     w.raw(b"\"}\n");
     if w.len > w.buf.len() {
-        return Err(io::Error::other("JSON line longer than its buffer"));
+        // A cgroup path of kilobytes: the slow path, once per such line.
+        let mut line = serde_json::to_vec(&JsonEvent::named(e, name)).map_err(io::Error::from)?;
+        line.push(b'\n');
+        return out.write_all(&line);
     }
     out.write_all(&w.buf[..w.len])
 }
 
 /// A line being built in a fixed buffer. Writes past its end are counted, not
-/// stored, and reported once by `write_json_line` (which cannot happen: a line is
-/// at most about 600 bytes).
+/// stored; `write_json_line` then takes the slow path (a line without a cgroup path
+/// is at most about 600 bytes).
 struct LineBuf<'a> {
     buf: &'a mut [u8],
     len: usize,
@@ -305,9 +341,26 @@ pub const TEXT_HEADER: &str = concat!(
     "TIME         PID     COMM             NETNS       EVENT          ",
     "LADDR:LPORT                  RADDR:RPORT                  STATE/ERROR"
 );
+/// Width of the STATE/ERROR column when WORKLOAD follows it (`--wide`).
+const DETAIL_WIDTH: usize = 24;
+/// Terminal columns from which the WORKLOAD column is shown without `--wide`.
+pub const WIDE_COLUMNS: u16 = 180;
 
-/// One line of `portx trace`'s table.
-pub fn text_line(e: &TraceEvent, clock: &Clock) -> String {
+/// The header of `portx trace`'s table, with the WORKLOAD column or without.
+pub fn text_header(wide: bool) -> String {
+    if wide {
+        format!(
+            "{TEXT_HEADER:<width$} WORKLOAD",
+            width = TEXT_HEADER.len() + DETAIL_WIDTH - "STATE/ERROR".len()
+        )
+    } else {
+        TEXT_HEADER.to_owned()
+    }
+}
+
+/// One line of `portx trace`'s table; `workload` is the WORKLOAD column (`--wide`):
+/// `Some("")` when the cgroup has no name.
+pub fn text_line(e: &TraceEvent, clock: &Clock, workload: Option<&str>) -> String {
     let detail = match e.kind {
         Kind::State => format!(
             "{} -> {}",
@@ -332,8 +385,8 @@ pub fn text_line(e: &TraceEvent, clock: &Clock) -> String {
         e.pid.to_string()
     };
     let comm = if e.comm.is_empty() { "-" } else { &e.comm };
-    format!(
-        "{:<12} {:<7} {:<16} {:<11} {:<14} {:<28} {:<28} {}",
+    let line = format!(
+        "{:<12} {:<7} {:<16} {:<11} {:<14} {:<28} {:<28} ",
         clock.time_of_day(e.ts_ns),
         pid,
         comm,
@@ -341,21 +394,29 @@ pub fn text_line(e: &TraceEvent, clock: &Clock) -> String {
         e.kind.as_str(),
         endpoint(e.saddr, e.sport),
         endpoint(e.daddr, e.dport),
-        detail
-    )
+    );
+    match workload {
+        Some(w) => format!(
+            "{line}{detail:<DETAIL_WIDTH$} {}",
+            if w.is_empty() { "-" } else { w }
+        ),
+        None => format!("{line}{detail}"),
+    }
     .trim_end()
     .to_owned()
 }
 
 /// Every field of a `portx trace --json` line (README), for tests of what prints them.
 #[cfg(test)]
-pub(crate) const TRACE_JSON_FIELDS: [&str; 18] = [
+pub(crate) const TRACE_JSON_FIELDS: [&str; 20] = [
     "ts_ns",
     "event",
     "pid",
     "tid",
     "comm",
     "cgroup_id",
+    "cgroup",
+    "workload",
     "netns",
     "family",
     "saddr",
@@ -379,8 +440,12 @@ mod tests {
 
     /// What `portx trace --json` prints for `ev`, without the newline.
     fn json_line(ev: &TraceEvent) -> String {
+        named_json_line(ev, None)
+    }
+
+    fn named_json_line(ev: &TraceEvent, name: Option<&Named>) -> String {
         let mut out = Vec::new();
-        write_json_line(&mut out, ev).unwrap();
+        write_json_line(&mut out, ev, name).unwrap();
         let mut line = String::from_utf8(out).unwrap();
         assert_eq!(line.pop(), Some('\n'));
         line
@@ -434,13 +499,51 @@ mod tests {
             raw.skaddr = sk;
             cases.push(raw);
         }
+        let index = crate::workload::kubelet::Index::default();
+        let names = [
+            Named::new("/system.slice/nginx.service", &index),
+            Named::new(
+                &format!(
+                    "/kubepods/besteffort/pod{}/{}",
+                    "0".repeat(32),
+                    "a".repeat(64)
+                ),
+                &index,
+            ),
+            Named::new("/odd \"path\"\\ \u{1}\u{e9}", &index),
+            // Longer than the line buffer: the slow path writes the same JSON.
+            Named::new(&format!("/deep{}", "/x".repeat(2000)), &index),
+        ];
         for raw in cases {
             let ev = decode_event(&raw).unwrap();
             assert_eq!(
                 json_line(&ev),
                 serde_json::to_string(&JsonEvent::from(&ev)).unwrap()
             );
+            for n in &names {
+                assert_eq!(
+                    named_json_line(&ev, Some(n)),
+                    serde_json::to_string(&JsonEvent::named(&ev, Some(n))).unwrap()
+                );
+            }
         }
+    }
+
+    #[test]
+    fn json_names_the_workload() {
+        let ev = decode_event(&raw_event(EventKind::Connect)).unwrap();
+        let n = Named::new("/system.slice/nginx.service", &Default::default());
+        let v: serde_json::Value = serde_json::from_str(&named_json_line(&ev, Some(&n))).unwrap();
+        assert_eq!(v["cgroup"], "/system.slice/nginx.service");
+        assert_eq!(
+            v["workload"],
+            serde_json::json!({"kind": "service", "name": "nginx.service", "unit": "nginx.service"})
+        );
+        let v: serde_json::Value = serde_json::from_str(&json_line(&ev)).unwrap();
+        assert_eq!(
+            (&v["cgroup"], &v["workload"]),
+            (&serde_json::Value::Null, &serde_json::Value::Null)
+        );
     }
 
     #[test]
@@ -456,17 +559,28 @@ mod tests {
     fn text_columns() {
         let clock = Clock::new(0, 0);
         let ev = decode_event(&raw_event(EventKind::State)).unwrap();
-        let line = text_line(&ev, &clock);
+        let line = text_line(&ev, &clock, None);
         assert!(line.starts_with("00:00:00.123 42      curl"), "{line}");
         assert!(line.contains("127.0.0.1:40000"), "{line}");
         assert!(line.ends_with("CLOSE -> SYN_SENT"), "{line}");
+        // --wide: WORKLOAD under its header, '-' when unnamed.
+        let wide = text_line(&ev, &clock, Some("pod ns/web (api)"));
+        let header = text_header(true);
+        assert_eq!(
+            wide.find("pod ns/web"),
+            header.find("WORKLOAD"),
+            "{header}\n{wide}"
+        );
+        assert!(wide.contains("CLOSE -> SYN_SENT"), "{wide}");
+        assert!(text_line(&ev, &clock, Some("")).ends_with(" -"));
+        assert_eq!(text_header(false), TEXT_HEADER);
 
         let mut raw = raw_event(EventKind::BindError);
         raw.errno = 98;
         raw.family = portx_common::uapi::AF_INET6;
         raw.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
         raw.header.owner.pid = 0;
-        let line = text_line(&decode_event(&raw).unwrap(), &clock);
+        let line = text_line(&decode_event(&raw).unwrap(), &clock, None);
         assert!(line.contains("[::1]:40000"), "{line}");
         assert!(line.ends_with("EADDRINUSE"), "{line}");
         assert!(

@@ -7,7 +7,6 @@
 
 use std::cell::Cell;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,29 +21,33 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table};
 
-use crate::model::snapshot::{Failure, NetnsUsage, Snapshot};
+use crate::{
+    model::snapshot::{Failure, NetnsUsage, Snapshot, WorkloadProcess},
+    workload::Workload,
+};
 
 /// Redraws are at most this frequent, so a flood of snapshots or keys cannot starve
 /// key handling.
 const FRAME: Duration = Duration::from_millis(100);
 /// Failure lines shown at most in the failures panel.
 const MAX_FAILURE_LINES: usize = 6;
-/// Processes named at most in one cgroup row.
-const MAX_CGROUP_MEMBERS: usize = 8;
+/// Processes named at most in one workload row.
+const MAX_WORKLOAD_MEMBERS: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
     Destinations,
     Processes,
-    Cgroups,
+    /// Pods, containers and units.
+    Workloads,
 }
 
 impl View {
     fn next(self) -> Self {
         match self {
             Self::Destinations => Self::Processes,
-            Self::Processes => Self::Cgroups,
-            Self::Cgroups => Self::Destinations,
+            Self::Processes => Self::Workloads,
+            Self::Workloads => Self::Destinations,
         }
     }
 
@@ -52,7 +55,7 @@ impl View {
         match self {
             Self::Destinations => "destinations",
             Self::Processes => "processes",
-            Self::Cgroups => "cgroups",
+            Self::Workloads => "workloads",
         }
     }
 }
@@ -103,7 +106,7 @@ impl DestSort {
     }
 }
 
-/// Sort order of the processes and cgroups views (`Pid` orders cgroups by id).
+/// Sort order of the processes and workloads views (`Pid` orders workloads by name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcSort {
     /// Most ports first.
@@ -124,7 +127,7 @@ impl ProcSort {
     fn name(self, view: View) -> &'static str {
         match (self, view) {
             (Self::Ports, _) => "ports",
-            (Self::Pid, View::Cgroups) => "cgroup",
+            (Self::Pid, View::Workloads) => "name",
             (Self::Pid, _) => "pid",
             (Self::Comm, _) => "comm",
         }
@@ -132,9 +135,9 @@ impl ProcSort {
 
     fn column(self, view: View) -> usize {
         match (self, view) {
-            (Self::Ports, View::Cgroups) => 1,
-            (Self::Pid, View::Cgroups) => 0,
-            (Self::Comm, View::Cgroups) => 3,
+            (Self::Ports, View::Workloads) => 2,
+            (Self::Pid, View::Workloads) => 0,
+            (Self::Comm, View::Workloads) => 4,
             (Self::Ports, _) => 4,
             (Self::Pid, _) => 1,
             (Self::Comm, _) => 2,
@@ -147,7 +150,7 @@ impl ProcSort {
 pub struct TopState {
     pub view: View,
     pub dest_sort: DestSort,
-    /// Used by the processes and cgroups views.
+    /// Used by the processes and workloads views.
     pub proc_sort: ProcSort,
     pub reversed: bool,
     /// Applied filter: case-insensitive substring; empty keeps everything.
@@ -184,14 +187,14 @@ impl TopState {
     fn sort_name(&self) -> &'static str {
         match self.view {
             View::Destinations => self.dest_sort.name(),
-            View::Processes | View::Cgroups => self.proc_sort.name(self.view),
+            View::Processes | View::Workloads => self.proc_sort.name(self.view),
         }
     }
 
     fn sort_column(&self) -> usize {
         match self.view {
             View::Destinations => self.dest_sort.column(),
-            View::Processes | View::Cgroups => self.proc_sort.column(self.view),
+            View::Processes | View::Workloads => self.proc_sort.column(self.view),
         }
     }
 }
@@ -235,12 +238,12 @@ pub fn on_key(state: &mut TopState, key: KeyEvent) -> KeyOutcome {
         KeyCode::Char('q') | KeyCode::Esc => return KeyOutcome::Quit,
         KeyCode::Char('d') => set_view(state, View::Destinations),
         KeyCode::Char('p') => set_view(state, View::Processes),
-        KeyCode::Char('c') => set_view(state, View::Cgroups),
+        KeyCode::Char('w' | 'c') => set_view(state, View::Workloads),
         KeyCode::Tab => set_view(state, state.view.next()),
         KeyCode::Char('s') => {
             match state.view {
                 View::Destinations => state.dest_sort = state.dest_sort.next(),
-                View::Processes | View::Cgroups => state.proc_sort = state.proc_sort.next(),
+                View::Processes | View::Workloads => state.proc_sort = state.proc_sort.next(),
             }
             state.scroll = 0;
         }
@@ -301,12 +304,13 @@ const PROC_COLUMNS: [Column; 5] = [
     col("NETNS", Constraint::Length(10), false),
     col("PID", Constraint::Length(8), true),
     col("COMM", Constraint::Min(16), false),
-    col("CGROUP", Constraint::Length(12), true),
+    col("WORKLOAD", Constraint::Min(16), false),
     col("PORTS", Constraint::Length(7), true),
 ];
 
-const CGROUP_COLUMNS: [Column; 4] = [
-    col("CGROUP", Constraint::Length(12), true),
+const WORKLOAD_COLUMNS: [Column; 5] = [
+    col("WORKLOAD", Constraint::Min(24), false),
+    col("KIND", Constraint::Length(9), false),
     col("PORTS", Constraint::Length(7), true),
     col("PROCS", Constraint::Length(5), true),
     col("PROCESSES", Constraint::Min(20), false),
@@ -316,7 +320,7 @@ fn columns(view: View) -> &'static [Column] {
     match view {
         View::Destinations => &DEST_COLUMNS,
         View::Processes => &PROC_COLUMNS,
-        View::Cgroups => &CGROUP_COLUMNS,
+        View::Workloads => &WORKLOAD_COLUMNS,
     }
 }
 
@@ -396,7 +400,8 @@ struct ProcRow {
     netns_inode: u32,
     pid: u32,
     comm: String,
-    cgroup_id: u64,
+    /// The workload's label, or the cgroup id when it has no name.
+    workload: String,
     ports: u32,
 }
 
@@ -406,33 +411,48 @@ impl ProcRow {
             self.netns.clone(),
             self.pid.to_string(),
             self.comm.clone(),
-            self.cgroup_id.to_string(),
+            self.workload.clone(),
             self.ports.to_string(),
         ]
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct CgroupRow {
-    cgroup_id: u64,
-    ports: u64,
-    /// Most ports first.
-    members: Vec<ProcRow>,
+/// `pod shop/web (api)`, or `cgroup 1234` when the cgroup could not be named.
+fn workload_label(w: Option<&Workload>, cgroup_id: u64) -> String {
+    w.map_or_else(|| format!("cgroup {cgroup_id}"), Workload::label)
 }
 
-impl CgroupRow {
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct WorkloadRow {
+    label: String,
+    kind: &'static str,
+    ports: u64,
+    /// Most ports first.
+    members: Vec<WorkloadProcess>,
+    /// Text the filter looks at besides the shown columns (cgroup paths, ids).
+    search: String,
+}
+
+impl WorkloadRow {
     fn cells(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .members
             .iter()
-            .take(MAX_CGROUP_MEMBERS)
-            .map(|p| format!("{}({}) {}", p.comm, p.pid, p.ports))
+            .take(MAX_WORKLOAD_MEMBERS)
+            .map(|p| match &p.container {
+                Some(c) => format!("{}({}) [{c}] {}", p.comm, p.pid, p.ports),
+                None => format!("{}({}) {}", p.comm, p.pid, p.ports),
+            })
             .collect();
-        if self.members.len() > MAX_CGROUP_MEMBERS {
-            names.push(format!("+{} more", self.members.len() - MAX_CGROUP_MEMBERS));
+        if self.members.len() > MAX_WORKLOAD_MEMBERS {
+            names.push(format!(
+                "+{} more",
+                self.members.len() - MAX_WORKLOAD_MEMBERS
+            ));
         }
         vec![
-            self.cgroup_id.to_string(),
+            self.label.clone(),
+            self.kind.to_owned(),
             self.ports.to_string(),
             self.members.len().to_string(),
             names.join(", "),
@@ -511,7 +531,10 @@ fn dest_rows(snap: &Snapshot, state: &TopState) -> Vec<DestRow> {
             let search: Vec<String> = d
                 .owners
                 .iter()
-                .map(|o| format!("{} {}", o.comm, o.pid))
+                .map(|o| match &o.workload {
+                    Some(w) => format!("{} {} {}", o.comm, o.pid, w.label()),
+                    None => format!("{} {}", o.comm, o.pid),
+                })
                 .collect();
             let row = DestRow {
                 netns: netns.clone(),
@@ -530,7 +553,10 @@ fn dest_rows(snap: &Snapshot, state: &TopState) -> Vec<DestRow> {
                 eta_s: d.eta_s.filter(|s| s.is_finite() && *s >= 0.0),
                 top_owner: top.map_or_else(
                     || "-".to_owned(),
-                    |o| format!("{} {}", who(&o.comm, o.pid), o.ports),
+                    |o| match o.workload.as_ref().filter(|w| w.is_container()) {
+                        Some(w) => format!("{} {} {}", w.label(), who(&o.comm, o.pid), o.ports),
+                        None => format!("{} {}", who(&o.comm, o.pid), o.ports),
+                    },
                 ),
                 search: format!("{inode} {}", search.join(" ")),
             };
@@ -578,7 +604,7 @@ fn all_proc_rows(snap: &Snapshot) -> Vec<ProcRow> {
                 netns_inode: ns.inode,
                 pid: p.pid,
                 comm: p.comm.clone(),
-                cgroup_id: p.cgroup_id,
+                workload: workload_label(p.workload.as_ref(), p.cgroup_id),
                 ports: p.ports,
             })
         })
@@ -593,6 +619,7 @@ fn proc_matches(needle: &str, p: &ProcRow) -> bool {
             &p.netns_inode.to_string(),
             &p.pid.to_string(),
             &p.comm,
+            &p.workload,
         ],
     )
 }
@@ -617,37 +644,38 @@ fn proc_rows(snap: &Snapshot, state: &TopState) -> Vec<ProcRow> {
     rows
 }
 
-/// Ports summed per cgroup across all processes (and namespaces). A cgroup is kept
-/// when its id or any of its processes matches the filter; its sums stay whole.
-fn cgroup_rows(snap: &Snapshot, state: &TopState) -> Vec<CgroupRow> {
+/// Ports summed per workload across all processes and namespaces (a pod's
+/// containers together). A workload is kept when its name, a cgroup path or any of
+/// its processes matches the filter; its sums stay whole.
+fn workload_rows(snap: &Snapshot, state: &TopState) -> Vec<WorkloadRow> {
     let needle = state.filter.to_lowercase();
-    let mut groups: BTreeMap<u64, Vec<ProcRow>> = BTreeMap::new();
-    for p in all_proc_rows(snap) {
-        groups.entry(p.cgroup_id).or_default().push(p);
-    }
-    let mut rows: Vec<CgroupRow> = groups
+    let mut rows: Vec<WorkloadRow> = crate::workload::annotate::workloads(snap)
         .into_iter()
-        .map(|(cgroup_id, mut members)| {
-            members.sort_by(|a, b| b.ports.cmp(&a.ports).then_with(|| a.pid.cmp(&b.pid)));
-            CgroupRow {
-                cgroup_id,
-                ports: members.iter().map(|p| u64::from(p.ports)).sum(),
-                members,
-            }
+        .map(|u| WorkloadRow {
+            label: u.workload.label(),
+            kind: u.workload.kind.as_str(),
+            ports: u.ports,
+            search: u.cgroups.join(" "),
+            members: u.processes,
         })
-        .filter(|g| {
-            matches(&needle, &[&g.cgroup_id.to_string()])
-                || g.members.iter().any(|p| proc_matches(&needle, p))
+        .filter(|r| {
+            matches(&needle, &[&r.label, r.kind, &r.search])
+                || r.members.iter().any(|p| {
+                    matches(
+                        &needle,
+                        &[&p.comm, &p.pid.to_string(), &p.netns.to_string()],
+                    )
+                })
         })
         .collect();
     rows.sort_by(|a, b| {
         let o = match state.proc_sort {
             ProcSort::Ports => b.ports.cmp(&a.ports),
-            ProcSort::Pid => a.cgroup_id.cmp(&b.cgroup_id),
+            ProcSort::Pid => a.label.cmp(&b.label),
             ProcSort::Comm => a.first_comm().cmp(b.first_comm()),
         }
         .then_with(|| b.ports.cmp(&a.ports))
-        .then_with(|| a.cgroup_id.cmp(&b.cgroup_id));
+        .then_with(|| a.label.cmp(&b.label));
         ordered(o, state.reversed)
     });
     rows
@@ -664,7 +692,7 @@ fn view_cells(snap: &Snapshot, state: &TopState) -> Vec<(Vec<String>, Level)> {
             .into_iter()
             .map(|r| (r.cells(), Level::Ok))
             .collect(),
-        View::Cgroups => cgroup_rows(snap, state)
+        View::Workloads => workload_rows(snap, state)
             .into_iter()
             .map(|r| (r.cells(), Level::Ok))
             .collect(),
@@ -945,7 +973,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, state: &TopState) {
             ),
         ]),
         None => Line::styled(
-            "q quit  d/p/c/Tab view  s sort  r reverse  / filter  Up/Down/PgUp/PgDn scroll",
+            "q quit  d/p/w/Tab view  s sort  r reverse  / filter  Up/Down/PgUp/PgDn scroll",
             Style::new().add_modifier(Modifier::DIM),
         ),
     };
@@ -1065,6 +1093,8 @@ mod tests {
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::model::snapshot::{DestUsage, Drift, Holder, OwnerPorts, ProcessUsage};
     use crate::views::output::JsonEvent;
@@ -1074,6 +1104,7 @@ mod tests {
             pid,
             comm: comm.to_owned(),
             ports,
+            ..OwnerPorts::default()
         }
     }
 
@@ -1083,6 +1114,7 @@ mod tests {
             comm: comm.to_owned(),
             cgroup_id,
             ports,
+            ..ProcessUsage::default()
         }
     }
 
@@ -1094,6 +1126,8 @@ mod tests {
             tid: pid,
             comm: comm.to_owned(),
             cgroup_id: 1,
+            cgroup: None,
+            workload: None,
             netns: 4_026_531_840,
             family: "ipv4".to_owned(),
             saddr: "0.0.0.0".to_owned(),
@@ -1199,6 +1233,8 @@ mod tests {
                         dport: 443,
                         state: "ESTABLISHED".to_owned(),
                         ephemeral: true,
+                        cgroup_id: 77,
+                        workload: None,
                     }),
                     explanation: "reserve 3306 in ip_local_reserved_ports".to_owned(),
                 },
@@ -1221,6 +1257,7 @@ mod tests {
                     rejected: vec!["fexit __inet_hash_connect: EPERM".into()],
                 },
             ],
+            workloads: Vec::new(),
         }
     }
 
@@ -1325,7 +1362,7 @@ mod tests {
     }
 
     #[test]
-    fn p_shows_processes_and_c_cgroups() {
+    fn p_shows_processes_and_w_workloads() {
         let snap = sample();
         let mut state = TopState::new(View::Destinations);
         assert_eq!(press(&mut state, KeyCode::Char('p')), KeyOutcome::Redraw);
@@ -1334,24 +1371,77 @@ mod tests {
         let curl = line_of(&lines, "curl");
         assert!(lines[curl].contains("4242") && lines[curl].contains("26000"));
         assert!(curl < line_of(&lines, "psql"));
-        assert!(line_of(&lines, "CGROUP") < curl);
+        assert!(line_of(&lines, "WORKLOAD") < curl);
 
-        press(&mut state, KeyCode::Char('c'));
-        let lines = render(&snap, &state, 120, 30);
+        press(&mut state, KeyCode::Char('w'));
+        assert_eq!(state.view, View::Workloads);
+        let lines = render(&snap, &state, 160, 30);
         let row = &lines[line_of(&lines, "curl(4242) 26000, app(100) 820")];
-        assert!(row.contains("26820"), "{row}");
+        assert!(
+            row.contains("26820") && row.contains("cgroup id 77"),
+            "{row}"
+        );
+        // `c`, the key of the older cgroups view, still gets there.
+        press(&mut state, KeyCode::Char('d'));
+        press(&mut state, KeyCode::Char('c'));
+        assert_eq!(state.view, View::Workloads);
         press(&mut state, KeyCode::Tab);
         assert_eq!(state.view, View::Destinations);
     }
 
     #[test]
-    fn cgroup_rows_sum_ports_per_cgroup() {
-        let rows = cgroup_rows(&sample(), &TopState::new(View::Cgroups));
-        let summary: Vec<(u64, u64, usize)> = rows
+    fn workload_rows_sum_ports_per_workload() {
+        let rows = workload_rows(&sample(), &TopState::new(View::Workloads));
+        let summary: Vec<(&str, u64, usize)> = rows
             .iter()
-            .map(|r| (r.cgroup_id, r.ports, r.members.len()))
+            .map(|r| (r.label.as_str(), r.ports, r.members.len()))
             .collect();
-        assert_eq!(summary, [(77, 26_820, 2), (88, 900, 1), (99, 750, 1)]);
+        assert_eq!(
+            summary,
+            [
+                ("cgroup id 77", 26_820, 2),
+                ("cgroup id 88", 900, 1),
+                ("cgroup id 99", 750, 1)
+            ]
+        );
+        // Named: the pod's label, its container beside each process, and TOP OWNER
+        // names the pod the owner is in.
+        let mut snap = sample();
+        let mut names: std::collections::HashMap<u64, std::sync::Arc<crate::workload::Named>> =
+            Default::default();
+        let uid = "8dbc5577-d0e2-4706-8787-57d52c03ddf2";
+        let id = "a".repeat(64);
+        let index = crate::workload::kubelet::Index::from_entries(
+            [format!("shop_web-1_{uid}").as_str()],
+            [(format!("web-1_shop_api-{id}.log").as_str(), None)],
+        );
+        let path = format!("/kubepods/besteffort/pod{uid}/{id}");
+        for d in &mut snap.netns[0].destinations {
+            for o in d.owners.iter_mut().filter(|o| o.pid == 4242) {
+                o.cgroup_id = 77;
+            }
+        }
+        names.insert(
+            77,
+            std::sync::Arc::new(crate::workload::Named::new(&path, &index)),
+        );
+        crate::workload::annotate::annotate(&mut snap, &mut names);
+        let rows = workload_rows(&snap, &TopState::new(View::Workloads));
+        assert_eq!(
+            (rows[0].label.as_str(), rows[0].kind),
+            ("pod shop/web-1", "pod")
+        );
+        assert!(
+            rows[0].cells()[4].starts_with("curl(4242) [api] 26000"),
+            "{:?}",
+            rows[0].cells()
+        );
+        let dest = dest_rows(&snap, &TopState::new(View::Destinations));
+        let curl = dest.iter().find(|d| d.top_owner.contains("curl")).unwrap();
+        assert_eq!(curl.top_owner, "pod shop/web-1 (api) curl(4242) 26000");
+        let mut state = TopState::new(View::Workloads);
+        state.filter = "kubepods".into();
+        assert_eq!(workload_rows(&snap, &state).len(), 1);
     }
 
     #[test]
@@ -1492,13 +1582,13 @@ mod tests {
         assert_eq!(lines.len(), 1 + 4 + 2, "{procs}");
         assert_eq!(
             lines[0].split_whitespace().collect::<Vec<_>>(),
-            ["NETNS", "PID", "COMM", "CGROUP", "PORTS"]
+            ["NETNS", "PID", "COMM", "WORKLOAD", "PORTS"]
         );
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
-            ["4026531840", "4242", "curl", "77", "26000"]
+            ["4026531840", "4242", "curl", "cgroup", "77", "26000"]
         );
-        let cgroups = plain_table(&sample(), View::Cgroups);
+        let cgroups = plain_table(&sample(), View::Workloads);
         assert!(
             cgroups.lines().nth(1).unwrap().contains("26820"),
             "{cgroups}"
@@ -1581,12 +1671,12 @@ mod tests {
         );
         assert_eq!(eta_human(odd_row.eta_s), "-");
         assert_eq!(odd_row.other, u64::from(u32::MAX));
-        let cg = cgroup_rows(&odd, &TopState::new(View::Cgroups));
+        let cg = workload_rows(&odd, &TopState::new(View::Workloads));
         assert_eq!(cg[0].ports, 2 * u64::from(u32::MAX));
 
         let empty = Snapshot::default();
         for snap in [&odd, &empty] {
-            for view in [View::Destinations, View::Processes, View::Cgroups] {
+            for view in [View::Destinations, View::Processes, View::Workloads] {
                 let mut state = TopState::new(view);
                 state.scroll = usize::MAX;
                 state.editing = Some(long.clone());

@@ -32,6 +32,7 @@ fn proc_(pid: u32, comm: &str, ports: u32) -> ProcessUsage {
         comm: comm.into(),
         cgroup_id: 1,
         ports,
+        ..ProcessUsage::default()
     }
 }
 
@@ -47,7 +48,13 @@ fn snap(dests: Vec<DestUsage>) -> Snapshot {
             processes: vec![
                 proc_(10, "exhaust", 3),
                 proc_(11, "exhaust", 1),
-                proc_(12, "curl", 2),
+                ProcessUsage {
+                    workload: Some(crate::workload::classify(&format!(
+                        "/kubepods/besteffort/pod8dbc5577-d0e2-4706-8787-57d52c03ddf2/{}",
+                        "c".repeat(64)
+                    ))),
+                    ..proc_(12, "curl", 2)
+                },
             ],
         }],
         failures: Vec::new(),
@@ -73,6 +80,7 @@ fn snap(dests: Vec<DestUsage>) -> Snapshot {
             }
         })
         .collect(),
+        workloads: Vec::new(),
     }
 }
 

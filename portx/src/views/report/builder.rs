@@ -5,6 +5,7 @@ use std::{
     io::{self, Write},
     net::IpAddr,
     path::PathBuf,
+    sync::Arc,
 };
 
 use super::{
@@ -16,8 +17,13 @@ use crate::{
     capture::{FileHeader, Record, reader::ReadStatus},
     events::sock_owners::SockOwners,
     events::{Kind, TraceEvent},
-    model::{Model, input::Input, snapshot::Failure},
+    model::{
+        Model,
+        input::Input,
+        snapshot::{Failure, OwnerPorts},
+    },
     views::output::write_json_line,
+    workload::{Named, annotate::name_failure},
 };
 
 /// Consecutive files of a set further apart than this are reported as a time gap
@@ -79,6 +85,7 @@ pub fn timeline_order(files: &mut [(PathBuf, Option<FileHeader>)]) -> Result<(),
 #[derive(Default)]
 pub struct EventWriter {
     owners: SockOwners,
+    names: HashMap<u64, Arc<Named>>,
 }
 
 impl EventWriter {
@@ -87,7 +94,13 @@ impl EventWriter {
             Record::Input(Input::Event(e)) => {
                 let mut e = e.clone();
                 self.owners.join(&mut e);
-                write_json_line(out, &e)
+                write_json_line(out, &e, self.names.get(&e.cgroup_id).map(|n| &**n))
+            }
+            Record::Cgroups(names) => {
+                for n in names {
+                    self.names.insert(n.id, Arc::new(n.to_named()));
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -126,6 +139,8 @@ pub struct ReportBuilder {
     series: HashMap<DestId, Series>,
     /// (netns, daddr, dport, ts) of failures, for the charts' marks.
     marks: Vec<(u32, String, u16, u64)>,
+    /// The recording's names of cgroup ids.
+    names: HashMap<u64, Arc<Named>>,
 }
 
 impl ReportBuilder {
@@ -207,6 +222,11 @@ impl ReportBuilder {
                 }
             }
             Record::End(e) => self.saw(e.at_ns),
+            Record::Cgroups(names) => {
+                for n in names {
+                    self.names.insert(n.id, Arc::new(n.to_named()));
+                }
+            }
         }
         Ok(())
     }
@@ -342,6 +362,8 @@ impl ReportBuilder {
                     errno: e.errno,
                     pid: e.pid,
                     comm: e.comm.to_string(),
+                    cgroup_id: e.cgroup_id,
+                    workload: None,
                     daddr: e.daddr.to_string(),
                     dport: e.dport,
                     sport,
@@ -417,15 +439,25 @@ impl ReportBuilder {
             ..span
         };
         self.model.tick(span.end_ns);
+        let names = std::mem::take(&mut self.names);
+        let mut name = |id: u64| names.get(&id).cloned();
         let failures: Vec<FailureGroup> = self
             .groups
             .into_iter()
             .map(|mut g| {
                 g.first = span.wall(g.first_ns);
                 g.last = span.wall(g.last_ns);
+                g.workload = name(g.cgroup_id).map(|n| n.workload.clone());
+                if let Some(h) = &mut g.holder {
+                    h.workload = name(h.cgroup_id).map(|n| n.workload.clone());
+                }
                 g
             })
             .collect();
+        let mut first_failure = self.first_failure.take();
+        if let Some((_, f)) = &mut first_failure {
+            name_failure(f, &mut name);
+        }
         let mut destinations = Vec::new();
         for (rank, p) in self
             .model
@@ -478,7 +510,14 @@ impl ReportBuilder {
                 peak_used: p.used,
                 peak_at: span.wall(p.at_ns),
                 peak_at_ns: p.at_ns,
-                holders_at_peak: p.owners.clone(),
+                holders_at_peak: p
+                    .owners
+                    .iter()
+                    .map(|o| OwnerPorts {
+                        workload: name(o.cgroup_id).map(|n| n.workload.clone()),
+                        ..o.clone()
+                    })
+                    .collect(),
                 timewait_at_peak: p.time_wait,
                 timewait_share: if p.used == 0 {
                     0.0
@@ -507,7 +546,7 @@ impl ReportBuilder {
                 spec: t.spec,
                 reason: t.reason,
             }),
-            first_failure: self.first_failure.map(|(ts, failure)| FirstFailure {
+            first_failure: first_failure.map(|(ts, failure)| FirstFailure {
                 at: span.wall(ts),
                 failure,
             }),

@@ -113,6 +113,14 @@ pub fn mysql_incident() -> Vec<Record> {
     let mut r = vec![
         Record::Header(Box::new(header(0, START_NS))),
         state(START_NS),
+        // Every event's cgroup (77), as the recording host named it.
+        Record::Cgroups(vec![crate::capture::CgroupName {
+            id: 77,
+            path: "/system.slice/app.service".into(),
+            namespace: None,
+            pod: None,
+            container: None,
+        }]),
     ];
     for (i, port) in (3306..=3309).enumerate() {
         let (sock, t) = (

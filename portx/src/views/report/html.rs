@@ -41,6 +41,7 @@ td.t { white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 code, .mono { font-family: ui-monospace, monospace; }
 .expl { color: #333; font-size: .92em; }
+.wl { color: #235; font-size: .9em; }
 svg { width: 100%; height: auto; display: block; }
 svg text { font: 12px system-ui, sans-serif; fill: #333; }
 .axis { stroke: #888; stroke-width: 1; }
@@ -122,6 +123,13 @@ pub fn render(r: &Report) -> String {
     o
 }
 
+/// The workload under a process name, when the recording named it.
+fn workload_cell(w: Option<&crate::workload::Workload>) -> String {
+    w.map_or_else(String::new, |w| {
+        format!("<br><span class=\"wl\">{}</span>", esc(&w.label()))
+    })
+}
+
 fn failures(o: &mut String, r: &Report) {
     o.push_str("<h2>Failures</h2>\n");
     if r.failures.is_empty() {
@@ -136,12 +144,13 @@ fn failures(o: &mut String, r: &Report) {
             .map_or(String::from("unknown"), |h| esc(&text::holder_line(h)));
         let _ = writeln!(
             o,
-            "<tr><td class=\"n\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}({})</td><td class=\"t\">{}</td><td class=\"t\">{}</td><td class=\"w\">{}<br><span class=\"expl\">{}</span></td></tr>",
+            "<tr><td class=\"n\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}({}){}</td><td class=\"t\">{}</td><td class=\"t\">{}</td><td class=\"w\">{}<br><span class=\"expl\">{}</span></td></tr>",
             g.count,
             esc(g.error.as_deref().unwrap_or("?")),
             esc(&text::call(g)),
             esc(&g.comm),
             g.pid,
+            workload_cell(g.workload.as_ref()),
             // Date over time: keeps the table within the page.
             esc(&g.first).replacen('T', "<br>", 1),
             esc(&g.last).replacen('T', "<br>", 1),
@@ -179,8 +188,9 @@ fn destination(o: &mut String, span: &Span, d: &DestinationReport) {
         for h in &d.holders_at_peak {
             let _ = writeln!(
                 o,
-                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                "<tr><td>{}{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
                 esc(&h.comm),
+                workload_cell(h.workload.as_ref()),
                 h.pid,
                 h.ports
             );

@@ -155,6 +155,9 @@ pub struct FailureGroup {
     pub errno: Option<u32>,
     pub pid: u32,
     pub comm: String,
+    pub cgroup_id: u64,
+    /// The caller's workload, where the recording named its cgroup.
+    pub workload: Option<crate::workload::Workload>,
     pub daddr: String,
     pub dport: u16,
     /// bind(): the port asked for; null for connect() (its source port varies).

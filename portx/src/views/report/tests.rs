@@ -68,7 +68,8 @@ fn json_destination_peaks_at_capacity() {
     assert_eq!(d["peak_at"], "2024-03-01T12:00:01.300Z");
     assert_eq!(
         d["holders_at_peak"],
-        serde_json::json!([{"pid": 4242, "comm": "client", "ports": 4}])
+        serde_json::json!([{"pid": 4242, "comm": "client", "ports": 4, "cgroup_id": 77,
+            "workload": {"kind": "service", "name": "app.service", "unit": "app.service"}}])
     );
     assert_eq!(
         (&d["timewait_at_peak"], &d["timewait_share"]),
@@ -126,7 +127,8 @@ fn text_names_the_failures_and_the_peak() {
         "client(4242)",
         "mysqld(5151)",
         "bind() of port 3306",
-        "held by client(4242) 127.0.0.1:3306 -> 127.0.0.1:9000",
+        "held by client(4242) in app.service 127.0.0.1:3306 -> 127.0.0.1:9000",
+        "client(4242) in app.service",
         "peak      4 of 4",
         "(100%)",
     ] {

@@ -21,6 +21,14 @@ fn who(comm: &str, pid: u32) -> String {
     }
 }
 
+/// `who`, and the workload when the cgroup was named: `curl(42) in pod shop/web (api)`.
+fn who_in(comm: &str, pid: u32, w: Option<&crate::workload::Workload>) -> String {
+    match w {
+        Some(w) => format!("{} in {}", who(comm, pid), clean(&w.label())),
+        None => who(comm, pid),
+    }
+}
+
 fn hostport(addr: &str, port: u16) -> String {
     if addr.contains(':') {
         format!("[{addr}]:{port}")
@@ -86,7 +94,7 @@ pub fn call(g: &FailureGroup) -> String {
 pub fn holder_line(h: &Holder) -> String {
     format!(
         "{} {} -> {} ({}{})",
-        who(&h.comm, h.pid),
+        who_in(&h.comm, h.pid, h.workload.as_ref()),
         hostport(&h.saddr, h.sport),
         hostport(&h.daddr, h.dport),
         h.state,
@@ -148,7 +156,7 @@ pub fn render(r: &Report) -> String {
                 "First failure",
                 f.at,
                 e.event,
-                who(&e.comm, e.pid),
+                who_in(&e.comm, e.pid, e.workload.as_ref()),
                 e.error.as_deref().unwrap_or("error")
             );
             let _ = writeln!(o, "{:<15}{}", "", clean(&f.failure.explanation));
@@ -176,7 +184,7 @@ pub fn render(r: &Report) -> String {
                     .clone()
                     .unwrap_or_else(|| format!("errno {}", g.errno.unwrap_or(0))),
                 g.event,
-                who(&g.comm, g.pid),
+                who_in(&g.comm, g.pid, g.workload.as_ref()),
                 call(g),
                 time_of_day(&g.first),
                 time_of_day(&g.last),
@@ -218,7 +226,7 @@ pub fn render(r: &Report) -> String {
                 let _ = writeln!(
                     o,
                     "    held by {:<24} {:>6} port{}",
-                    who(&h.comm, h.pid),
+                    who_in(&h.comm, h.pid, h.workload.as_ref()),
                     h.ports,
                     if h.ports == 1 { "" } else { "s" }
                 );
