@@ -267,6 +267,8 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
             Source::Replay(r)
         }
         None => {
+            // A recording's pids are of its time; only a live one must exist now.
+            preflight::check_pid(args.pid)?;
             let drift = (!args.no_drift_check).then_some(args.drift_interval);
             let (probes, live) = start_live(args.ring_mib, KernelFilter::ALL, drift, verbose)?;
             Source::Live {
