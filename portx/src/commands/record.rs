@@ -327,6 +327,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
             out.display()
         );
     }
+    preflight::check_pid(args.filter.pid)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let filter = filter_from(&args.filter)?;

@@ -27,18 +27,18 @@ use crate::{
         netns, preflight,
     },
     model::{Model, View, input::Input, snapshot::Snapshot},
-    views::tui,
+    views::{output::Clock, tui},
     workload::{Named, Names, annotate::annotate},
 };
 
 /// One snapshot on stdout: a JSON line, or the plain table followed by a blank line.
-fn print_snapshot(snap: &Snapshot, json: bool, view: tui::View) -> Result<()> {
+fn print_snapshot(snap: &Snapshot, json: bool, view: tui::View, clock: &Clock) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, snap)?;
         writeln!(out)?;
     } else {
-        writeln!(out, "{}", tui::plain_table(snap, view))?;
+        writeln!(out, "{}", tui::plain_table(snap, view, clock))?;
     }
     out.flush()?;
     Ok(())
@@ -86,6 +86,14 @@ impl Source {
         }
     }
 
+    /// Boot time to local time of day: this host's now, or the recording's.
+    fn clock(&self) -> Clock {
+        match self {
+            Self::Live { .. } => Clock::now(),
+            Self::Replay(r) => r.clock,
+        }
+    }
+
     fn hooks(&self) -> &[HookPath] {
         match self {
             Self::Live { probes, .. } => &probes.setup.hooks,
@@ -112,6 +120,8 @@ pub struct ReplaySource {
     pub exact_timewait: bool,
     /// The recording's names of cgroup ids.
     pub names: HashMap<u64, Arc<Named>>,
+    /// The first file's clocks and time zone.
+    pub clock: Clock,
     /// How the files ended (torn tail, corruption), for the closing line.
     pub statuses: Vec<(PathBuf, ReadStatus)>,
 }
@@ -126,15 +136,19 @@ impl ReplaySource {
         let mut starts = Vec::with_capacity(files.len());
         for f in &files {
             let mut r = Reader::open(f)?;
-            let start = match r.next() {
-                Some(Ok(Record::Header(h))) => (h.recording_id, h.file_seq, h.started_ns),
+            let (start, clock) = match r.next() {
+                Some(Ok(Record::Header(h))) => (
+                    (h.recording_id, h.file_seq, h.started_ns),
+                    Clock::new(h.boot_to_wall_ns.into(), h.utc_offset_s.into()),
+                ),
                 Some(Err(e)) => return Err(e.into()),
                 _ => anyhow::bail!("{}: no header frame at the start", f.display()),
             };
-            starts.push((start, f.clone()));
+            starts.push((start, f.clone(), clock));
         }
-        starts.sort();
-        files = starts.into_iter().map(|(_, f)| f).collect();
+        starts.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let clock = starts.first().map_or(Clock::new(0, 0), |s| s.2);
+        files = starts.into_iter().map(|(_, f, _)| f).collect();
         Ok(Self {
             files: files.into_iter(),
             reader: None,
@@ -147,6 +161,7 @@ impl ReplaySource {
             hooks: Vec::new(),
             exact_timewait: false,
             names: HashMap::new(),
+            clock,
             statuses: Vec::new(),
         })
     }
@@ -271,6 +286,8 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
             Source::Replay(r)
         }
         None => {
+            // A recording's pids are of its time; only a live one must exist now.
+            preflight::check_pid(args.pid)?;
             let drift = (!args.no_drift_check).then_some(args.drift_interval);
             let (probes, live) = start_live(args.ring_mib, KernelFilter::ALL, drift, verbose)?;
             let names = CgroupNames::new(HostRoot::new(&args.host.host_root));
@@ -314,7 +331,9 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
         By::Process => tui::View::Processes,
         By::Workload => tui::View::Workloads,
     };
-    let mut tui_task = interactive.then(|| tokio::spawn(tui::run_terminal(snap_rx, tui_view)));
+    let clock = source.clock();
+    let mut tui_task =
+        interactive.then(|| tokio::spawn(tui::run_terminal(snap_rx, tui_view, clock)));
     let interval = Duration::from_secs_f64(args.interval);
     let mut ticker = tokio::time::interval(if args.once {
         interval
@@ -347,7 +366,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                         let _ = snap_tx.send(snap);
                         continue;
                     }
-                    print_snapshot(&snap, args.json, tui_view)?;
+                    print_snapshot(&snap, args.json, tui_view, &clock)?;
                     break;
                 };
                 for w in &notes.warnings {
@@ -388,7 +407,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                 } else if now >= next_print && !(replay && args.once) {
                     // A replay with --once prints where the recording ends.
                     next_print = now + interval;
-                    print_snapshot(&snapshot(&mut model, &mut source)?, args.json, tui_view)?;
+                    print_snapshot(&snapshot(&mut model, &mut source)?, args.json, tui_view, &clock)?;
                     if args.once {
                         break;
                     }

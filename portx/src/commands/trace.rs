@@ -69,6 +69,7 @@ pub fn filter_from(args: &EventFilterArgs) -> anyhow::Result<Filter> {
 }
 
 pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
+    preflight::check_pid(args.filter.pid)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let filter = filter_from(&args.filter)?;

@@ -19,6 +19,8 @@ pub enum PreflightError {
         "kernel BTF is missing ({VMLINUX_BTF}): portx needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
     NoBtf,
+    #[error("no process with pid {0}")]
+    NoProcess(u32),
 }
 
 /// Whether an effective capability set (`CapEff` in /proc/self/status, hex) lets us
@@ -58,6 +60,18 @@ pub fn check_btf() -> Result<(), PreflightError> {
     }
 }
 
+/// `--pid` of a process that does not exist: without this the filter would show
+/// nothing, silently. Needs no privileges, so it runs before the other checks.
+pub fn check_pid(pid: Option<u32>) -> Result<(), PreflightError> {
+    match pid {
+        // 0 selects events no process is known for; /proc has no entry for it.
+        Some(p) if p != 0 && !Path::new(&format!("/proc/{p}")).exists() => {
+            Err(PreflightError::NoProcess(p))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +84,22 @@ mod tests {
         assert!(!caps_allow_bpf("0000008000000000")); // CAP_BPF alone
         assert!(!caps_allow_bpf("0000000000000000"));
         assert!(!caps_allow_bpf("garbage"));
+    }
+
+    #[test]
+    fn pid_must_name_a_process() {
+        assert_eq!(check_pid(None), Ok(()));
+        assert_eq!(check_pid(Some(0)), Ok(()));
+        assert_eq!(check_pid(Some(std::process::id())), Ok(()));
+        // Above the largest pid_max (2^22).
+        assert_eq!(
+            check_pid(Some(u32::MAX)),
+            Err(PreflightError::NoProcess(u32::MAX))
+        );
+        assert_eq!(
+            PreflightError::NoProcess(999_999).to_string(),
+            "no process with pid 999999"
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use snapshot::{DestUsage, Drift, Failure, Holder, NetnsUsage, OwnerPorts, Proces
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
 /// Default `ip_local_port_range`, used until a namespace's own range is known.
 pub const DEFAULT_RANGE: (u16, u16) = (32768, 60999);
-/// Recent failures kept for display.
+/// Recent distinct failures kept for display (repeats are counted in their entry).
 pub const MAX_FAILURES: usize = 64;
 
 const NO_DEST: u32 = u32::MAX;
@@ -1086,13 +1086,36 @@ impl Model {
             _ => None,
         };
         let explanation = self.explain(e, holder.as_ref());
-        if self.failures.len() == MAX_FAILURES {
-            self.failures.pop_front();
-        }
+        let event = JsonEvent::from(e);
+        // A repeat is counted in its entry, moved to newest: a retry loop would
+        // otherwise fill the ring and push every other failure out.
+        let (count, first_ts_ns, last_ts_ns) = match self
+            .failures
+            .iter()
+            .position(|f| same_failure(&f.event, &event))
+        {
+            Some(i) => {
+                let old = self.failures.remove(i).expect("position is in the ring");
+                (
+                    old.count + 1,
+                    old.first_ts_ns.min(e.ts_ns),
+                    old.last_ts_ns.max(e.ts_ns),
+                )
+            }
+            None => {
+                if self.failures.len() == MAX_FAILURES {
+                    self.failures.pop_front();
+                }
+                (1, e.ts_ns, e.ts_ns)
+            }
+        };
         self.failures.push_back(Failure {
-            event: JsonEvent::from(e),
+            event,
             holder,
             explanation,
+            count,
+            first_ts_ns,
+            last_ts_ns,
         });
     }
 
@@ -1472,6 +1495,21 @@ impl Model {
             .map(|k| self.tuple_of(&k.quad))
             .collect()
     }
+}
+
+/// Whether two failures are one repeated failure: the same call failing with the
+/// same error for the same process, namespace and addresses. Not the thread, socket or
+/// connect()'s source port, which a retry changes; bind()'s port is what it asked for.
+fn same_failure(a: &JsonEvent, b: &JsonEvent) -> bool {
+    a.event == b.event
+        && a.errno == b.errno
+        && a.pid == b.pid
+        && a.comm == b.comm
+        && a.netns == b.netns
+        && a.saddr == b.saddr
+        && a.daddr == b.daddr
+        && a.dport == b.dport
+        && (a.event != Kind::BindError.as_str() || a.sport == b.sport)
 }
 
 #[cfg(test)]

@@ -114,6 +114,8 @@ pub struct ProcessUsage {
 }
 
 /// A failed connect()/bind(): the trace event's fields, and who held the port.
+/// Repeats of one failure are one entry (see `Model::on_failure`); its event, holder
+/// and explanation are those of the latest occurrence.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Failure {
     #[serde(flatten)]
@@ -121,6 +123,11 @@ pub struct Failure {
     pub holder: Option<Holder>,
     /// One line a person can act on.
     pub explanation: String,
+    /// Occurrences, at least 1.
+    pub count: u64,
+    /// Boot-time clock, as `ts_ns`, of the first and the latest occurrence.
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

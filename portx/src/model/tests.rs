@@ -547,6 +547,100 @@ fn bind_conflict_names_the_ephemeral_holder() {
     );
 }
 
+/// A failed bind() of `port` by pid 200, from a new thread and socket each time.
+fn bind_failure(m: &mut Model, port: u16, ts: u64) {
+    let sk = Sk {
+        sock: ts,
+        pid: 200,
+        comm: "mysqld",
+        saddr: ip("0.0.0.0"),
+        sport: port,
+        daddr: ip("0.0.0.0"),
+        dport: 0,
+    };
+    let mut e = sk.ev(Kind::BindError, ts, port, None, None);
+    e.errno = Some(98);
+    e.tid = (ts / S) as u32;
+    m.apply(&e);
+}
+
+#[test]
+fn repeated_failures_are_one_entry_with_count_and_first_and_last() {
+    let mut m = model();
+    bind_failure(&mut m, 3306, 2 * S);
+    bind_failure(&mut m, 3307, 3 * S);
+    bind_failure(&mut m, 3306, 4 * S);
+    bind_failure(&mut m, 3306, 5 * S);
+    // connect() retries get another source port each time: still one failure.
+    let c = Sk::client(50, 100, 0, "127.0.0.1", 9000);
+    for (i, sport) in [0, 20001].into_iter().enumerate() {
+        let mut e = c.ev(Kind::ConnectError, (6 + i as u64) * S, sport, None, None);
+        e.errno = Some(99);
+        m.apply(&e);
+    }
+    let snap = m.snapshot(View::default());
+    let got: Vec<_> = snap
+        .failures
+        .iter()
+        .map(|f| {
+            (
+                f.event.event.as_str(),
+                f.event.sport,
+                f.count,
+                f.first_ts_ns,
+                f.last_ts_ns,
+            )
+        })
+        .collect();
+    // Oldest first; the repeated bind moved past 3307, which stays apart.
+    assert_eq!(
+        got,
+        [
+            ("bind_error", 3307, 1, 3 * S, 3 * S),
+            ("bind_error", 3306, 3, 2 * S, 5 * S),
+            ("connect_error", 20001, 2, 6 * S, 7 * S),
+        ]
+    );
+    // The event fields are the latest occurrence's.
+    let f = &snap.failures[1];
+    assert_eq!((f.event.ts_ns, f.event.tid), (5 * S, 5));
+    assert_eq!(m.last_failure().map(|f| f.count), Some(2));
+    let json = serde_json::to_value(f).unwrap();
+    assert_eq!(json["count"], 3);
+    assert_eq!(
+        (json["first_ts_ns"].as_u64(), json["ts_ns"].as_u64()),
+        (Some(2 * S), Some(5 * S))
+    );
+}
+
+#[test]
+fn failure_ring_is_bounded_and_a_repeat_keeps_others() {
+    let mut m = model();
+    for i in 0..100 {
+        bind_failure(&mut m, 1000 + i, (1 + u64::from(i)) * S);
+    }
+    let snap = m.snapshot(View::default());
+    assert_eq!(snap.failures.len(), MAX_FAILURES);
+    assert_eq!(snap.failures[0].event.sport, 1036, "the oldest went first");
+    // A storm of one failure takes one entry, not the ring.
+    for i in 0..1000 {
+        bind_failure(&mut m, 1099, (200 + i) * S);
+    }
+    let snap = m.snapshot(View::default());
+    assert_eq!(snap.failures.len(), MAX_FAILURES);
+    assert_eq!(snap.failures[0].event.sport, 1036);
+    assert_eq!(snap.failures.last().map(|f| f.count), Some(1001));
+    // One that was pushed out comes back as new.
+    bind_failure(&mut m, 1000, 2000 * S);
+    let snap = m.snapshot(View::default());
+    assert_eq!(snap.failures.len(), MAX_FAILURES);
+    let back = snap.failures.last().unwrap();
+    assert_eq!(
+        (back.event.sport, back.count, back.first_ts_ns),
+        (1000, 1, 2000 * S)
+    );
+}
+
 #[test]
 fn exhaustion_failure_names_the_top_owner() {
     let mut m = model();

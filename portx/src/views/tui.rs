@@ -21,6 +21,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table};
 
+use crate::views::output::Clock;
 use crate::{
     model::snapshot::{Failure, NetnsUsage, Snapshot, WorkloadProcess},
     workload::Workload,
@@ -702,11 +703,20 @@ fn view_cells(snap: &Snapshot, state: &TopState) -> Vec<(Vec<String>, Level)> {
 /// Parts of one failure line, kept apart so the TUI can colour them.
 struct FailureText {
     what: String,
+    /// ` x37 (first 12:00:01, last 12:03:10)` for a repeated failure, else empty.
+    repeats: String,
     holder: Option<String>,
     explanation: String,
 }
 
-fn failure_text(f: &Failure) -> FailureText {
+/// `HH:MM:SS` local time of a boot-time timestamp.
+fn hms(clock: &Clock, boot_ns: u64) -> String {
+    let mut t = clock.time_of_day(boot_ns);
+    t.truncate("HH:MM:SS".len());
+    t
+}
+
+fn failure_text(f: &Failure, clock: &Clock) -> FailureText {
     let e = &f.event;
     let error = match (&e.error, e.errno) {
         (Some(name), _) => name.clone(),
@@ -723,16 +733,28 @@ fn failure_text(f: &Failure) -> FailureText {
         let ephemeral = if h.ephemeral { " ephemeral" } else { "" };
         format!("held by {} {}{ephemeral}", who(&h.comm, h.pid), h.state)
     });
+    let repeats = if f.count > 1 {
+        format!(
+            " x{} (first {}, last {})",
+            f.count,
+            hms(clock, f.first_ts_ns),
+            hms(clock, f.last_ts_ns)
+        )
+    } else {
+        String::new()
+    };
     FailureText {
         what: format!("{} {error} {requested} by {}", e.event, who(&e.comm, e.pid)),
+        repeats,
         holder,
         explanation: f.explanation.clone(),
     }
 }
 
-fn failure_line(f: &Failure) -> String {
-    let t = failure_text(f);
+fn failure_line(f: &Failure, clock: &Clock) -> String {
+    let t = failure_text(f, clock);
     let mut line = t.what;
+    line.push_str(&t.repeats);
     if let Some(h) = t.holder {
         line.push_str(", ");
         line.push_str(&h);
@@ -746,8 +768,9 @@ fn failure_line(f: &Failure) -> String {
 
 /// Plain-text table for when stdout is not a terminal (`portx top` piped): one header
 /// line, one row per destination (or process/cgroup per view), same columns as the TUI,
-/// no colours, then one line per recent failure (newest first, `failure: ` prefix).
-pub fn plain_table(snap: &Snapshot, view: View) -> String {
+/// no colours, then one line per recent failure (newest first, `failure: ` prefix;
+/// `clock` turns the times of repeated ones into local time of day).
+pub fn plain_table(snap: &Snapshot, view: View, clock: &Clock) -> String {
     let state = TopState::new(view);
     let cols = columns(view);
     let rows: Vec<Vec<String>> = view_cells(snap, &state)
@@ -779,7 +802,7 @@ pub fn plain_table(snap: &Snapshot, view: View) -> String {
     }
     for f in snap.failures.iter().rev() {
         out.push_str("failure: ");
-        out.push_str(&failure_line(f));
+        out.push_str(&failure_line(f, clock));
         out.push('\n');
     }
     out
@@ -789,7 +812,8 @@ pub fn plain_table(snap: &Snapshot, view: View) -> String {
 // Rendering. Pure apart from recording the table's size in the state.
 
 /// Renders the snapshot as the state asks: header, table, recent failures, key help.
-pub fn draw(frame: &mut Frame, snap: &Snapshot, state: &TopState) {
+/// `clock` converts the snapshot's boot-time stamps to local time of day.
+pub fn draw(frame: &mut Frame, snap: &Snapshot, state: &TopState, clock: &Clock) {
     let area = frame.area();
     let shown_failures = snap.failures.len().min(MAX_FAILURE_LINES);
     // Borders plus at least one line, so "no failures" has a place too.
@@ -803,7 +827,7 @@ pub fn draw(frame: &mut Frame, snap: &Snapshot, state: &TopState) {
     .areas(area);
     draw_header(frame, header, snap, state);
     draw_table(frame, table, snap, state);
-    draw_failures(frame, failures, snap);
+    draw_failures(frame, failures, snap, clock);
     draw_footer(frame, footer, state);
 }
 
@@ -930,7 +954,7 @@ fn draw_table(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState) 
     frame.render_widget(table, area);
 }
 
-fn draw_failures(frame: &mut Frame, area: Rect, snap: &Snapshot) {
+fn draw_failures(frame: &mut Frame, area: Rect, snap: &Snapshot, clock: &Clock) {
     let lines: Vec<Line> = if snap.failures.is_empty() {
         vec![Line::styled(
             "no failed connect()/bind() yet",
@@ -942,8 +966,12 @@ fn draw_failures(frame: &mut Frame, area: Rect, snap: &Snapshot) {
             .rev()
             .take(MAX_FAILURE_LINES)
             .map(|f| {
-                let t = failure_text(f);
+                let t = failure_text(f, clock);
                 let mut spans = vec![Span::styled(t.what, Style::new().fg(Color::Red))];
+                if !t.repeats.is_empty() {
+                    let bold = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
+                    spans.push(Span::styled(t.repeats, bold));
+                }
                 if let Some(h) = t.holder {
                     spans.push(Span::raw(", "));
                     spans.push(Span::styled(h, Style::new().fg(Color::Yellow)));
@@ -1043,6 +1071,7 @@ fn restore_terminal() {
 pub async fn run_terminal(
     mut snapshots: tokio::sync::watch::Receiver<Snapshot>,
     view: View,
+    clock: Clock,
 ) -> anyhow::Result<()> {
     let _guard = TerminalGuard::enter()?;
     let mut terminal = ratatui::Terminal::new(CrosstermBackend::new(io::stdout()))
@@ -1056,7 +1085,7 @@ pub async fn run_terminal(
             // A copy, so the producer is never blocked on the terminal's speed.
             let snap = snapshots.borrow_and_update().clone();
             terminal
-                .draw(|frame| draw(frame, &snap, &state))
+                .draw(|frame| draw(frame, &snap, &state, &clock))
                 .context("cannot draw")?;
             dirty = false;
             next_frame = tokio::time::Instant::now() + FRAME;
@@ -1221,6 +1250,9 @@ mod tests {
                     event: older,
                     holder: None,
                     explanation: "no free source port toward 10.0.0.9:443".to_owned(),
+                    count: 1,
+                    first_ts_ns: 1,
+                    last_ts_ns: 1,
                 },
                 Failure {
                     event: newest,
@@ -1237,6 +1269,9 @@ mod tests {
                         workload: None,
                     }),
                     explanation: "reserve 3306 in ip_local_reserved_ports".to_owned(),
+                    count: 1,
+                    first_ts_ns: 1,
+                    last_ts_ns: 1,
                 },
             ],
             dropped_events: 17,
@@ -1261,9 +1296,16 @@ mod tests {
         }
     }
 
+    /// Boot time read as UTC: a stamp of N s shows as N s past midnight.
+    fn utc() -> Clock {
+        Clock::new(0, 0)
+    }
+
     fn render(snap: &Snapshot, state: &TopState, width: u16, height: u16) -> Vec<String> {
         let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-        terminal.draw(|frame| draw(frame, snap, state)).unwrap();
+        terminal
+            .draw(|frame| draw(frame, snap, state, &utc()))
+            .unwrap();
         let buffer = terminal.backend().buffer();
         let width = usize::from(buffer.area.width.max(1));
         buffer
@@ -1316,7 +1358,7 @@ mod tests {
         let lines_state = TopState::new(View::Destinations);
         let mut terminal = Terminal::new(TestBackend::new(160, 30)).unwrap();
         terminal
-            .draw(|frame| draw(frame, &sample(), &lines_state))
+            .draw(|frame| draw(frame, &sample(), &lines_state, &utc()))
             .unwrap();
         let buffer = terminal.backend().buffer();
         let lines = render(&sample(), &lines_state, 160, 30);
@@ -1345,6 +1387,27 @@ mod tests {
         ] {
             assert!(line.contains(expected), "{expected:?} missing in {line:?}");
         }
+    }
+
+    #[test]
+    fn repeated_failure_shows_count_and_first_and_last_time() {
+        let mut snap = sample();
+        let f = snap.failures.last_mut().unwrap();
+        // 01:00:05 and 02:03:04 past midnight, UTC.
+        (f.count, f.first_ts_ns, f.last_ts_ns) = (37, 3_605_000_000_000, 7_384_000_000_000);
+        let repeats = " x37 (first 01:00:05, last 02:03:04)";
+        let lines = render(&snap, &TopState::new(View::Destinations), 200, 30);
+        let line = &lines[line_of(&lines, "EADDRINUSE")];
+        assert!(
+            line.contains(&format!("mysqld(900){repeats}, held by")),
+            "{line:?}"
+        );
+        // A single failure has no count.
+        assert!(!lines[line_of(&lines, "EADDRNOTAVAIL")].contains(" x1"));
+        let out = plain_table(&snap, View::Destinations, &utc());
+        let plain: Vec<&str> = out.lines().filter(|l| l.starts_with("failure: ")).collect();
+        assert!(plain[0].contains(repeats), "{out}");
+        assert!(!plain[1].contains(" x1 "), "{out}");
     }
 
     #[test]
@@ -1533,7 +1596,7 @@ mod tests {
 
     #[test]
     fn plain_table_has_header_rows_and_failures() {
-        let out = plain_table(&sample(), View::Destinations);
+        let out = plain_table(&sample(), View::Destinations, &utc());
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 1 + 3 + 2, "{out}");
         let header: Vec<&str> = lines[0].split_whitespace().collect();
@@ -1577,7 +1640,7 @@ mod tests {
         assert!(lines[4].contains("held by curl(4242) ESTABLISHED ephemeral"));
         assert!(!out.contains('\x1b'));
 
-        let procs = plain_table(&sample(), View::Processes);
+        let procs = plain_table(&sample(), View::Processes, &utc());
         let lines: Vec<&str> = procs.lines().collect();
         assert_eq!(lines.len(), 1 + 4 + 2, "{procs}");
         assert_eq!(
@@ -1588,7 +1651,7 @@ mod tests {
             lines[1].split_whitespace().collect::<Vec<_>>(),
             ["4026531840", "4242", "curl", "cgroup", "77", "26000"]
         );
-        let cgroups = plain_table(&sample(), View::Workloads);
+        let cgroups = plain_table(&sample(), View::Workloads, &utc());
         assert!(
             cgroups.lines().nth(1).unwrap().contains("26820"),
             "{cgroups}"
@@ -1686,7 +1749,7 @@ mod tests {
                 }
                 press(&mut state, KeyCode::PageDown);
                 press(&mut state, KeyCode::End);
-                assert!(!plain_table(snap, view).is_empty());
+                assert!(!plain_table(snap, view, &utc()).is_empty());
             }
         }
         let lines = render(&empty, &TopState::new(View::Destinations), 80, 12);

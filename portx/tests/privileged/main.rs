@@ -59,6 +59,7 @@ fn main() {
         ("filters_netns_pid_errors", filters),
         ("burst_without_drops", burst),
         ("bad_netns_is_a_clear_error", bad_netns),
+        ("unknown_pid_is_a_clear_error", unknown_pid),
         ("not_root_is_a_clear_error", not_root),
         ("mounts_tracefs_when_missing", mounts_tracefs),
         ("top_agrees_with_ss", || top::agrees_with_ss(false)),
@@ -636,8 +637,50 @@ fn bad_netns() -> Result<()> {
     Ok(())
 }
 
-/// Without privileges: one actionable line and a non-zero exit, not a BPF error.
-fn not_root() -> Result<()> {
+/// `--pid` of no process: one line and a non-zero exit before anything is loaded, so
+/// without privileges too.
+fn unknown_pid() -> Result<()> {
+    let out_file = std::env::temp_dir().join(format!("portx-nopid-{}.portx", std::process::id()));
+    let out_file = out_file.to_str().context("temp path")?;
+    // Bounded, so that without the check the test fails instead of hanging.
+    for args in [
+        &["trace", "--duration", "1", "--pid", "4294967295"][..],
+        &["top", "--once", "--interval", "0.5", "--pid", "4294967295"],
+        &[
+            "record",
+            "-o",
+            out_file,
+            "--duration",
+            "1",
+            "--pid",
+            "4294967295",
+        ],
+    ] {
+        let as_root = std::process::Command::new(env!("CARGO_BIN_EXE_portx"))
+            .args(args)
+            .output()?;
+        for (who, out) in [("root", as_root), ("nobody", as_nobody(args)?)] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                out.status.code() == Some(1),
+                "{args:?} as {who}: {}: {stderr}",
+                out.status
+            );
+            ensure!(
+                stderr == "portx: error: no process with pid 4294967295\n",
+                "{args:?} as {who}: {stderr}"
+            );
+        }
+        ensure!(
+            !std::path::Path::new(out_file).exists(),
+            "record wrote a file"
+        );
+    }
+    Ok(())
+}
+
+/// Runs a copy of portx as nobody without capabilities.
+fn as_nobody(args: &[&str]) -> Result<std::process::Output> {
     // A copy nobody can execute wherever the checkout lives.
     let dir = std::env::temp_dir().join(format!("portx-nonroot-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -653,10 +696,15 @@ fn not_root() -> Result<()> {
             "--inh-caps=-all",
         ])
         .arg(&exe)
-        .args(["trace", "--duration", "1"])
+        .args(args)
         .output();
     std::fs::remove_dir_all(&dir)?;
-    let out = out.context("running setpriv (util-linux)")?;
+    out.context("running setpriv (util-linux)")
+}
+
+/// Without privileges: one actionable line and a non-zero exit, not a BPF error.
+fn not_root() -> Result<()> {
+    let out = as_nobody(&["trace", "--duration", "1"])?;
     ensure!(!out.status.success(), "portx ran without privileges");
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(stderr.lines().count() == 1, "not one line: {stderr}");
