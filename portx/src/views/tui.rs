@@ -716,6 +716,11 @@ fn hms(clock: &Clock, boot_ns: u64) -> String {
     t
 }
 
+/// ` in pod shop/web (api)` when the cgroup was named.
+fn in_workload(w: Option<&Workload>) -> String {
+    w.map_or_else(String::new, |w| format!(" in {}", w.label()))
+}
+
 fn failure_text(f: &Failure, clock: &Clock) -> FailureText {
     let e = &f.event;
     let error = match (&e.error, e.errno) {
@@ -731,7 +736,12 @@ fn failure_text(f: &Failure, clock: &Clock) -> FailureText {
     };
     let holder = f.holder.as_ref().map(|h| {
         let ephemeral = if h.ephemeral { " ephemeral" } else { "" };
-        format!("held by {} {}{ephemeral}", who(&h.comm, h.pid), h.state)
+        format!(
+            "held by {}{} {}{ephemeral}",
+            who(&h.comm, h.pid),
+            in_workload(h.workload.as_ref()),
+            h.state
+        )
     });
     let repeats = if f.count > 1 {
         format!(
@@ -744,7 +754,12 @@ fn failure_text(f: &Failure, clock: &Clock) -> FailureText {
         String::new()
     };
     FailureText {
-        what: format!("{} {error} {requested} by {}", e.event, who(&e.comm, e.pid)),
+        what: format!(
+            "{} {error} {requested} by {}{}",
+            e.event,
+            who(&e.comm, e.pid),
+            in_workload(e.workload.as_ref())
+        ),
         repeats,
         holder,
         explanation: f.explanation.clone(),
@@ -1505,6 +1520,10 @@ mod tests {
         let mut state = TopState::new(View::Workloads);
         state.filter = "kubepods".into();
         assert_eq!(workload_rows(&snap, &state).len(), 1);
+        // The failure's port holder (curl, cgroup 77) is named in its line.
+        let held = snap.failures.iter().find(|f| f.holder.is_some()).unwrap();
+        let line = failure_line(held, &utc());
+        assert!(line.contains("held by curl(4242) in pod shop/web-1 (api) ESTABLISHED"), "{line}");
     }
 
     #[test]
