@@ -303,6 +303,7 @@ fn create_dump(dir: &Path, wall_ns: i64) -> Result<CaptureFile> {
 
 pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
     // Bad flags and paths first, before anything is loaded.
+    crate::kernel::cgroups::use_host_root(&args.host.host_root)?;
     let triggers = match &args.flight_recorder {
         Some(dir) => {
             let t = Triggers::parse(&args.trigger).map_err(anyhow::Error::msg)?;
@@ -380,7 +381,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         kernel_dropped: 0,
         out: Vec::with_capacity(1 << 20),
         framed: 0,
-        names: CgroupNames::new(HostRoot::new(&args.host.host_root)),
+        names: CgroupNames::new(HostRoot::current()),
         named: Default::default(),
     };
     rec.header.filter = rec.filter.clone();

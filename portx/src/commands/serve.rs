@@ -105,6 +105,7 @@ fn drop_privileges(
 }
 
 pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
+    crate::kernel::cgroups::use_host_root(&args.host.host_root)?;
     // Listen first: a port in use or a bad address fails before anything is loaded.
     let std_listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -135,7 +136,7 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
             ..View::default()
         },
         dropped: 0,
-        names: CgroupNames::new(HostRoot::new(&args.host.host_root)),
+        names: CgroupNames::new(HostRoot::current()),
     };
     if verbose {
         eprintln!("portx: {}", served.names.describe());

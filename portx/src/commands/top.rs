@@ -280,6 +280,7 @@ pub fn start_live(
 }
 
 pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
+    crate::kernel::cgroups::use_host_root(&args.host.host_root)?;
     let mut source = match &args.replay {
         Some(files) => {
             let r = ReplaySource::open(files.clone(), args.speed)?;
@@ -290,7 +291,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
             preflight::check_pid(args.pid)?;
             let drift = (!args.no_drift_check).then_some(args.drift_interval);
             let (probes, live) = start_live(args.ring_mib, KernelFilter::ALL, drift, verbose)?;
-            let names = CgroupNames::new(HostRoot::new(&args.host.host_root));
+            let names = CgroupNames::new(HostRoot::current());
             if verbose {
                 eprintln!("portx: {}", names.describe());
             }

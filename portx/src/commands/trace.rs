@@ -70,6 +70,7 @@ pub fn filter_from(args: &EventFilterArgs) -> anyhow::Result<Filter> {
 
 pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     preflight::check_pid(args.filter.pid)?;
+    crate::kernel::cgroups::use_host_root(&args.host.host_root)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let filter = filter_from(&args.filter)?;
@@ -92,7 +93,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
             eprintln!("portx: degraded: {m}");
         }
     }
-    let names = CgroupNames::new(HostRoot::new(&args.host.host_root));
+    let names = CgroupNames::new(HostRoot::current());
     if verbose {
         eprintln!("portx: {}", names.describe());
     }

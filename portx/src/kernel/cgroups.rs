@@ -46,9 +46,64 @@ impl Default for HostRoot {
     }
 }
 
+/// The host root this run was given (`--host-root`), for code far from the command
+/// line (the `/proc` owner scan).
+static HOST_ROOT: std::sync::OnceLock<HostRoot> = std::sync::OnceLock::new();
+
+/// Takes `--host-root DIR` for this run: checks it, remembers it, and inside a
+/// container with a cgroup namespace of its own, enters the host's (that of the
+/// host's pid 1), so `/proc/PID/cgroup` shows host paths rather than
+/// `/../../kubepods/...` (cgroup_namespaces(7)). Call before any thread starts:
+/// namespaces are per thread, and threads inherit them.
+pub fn use_host_root(dir: &Path) -> anyhow::Result<HostRoot> {
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--host-root {}: not a directory",
+        dir.display()
+    );
+    let host = HostRoot::new(dir);
+    let _ = HOST_ROOT.set(host.clone());
+    if !host.is_host() {
+        enter_host_cgroupns(&host)?;
+    }
+    Ok(host)
+}
+
+fn enter_host_cgroupns(host: &HostRoot) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let theirs = host.join("/proc/1/ns/cgroup");
+    let same = match (
+        std::fs::metadata(&theirs),
+        std::fs::metadata("/proc/self/ns/cgroup"),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        // No host /proc there (or no cgroup namespaces): nothing to enter.
+        _ => return Ok(()),
+    };
+    if same {
+        return Ok(());
+    }
+    let ns =
+        std::fs::File::open(&theirs).with_context(|| format!("opening {}", theirs.display()))?;
+    // SAFETY: a valid namespace fd; setns changes only this thread's namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWCGROUP) } != 0 {
+        anyhow::bail!(
+            "entering the host's cgroup namespace ({}): {} (needs CAP_SYS_ADMIN; the DaemonSet has it)",
+            theirs.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 impl HostRoot {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self(dir.into())
+    }
+
+    /// The run's `--host-root`, `/` when none was given.
+    pub fn current() -> Self {
+        HOST_ROOT.get().cloned().unwrap_or_default()
     }
 
     /// `path` (absolute, on the host) under the host root.
@@ -85,6 +140,9 @@ impl Cgroup2Tree {
             // Canonical, so the links of fds opened by handle strip to the path.
             let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
             return Some(Self { dir, root });
+        }
+        if host.is_host() {
+            return None;
         }
         ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
             .into_iter()

@@ -80,7 +80,7 @@ struct CgroupIds {
 impl CgroupIds {
     fn new() -> Self {
         Self {
-            tree: Cgroup2Tree::find(&HostRoot::default()),
+            tree: Cgroup2Tree::find(&HostRoot::current()),
             cache: HashMap::new(),
         }
     }

@@ -1523,7 +1523,10 @@ mod tests {
         // The failure's port holder (curl, cgroup 77) is named in its line.
         let held = snap.failures.iter().find(|f| f.holder.is_some()).unwrap();
         let line = failure_line(held, &utc());
-        assert!(line.contains("held by curl(4242) in pod shop/web-1 (api) ESTABLISHED"), "{line}");
+        assert!(
+            line.contains("held by curl(4242) in pod shop/web-1 (api) ESTABLISHED"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod report_page;
 mod serve;
 mod support;
 mod top;
+mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -67,6 +68,10 @@ fn main() {
             top::agrees_with_ss(true)
         }),
         ("top_exhaustion_reaches_full", top::exhaustion_reaches_full),
+        (
+            "workloads_named_in_trace_and_top",
+            workloads::names_pods_containers_and_units,
+        ),
         (
             "top_bind_conflict_names_holder",
             top::bind_conflict_names_holder,
