@@ -713,15 +713,18 @@ fn check_kubernetes_consistency(
         .iter()
         .filter_map(|m| m["mountPath"].as_str().map(str::to_owned))
         .collect();
-    for path in [
-        "/sys/kernel/btf",
-        "/sys/kernel/tracing",
-        "/sys/fs/cgroup",
-        "/run/netns",
-        "/var/log/pods",
-        "/var/log/containers",
-    ] {
+    for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/run/netns"] {
         ensure!(mounted.contains(path), "{path} is not mounted");
+    }
+    // Workload names: the host's cgroup tree, /proc and kubelet logs under the
+    // --host-root portx is given.
+    let host_root = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--host-root="))
+        .ok_or_else(|| anyhow!("no --host-root=DIR in args"))?;
+    for path in ["/proc", "/sys/fs/cgroup", "/var/log/pods", "/var/log/containers"] {
+        let under = format!("{}{path}", host_root.trim_end_matches('/'));
+        ensure!(mounted.contains(&under), "{under} is not mounted (--host-root={host_root})");
     }
 
     let svc = find_kind(&docs["service.yaml"], "Service")?;
