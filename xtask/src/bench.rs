@@ -59,8 +59,8 @@ fn machine() -> String {
 }
 
 pub fn run(cargo: &mut Command, quick: bool, record: bool, only: &[String]) -> Result<()> {
-    const PARTS: [&str; 7] = [
-        "ingest", "memory", "baseline", "storm", "latency", "capture", "serve",
+    const PARTS: [&str; 8] = [
+        "ingest", "memory", "baseline", "storm", "latency", "capture", "serve", "names",
     ];
     if let Some(p) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
         bail!("unknown bench part `{p}`; parts: {}", PARTS.join(", "));

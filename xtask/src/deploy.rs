@@ -722,9 +722,17 @@ fn check_kubernetes_consistency(
         .iter()
         .find_map(|a| a.strip_prefix("--host-root="))
         .ok_or_else(|| anyhow!("no --host-root=DIR in args"))?;
-    for path in ["/proc", "/sys/fs/cgroup", "/var/log/pods", "/var/log/containers"] {
+    for path in [
+        "/proc",
+        "/sys/fs/cgroup",
+        "/var/log/pods",
+        "/var/log/containers",
+    ] {
         let under = format!("{}{path}", host_root.trim_end_matches('/'));
-        ensure!(mounted.contains(&under), "{under} is not mounted (--host-root={host_root})");
+        ensure!(
+            mounted.contains(&under),
+            "{under} is not mounted (--host-root={host_root})"
+        );
     }
 
     let svc = find_kind(&docs["service.yaml"], "Service")?;

@@ -16,6 +16,7 @@ use std::{
 };
 
 mod capture;
+mod names;
 mod serve;
 mod storm;
 
@@ -489,7 +490,7 @@ fn main() {
     // `cargo bench` passes --bench; ignore it.
     let quick = args.iter().any(|a| a == "--quick");
     // `--only PART[,PART]`: run some parts (ingest, memory, baseline, storm, latency,
-    // capture, serve).
+    // capture, serve, names).
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")
@@ -520,5 +521,8 @@ fn main() {
     if part("serve") {
         serve::bench_scrape(quick);
         serve::bench_churn(quick);
+    }
+    if part("names") {
+        names::bench_names(quick);
     }
 }
