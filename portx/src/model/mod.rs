@@ -7,6 +7,8 @@
 //! number of destinations, not sockets.
 
 pub mod capacity;
+pub mod clients;
+pub mod diagnosis;
 pub mod input;
 pub mod peaks;
 pub mod rate;
@@ -221,8 +223,11 @@ struct Sock {
     explicit_bind: bool,
     owner: u32,
     dest: u32,
+    /// When it left SYN_SENT, milliseconds of event time (wrapping; 0 = not seen),
+    /// for its client's connection lifetime.
+    born_ms: u32,
 }
-const _: () = assert!(size_of::<Sock>() == 28);
+const _: () = assert!(size_of::<Sock>() == 32);
 
 /// A 4-tuple held after the full socket closed.
 #[derive(Clone, Copy, Debug)]
@@ -245,6 +250,23 @@ struct DestAgg {
     /// Sockets per owner; few owners per destination, so a short list.
     owners: Vec<(u32, u32)>,
     rate: RateWindow,
+    /// How each owner connects to it (at most [`MAX_CLIENTS`]).
+    clients: Vec<(u32, Box<clients::ClientStats>)>,
+}
+
+/// Clients followed per destination; beyond, the least established is replaced.
+const MAX_CLIENTS: usize = 16;
+
+/// Whether `net.ipv4.tcp_tw_reuse` lets connect() take over TIME_WAIT ports of a
+/// connection: 1 always, 2 (the default) loopback only
+/// (<https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_ipv4.c#L118>).
+fn reuse_applies(tw_reuse: Option<u32>, loopback: bool) -> bool {
+    matches!(tw_reuse, Some(1)) || (tw_reuse == Some(2) && loopback)
+}
+
+/// Milliseconds of event time, never 0 (0 means unknown in `Sock::born_ms`).
+fn ms_of(ts_ns: u64) -> u32 {
+    ((ts_ns / 1_000_000) as u32).max(1)
 }
 
 impl DestAgg {
@@ -498,6 +520,7 @@ impl Model {
             used: 0,
             owners: Vec::new(),
             rate: RateWindow::default(),
+            clients: Vec::new(),
         };
         let i = match self.dest_free.pop() {
             Some(i) => {
@@ -552,6 +575,11 @@ impl Model {
             }
             if used && sign > 0 {
                 self.note_used_increase(dest);
+            }
+            if state == TcpState::TimeWait
+                && let Some(c) = self.client(dest, owner)
+            {
+                c.time_wait = c.time_wait.saturating_add_signed(sign);
             }
         }
         if owner != NO_OWNER {
@@ -819,10 +847,12 @@ impl Model {
                     explicit_bind,
                     owner,
                     dest: NO_DEST,
+                    born_ms: 0,
                 }
             }
         };
         if new == TcpState::Close {
+            self.follow_client(&mut s, old, new, e.ts_ns);
             self.sockets.remove(&key);
             // FIN_WAIT2 -> CLOSE and CLOSING -> CLOSE hand the 4-tuple to a timewait
             // socket (tcp_time_wait); other closes (RST, failed connect, LAST_ACK)
@@ -894,6 +924,7 @@ impl Model {
                 quad: s.quad,
             });
         }
+        self.follow_client(&mut s, old, new, e.ts_ns);
         self.count_sock(&s, 1);
         self.sockets.insert(key, s);
     }
@@ -926,6 +957,59 @@ impl Model {
             let d = &mut self.dests[dest as usize];
             let level = d.used;
             d.rate.record(e.ts_ns, level);
+            let owner = self.intern_owner(e.pid, &e.comm, e.cgroup_id);
+            if let Some(c) = self.client(dest, owner) {
+                c.open(e.ts_ns);
+            }
+        }
+    }
+
+    /// The stats of `owner` toward `dest`, made on first use.
+    fn client(&mut self, dest: u32, owner: u32) -> Option<&mut clients::ClientStats> {
+        if dest == NO_DEST || owner == NO_OWNER {
+            return None;
+        }
+        let list = &mut self.dests[dest as usize].clients;
+        let i = match list.iter().position(|(o, _)| *o == owner) {
+            Some(i) => i,
+            None if list.len() < MAX_CLIENTS => {
+                list.push((owner, Box::default()));
+                list.len() - 1
+            }
+            None => {
+                let (i, _) = list
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, (_, c))| c.established)?;
+                list[i] = (owner, Box::default());
+                i
+            }
+        };
+        Some(&mut list[i].1)
+    }
+
+    /// A client connection's life: established out of SYN_SENT, and its first close
+    /// (by the client: FIN_WAIT1; by the server: CLOSE_WAIT; a reset: CLOSE).
+    fn follow_client(&mut self, s: &mut Sock, old: TcpState, new: TcpState, ts_ns: u64) {
+        if !s.active {
+            return;
+        }
+        if old == TcpState::SynSent && new == TcpState::Established {
+            s.born_ms = ms_of(ts_ns);
+            if let Some(c) = self.client(s.dest, s.owner) {
+                c.established_by(ts_ns, 1);
+            }
+        } else if old == TcpState::Established && s.born_ms != 0 {
+            let life_ns = u64::from(ms_of(ts_ns).wrapping_sub(s.born_ms)) * 1_000_000;
+            s.born_ms = 0;
+            if let Some(c) = self.client(s.dest, s.owner) {
+                c.established_by(ts_ns, -1);
+                match new {
+                    TcpState::FinWait1 => c.closed(ts_ns, life_ns, true),
+                    TcpState::CloseWait => c.closed(ts_ns, life_ns, false),
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -1192,6 +1276,7 @@ impl Model {
                 explicit_bind: false,
                 owner,
                 dest: NO_DEST,
+                born_ms: 0,
             };
             if active {
                 s.dest = self.dest_for(netns, &b.tuple);
@@ -1217,6 +1302,7 @@ impl Model {
                     ports: n,
                     cgroup_id: info.cgroup_id,
                     workload: None,
+                    client: None,
                 }
             })
             .collect();
@@ -1372,6 +1458,15 @@ impl Model {
                 per_ns.insert(inode, ns_entry(self, inode));
             }
         }
+        let reusable = self.reusable_timewait(now);
+        let mut listeners: FxHashMap<u32, Vec<u16>> = FxHashMap::default();
+        for &(ns, port) in self.listeners.keys() {
+            listeners.entry(ns).or_default().push(port);
+        }
+        for l in listeners.values_mut() {
+            l.sort_unstable();
+        }
+        let mut diagnoses = Vec::new();
         let indices: Vec<u32> = self.dest_index.values().copied().collect();
         for i in indices {
             let netns = self.dests[i as usize].key.netns;
@@ -1407,17 +1502,67 @@ impl Model {
                 .filter_map(|(s, n)| TcpState::from_u8(s as u8).map(|s| (s.name().to_owned(), *n)))
                 .collect();
             let used = d.used;
-            let d = &mut self.dests[i as usize];
-            let usage = DestUsage {
+            let tw_reuse = self.netns.get(&netns).and_then(|c| c.tcp.tw_reuse);
+            let loopback = t.daddr().is_loopback() || t.saddr().is_loopback();
+            let facts = diagnosis::DestFacts {
+                netns,
                 saddr: t.saddr().to_string(),
                 daddr: t.daddr().to_string(),
                 dport: t.dport,
                 used,
                 capacity,
+                established: d.states[TcpState::Established as usize],
+                time_wait: d.states[TcpState::TimeWait as usize],
+                reusable: reusable.get(&i).copied().unwrap_or(0),
+                tw_reuse,
+                reuse_applies: reuse_applies(tw_reuse, loopback),
+                range: (self.cfg(netns).0, self.cfg(netns).1),
+                listeners: listeners.get(&netns).cloned().unwrap_or_default(),
+            };
+            let mut owners = owners;
+            let mut clients = Vec::new();
+            let d = &mut self.dests[i as usize];
+            for o in &mut owners {
+                let Some((_, stats)) = d.clients.iter_mut().find(|(id, _)| {
+                    self.owners[*id as usize].pid == o.pid
+                        && *self.owners[*id as usize].comm == *o.comm
+                }) else {
+                    continue;
+                };
+                let v = stats.view(now);
+                o.client = Some(v);
+                clients.push(diagnosis::ClientFacts {
+                    who: diagnosis::Who {
+                        pid: o.pid,
+                        comm: o.comm.clone(),
+                        cgroup_id: o.cgroup_id,
+                    },
+                    ports: o.ports,
+                    time_wait: stats.time_wait,
+                    view: v,
+                });
+            }
+            let steady = diagnosis::steady_state(&facts, &clients);
+            diagnoses.extend(diagnosis::diagnose(&facts, &clients));
+            // A client measured to level off below capacity never exhausts it, whatever
+            // the last seconds' growth says.
+            let growth_eta = d.rate.eta(now, used, capacity);
+            let eta_s = match steady {
+                Some(s) if s < f64::from(capacity) => None,
+                _ => growth_eta,
+            };
+            let usage = DestUsage {
+                saddr: facts.saddr.clone(),
+                daddr: facts.daddr.clone(),
+                dport: t.dport,
+                used,
+                capacity,
                 states,
                 rate_per_s: d.rate.per_second(now, used),
-                eta_s: d.rate.eta(now, used, capacity),
+                eta_s,
                 owners,
+                reusable: facts.reusable,
+                steady_state: steady,
             };
             per_ns
                 .entry(netns)
@@ -1484,7 +1629,26 @@ impl Model {
             drift: self.drift,
             hooks: Vec::new(),
             workloads: Vec::new(),
+            diagnoses,
         }
+    }
+
+    /// TIME_WAIT entries per destination that a new connect() may take over: over a
+    /// second old, in a namespace where tcp_tw_reuse applies to them.
+    fn reusable_timewait(&self, now_ns: u64) -> FxHashMap<u32, u32> {
+        let mut out: FxHashMap<u32, u32> = FxHashMap::default();
+        for (k, t) in &self.timewait {
+            if t.dest == NO_DEST || now_ns.saturating_sub(t.since_ns) < diagnosis::REUSE_AFTER_NS {
+                continue;
+            }
+            let tw_reuse = self.netns.get(&k.netns).and_then(|c| c.tcp.tw_reuse);
+            let tuple = self.tuple_of(&k.quad);
+            let loopback = tuple.daddr().is_loopback() || tuple.saddr().is_loopback();
+            if reuse_applies(tw_reuse, loopback) {
+                *out.entry(t.dest).or_default() += 1;
+            }
+        }
+        out
     }
 
     /// TIME_WAIT 4-tuples the model holds in `netns` (for tests and the drift check).

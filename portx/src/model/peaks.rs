@@ -246,6 +246,7 @@ mod tests {
                 ports: 4,
                 cgroup_id: 1,
                 workload: None,
+                client: None,
             }]
         );
         assert_eq!(p.time_wait, 0);

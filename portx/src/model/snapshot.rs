@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{clients::ClientView, diagnosis::Diagnosis};
 use crate::{views::output::JsonEvent, workload::Workload};
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -23,6 +24,9 @@ pub struct Snapshot {
     /// filled when cgroups can be named ([`crate::workload::annotate`]).
     #[serde(default)]
     pub workloads: Vec<WorkloadUsage>,
+    /// Why destinations run out and what to change, most severe first.
+    #[serde(default)]
+    pub diagnoses: Vec<Diagnosis>,
 }
 
 /// One workload's ports and the processes holding them.
@@ -86,9 +90,18 @@ pub struct DestUsage {
     pub eta_s: Option<f64>,
     /// Most ports first.
     pub owners: Vec<OwnerPorts>,
+    /// Of `used`, TIME_WAIT ports a new connect() may take over (`tcp_tw_reuse`
+    /// applies here and they are over a second old): held, but not a limit.
+    #[serde(default)]
+    pub reusable: u32,
+    /// Ports the clients will hold if they keep behaving as measured (rate x how long
+    /// each connection holds its port); null until every opening client has closed
+    /// some connections.
+    #[serde(default)]
+    pub steady_state: Option<f64>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct OwnerPorts {
     pub pid: u32,
     pub comm: String,
@@ -97,6 +110,9 @@ pub struct OwnerPorts {
     pub cgroup_id: u64,
     #[serde(default)]
     pub workload: Option<Workload>,
+    /// How this owner connects to the destination (rate, lifetime, who closes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientView>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

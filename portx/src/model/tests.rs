@@ -268,14 +268,23 @@ fn owners_survive_softirq_events() {
     m.apply(&softirq.state(S + 1, SynSent, Established));
     let snap = m.snapshot(View::default());
     let d = dest(&snap, "10.0.0.5", 80);
+    let owners: Vec<OwnerPorts> = d
+        .owners
+        .iter()
+        .map(|o| OwnerPorts {
+            client: None,
+            ..o.clone()
+        })
+        .collect();
     assert_eq!(
-        d.owners,
+        owners,
         vec![OwnerPorts {
             pid: 100,
             comm: "curl".into(),
             ports: 1,
             cgroup_id: 7,
             workload: None,
+            client: None,
         }]
     );
 }
@@ -798,9 +807,19 @@ fn exported_state_reloads_to_the_same_view_and_later_events_find_their_sockets()
     let d0 = dest(&before, "10.0.0.5", 443);
     let d1 = dest(&after, "10.0.0.5", 443);
     assert_eq!((d1.used, d1.capacity), (4, 10));
+    // How clients behaved (rates, lifetimes) is measured from events, not state.
+    let bare = |d: &DestUsage| -> Vec<OwnerPorts> {
+        d.owners
+            .iter()
+            .map(|o| OwnerPorts {
+                client: None,
+                ..o.clone()
+            })
+            .collect()
+    };
     assert_eq!(
-        (d1.used, &d1.states, &d1.owners),
-        (d0.used, &d0.states, &d0.owners)
+        (d1.used, &d1.states, bare(d1)),
+        (d0.used, &d0.states, bare(d0))
     );
     assert_eq!(state(d1, "TIME_WAIT"), 1);
     assert_eq!(after.netns[0].name.as_deref(), Some("blue"));
@@ -843,4 +862,110 @@ fn a_dump_of_sockets_events_already_made_counts_them_once() {
     let d = dest(&snap, "10.0.0.9", 80);
     assert_eq!((d.used, state(d, "ESTABLISHED")), (3, 3));
     assert_eq!(m.socket_count(), 3);
+}
+
+/// A namespace with range 20000-21999 and `tw_reuse`.
+fn model_2000(tw_reuse: u32) -> Model {
+    let mut m = Model::new();
+    m.set_netns_config(
+        NS,
+        NetnsConfig {
+            port_range: (20000, 21999),
+            tcp: TcpSysctls {
+                tw_reuse: Some(tw_reuse),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    m
+}
+
+/// `rate` connections a second from one client to `daddr:80` for `secs`, each open
+/// for `life_ms` and closed by the client (its port then in TIME_WAIT).
+fn churn(m: &mut Model, daddr: &str, rate: u64, life_ms: u64, secs: u64) {
+    let step = S / rate;
+    for i in 0..rate * secs {
+        let t = S + i * step;
+        let mut c = Sk::client(0x1000 + i, 4242, 20000 + (i % 2000) as u16, daddr, 80);
+        if !c.daddr.is_loopback() {
+            c.saddr = ip("10.0.0.1");
+        }
+        c.open(m, t);
+        c.active_close(m, t + life_ms * 1_000_000);
+    }
+}
+
+#[test]
+fn a_short_lived_client_is_diagnosed_and_its_steady_state_forecast() {
+    // 30/s, 20 ms each, client closes, no reuse: it converges to 30 x 60 = 1800 of
+    // 1999 ports (near capacity) and TIME_WAIT is nearly all of them.
+    let mut m = model_2000(0);
+    churn(&mut m, "10.0.0.5", 30, 20, 40);
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    let steady = d.steady_state.expect("steady state");
+    assert!((1700.0..1900.0).contains(&steady), "{steady}");
+    let client = d.owners[0].client.expect("client figures");
+    assert!((client.rate_10s - 30.0).abs() < 3.0, "{client:?}");
+    assert_eq!(client.client_close_share, Some(1.0));
+    let ids: Vec<&str> = snap.diagnoses.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["short-lived-connections", "timewait-dominated"],
+        "{:?}",
+        snap.diagnoses
+    );
+    let s = &snap.diagnoses[0];
+    assert_eq!(s.who.as_ref().map(|w| w.pid), Some(4242));
+    assert!(
+        s.explanation
+            .contains("opens 30 connections/s to 10.0.0.5:80"),
+        "{}",
+        s.explanation
+    );
+    // Levels off below capacity: no exhaustion to count down to.
+    assert_eq!(d.eta_s, None);
+}
+
+#[test]
+fn reusable_timewait_is_counted_apart_where_tw_reuse_applies() {
+    // The same client toward loopback with tw_reuse 2: the kernel hands TIME_WAIT
+    // ports over a second old back to connect().
+    let mut m = model_2000(2);
+    churn(&mut m, "127.0.0.2", 30, 20, 40);
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "127.0.0.2", 80);
+    let tw = state(d, "TIME_WAIT");
+    assert!(tw > 1000, "{tw}");
+    // All but the last second's.
+    assert!(
+        d.reusable >= tw - 40 && d.reusable < tw,
+        "{} of {tw}",
+        d.reusable
+    );
+    assert!(d.steady_state.unwrap() < 100.0, "{:?}", d.steady_state);
+    assert!(snap.diagnoses.is_empty(), "{:?}", snap.diagnoses);
+    assert_eq!(d.eta_s, None);
+    // tw_reuse 2 toward another host: not reusable.
+    let mut m = model_2000(2);
+    churn(&mut m, "10.0.0.5", 30, 20, 40);
+    assert_eq!(
+        dest(&m.snapshot(View::default()), "10.0.0.5", 80).reusable,
+        0
+    );
+}
+
+#[test]
+fn a_pooled_client_is_not_short_lived() {
+    // The same load over 20 kept-alive connections: opened once, never closed.
+    let mut m = model_2000(0);
+    for i in 0..20u64 {
+        Sk::client(0x1000 + i, 4242, 20000 + i as u16, "10.0.0.5", 80).open(&mut m, S + i);
+    }
+    m.tick(40 * S);
+    let snap = m.snapshot(View::default());
+    assert!(snap.diagnoses.is_empty(), "{:?}", snap.diagnoses);
+    // Nothing closed yet: no lifetime to forecast from.
+    assert_eq!(dest(&snap, "10.0.0.5", 80).steady_state, None);
 }

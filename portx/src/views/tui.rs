@@ -1206,6 +1206,7 @@ mod tests {
             rate_per_s: 40.0,
             eta_s: Some(35.3),
             owners: vec![owner("curl", 4242, 26_000), owner("app", 100, 820)],
+            ..DestUsage::default()
         };
         let quiet = DestUsage {
             saddr: "10.0.0.1".to_owned(),
@@ -1217,6 +1218,7 @@ mod tests {
             rate_per_s: 0.0,
             eta_s: None,
             owners: vec![owner("nginx", 300, 900)],
+            ..DestUsage::default()
         };
         let v6 = DestUsage {
             saddr: "2001:db8::2".to_owned(),
@@ -1231,6 +1233,7 @@ mod tests {
             rate_per_s: 2.5,
             eta_s: Some(100.0),
             owners: vec![owner("psql", 555, 750)],
+            ..DestUsage::default()
         };
         let mut older = event("connect_error", "app", 100, "EADDRNOTAVAIL", 99);
         older.daddr = "10.0.0.9".to_owned();
@@ -1308,6 +1311,7 @@ mod tests {
                 },
             ],
             workloads: Vec::new(),
+            diagnoses: Vec::new(),
         }
     }
 

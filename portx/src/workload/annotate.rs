@@ -145,6 +145,7 @@ mod tests {
                             ports: 5,
                             cgroup_id: 10,
                             workload: None,
+                            client: None,
                         }],
                         ..Default::default()
                     }],

@@ -81,6 +81,7 @@ fn snap(dests: Vec<DestUsage>) -> Snapshot {
         })
         .collect(),
         workloads: Vec::new(),
+        diagnoses: Vec::new(),
     }
 }
 
