@@ -52,11 +52,11 @@ pub const MAX_NETNS: usize = 64;
 
 /// The most series one scrape can hold with top K `k`: what `sample_limit` must allow.
 /// Per namespace: capacity, used_max, connects, binds (4), 2 K destinations for each
-/// of used and time_wait, 2 K holders, 2 K workloads, 10 errno series for each of
-/// connect and bind errors; plus the self metrics (build, dropped, drift, sockets,
-/// scrape duration, 4 omitted kinds, 4 attach needs: 12).
+/// of used, reusable and time_wait, 2 K holders, 2 K workloads, K diagnoses, 10 errno
+/// series for each of connect and bind errors; plus the self metrics (build, dropped,
+/// drift, sockets, scrape duration, 4 omitted kinds, 4 attach needs: 12).
 pub const fn series_bound(k: usize) -> usize {
-    MAX_NETNS * (4 + 2 * (2 * k) + 2 * k + 2 * k + 2 * ERRNO_SLOTS) + 12
+    MAX_NETNS * (4 + 3 * (2 * k) + 2 * k + 2 * k + k + 2 * ERRNO_SLOTS) + 12
 }
 
 fn errno_slot(errno: u32) -> usize {
@@ -340,6 +340,14 @@ impl Exporter {
             "portx_ephemeral_ports_used_max",
             "Ports used toward the busiest destination of the namespace, exact whatever K.",
         );
+        let mut reusable = Family::gauge(
+            "portx_ephemeral_ports_reusable",
+            "Of portx_ephemeral_ports_used, TIME_WAIT ports a new connect() may take over (tcp_tw_reuse applies and they are over 1 s old): held, but not a limit.",
+        );
+        let mut diagnosis = Family::gauge(
+            "portx_diagnosis",
+            "1 for each diagnosis of why a destination runs out of ports (id, severity), per client (comm, empty for the destination as a whole); the top K per namespace, critical first.",
+        );
         let mut time_wait = Family::gauge(
             "portx_ephemeral_ports_time_wait",
             "Sockets in TIME_WAIT toward a destination, for the destinations of portx_ephemeral_ports_used.",
@@ -411,12 +419,12 @@ impl Exporter {
                     .map(|d| {
                         let key = (inode, d.saddr.clone(), d.daddr.clone(), d.dport);
                         let tw = d.states.get("TIME_WAIT").copied().unwrap_or(0);
-                        (key, (d.used, tw))
+                        (key, (d.used, tw, d.reusable))
                     })
                     .collect();
                 let (kept, omitted) = self.dests.select(ranked_dests, k, ttl, now_ns);
                 omitted_dests += omitted;
-                for ((_, saddr, daddr, dport), (u, tw)) in kept {
+                for ((_, saddr, daddr, dport), (u, tw, r)) in kept {
                     let labels = vec![
                         ("netns", ns.clone()),
                         ("saddr", saddr),
@@ -425,7 +433,28 @@ impl Exporter {
                     ];
                     used.series
                         .push((labels.clone(), Value::Gauge(i64::from(u))));
+                    reusable
+                        .series
+                        .push((labels.clone(), Value::Gauge(i64::from(r))));
                     time_wait.series.push((labels, Value::Gauge(i64::from(tw))));
+                }
+                // Diagnoses: the snapshot lists them most severe first.
+                for d in snap.diagnoses.iter().filter(|d| d.netns == inode).take(k) {
+                    diagnosis.series.push((
+                        vec![
+                            ("netns", ns.clone()),
+                            ("id", d.id.clone()),
+                            ("severity", d.severity.clone()),
+                            ("saddr", d.saddr.clone()),
+                            ("daddr", d.daddr.clone()),
+                            ("dport", d.dport.to_string()),
+                            (
+                                "comm",
+                                d.who.as_ref().map(|w| w.comm.clone()).unwrap_or_default(),
+                            ),
+                        ],
+                        Value::Gauge(1),
+                    ));
                 }
                 // Holders by process name: pids come and go, names are what people
                 // look for, and they bound the series better.
@@ -544,6 +573,8 @@ impl Exporter {
             used,
             used_max,
             time_wait,
+            reusable,
+            diagnosis,
             connects,
             connect_errors,
             binds,

@@ -32,6 +32,8 @@ use crate::{
 const FRAME: Duration = Duration::from_millis(100);
 /// Failure lines shown at most in the failures panel.
 const MAX_FAILURE_LINES: usize = 6;
+/// Diagnoses shown at most (two lines each: what was measured, what to do).
+const MAX_DIAGNOSES: usize = 3;
 /// Processes named at most in one workload row.
 const MAX_WORKLOAD_MEMBERS: usize = 8;
 
@@ -100,8 +102,8 @@ impl DestSort {
         match self {
             Self::Percent => 3,
             Self::Used => 2,
-            Self::Rate => 8,
-            Self::Eta => 9,
+            Self::Rate => 9,
+            Self::Eta => 10,
             Self::TimeWait => 6,
         }
     }
@@ -287,7 +289,7 @@ const fn col(title: &'static str, width: Constraint, right: bool) -> Column {
     }
 }
 
-const DEST_COLUMNS: [Column; 11] = [
+const DEST_COLUMNS: [Column; 12] = [
     col("NETNS", Constraint::Length(10), false),
     col("DEST", Constraint::Min(21), false),
     col("USED/CAPACITY", Constraint::Length(13), true),
@@ -295,6 +297,7 @@ const DEST_COLUMNS: [Column; 11] = [
     col("ESTAB", Constraint::Length(6), true),
     col("SYN_SENT", Constraint::Length(8), true),
     col("TIME_WAIT", Constraint::Length(9), true),
+    col("REUSE", Constraint::Length(6), true),
     col("OTHER", Constraint::Length(6), true),
     col("RATE/s", Constraint::Length(7), true),
     col("ETA", Constraint::Length(5), true),
@@ -345,6 +348,10 @@ struct DestRow {
     other: u64,
     rate_per_s: f64,
     eta_s: Option<f64>,
+    /// TIME_WAIT ports the kernel hands back to connect() (tcp_tw_reuse).
+    reusable: u64,
+    /// The clients level off below capacity (steady state): ETA says never.
+    never: bool,
     top_owner: String,
     /// Text the filter looks at besides the shown columns (netns inode, owners).
     search: String,
@@ -356,9 +363,13 @@ impl DestRow {
         (self.capacity > 0).then(|| f64::from(self.used) / f64::from(self.capacity))
     }
 
+    /// Colour by what is held and not handed back: reusable TIME_WAIT is no limit.
     fn level(&self) -> Level {
         // Integer comparisons, so that exactly 90% is critical whatever the rounding.
-        let (used, cap) = (u64::from(self.used), u64::from(self.capacity));
+        let (used, cap) = (
+            u64::from(self.used).saturating_sub(self.reusable),
+            u64::from(self.capacity),
+        );
         if cap == 0 {
             Level::Ok
         } else if used * 100 >= cap * 90 {
@@ -387,9 +398,14 @@ impl DestRow {
             self.established.to_string(),
             self.syn_sent.to_string(),
             self.time_wait.to_string(),
+            self.reusable.to_string(),
             self.other.to_string(),
             format!("{:.1}", self.rate_per_s),
-            eta_human(self.eta_s),
+            if self.never && self.eta_s.is_none() {
+                "never".to_owned()
+            } else {
+                eta_human(self.eta_s)
+            },
             self.top_owner.clone(),
         ]
     }
@@ -552,6 +568,8 @@ fn dest_rows(snap: &Snapshot, state: &TopState) -> Vec<DestRow> {
                     0.0
                 },
                 eta_s: d.eta_s.filter(|s| s.is_finite() && *s >= 0.0),
+                reusable: u64::from(d.reusable),
+                never: d.steady_state.is_some_and(|s| s < f64::from(d.capacity)),
                 top_owner: top.map_or_else(
                     || "-".to_owned(),
                     |o| match o.workload.as_ref().filter(|w| w.is_container()) {
@@ -815,6 +833,11 @@ pub fn plain_table(snap: &Snapshot, view: View, clock: &Clock) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    for d in &snap.diagnoses {
+        out.push_str("diagnosis: ");
+        out.push_str(&diagnosis_line(d));
+        out.push('\n');
+    }
     for f in snap.failures.iter().rev() {
         out.push_str("failure: ");
         out.push_str(&failure_line(f, clock));
@@ -833,15 +856,24 @@ pub fn draw(frame: &mut Frame, snap: &Snapshot, state: &TopState, clock: &Clock)
     let shown_failures = snap.failures.len().min(MAX_FAILURE_LINES);
     // Borders plus at least one line, so "no failures" has a place too.
     let failures_height = shown_failures.max(1) as u16 + 2;
-    let [header, table, failures, footer] = Layout::vertical([
+    // No panel while nothing is diagnosed: the table keeps the room.
+    let diagnoses_height = match snap.diagnoses.len().min(MAX_DIAGNOSES) {
+        0 => 0,
+        n => 2 * n as u16 + 2,
+    };
+    let [header, table, diagnoses, failures, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(3),
+        Constraint::Length(diagnoses_height),
         Constraint::Length(failures_height),
         Constraint::Length(1),
     ])
     .areas(area);
     draw_header(frame, header, snap, state);
     draw_table(frame, table, snap, state);
+    if diagnoses_height > 0 {
+        draw_diagnoses(frame, diagnoses, snap);
+    }
     draw_failures(frame, failures, snap, clock);
     draw_footer(frame, footer, state);
 }
@@ -967,6 +999,38 @@ fn draw_table(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState) 
         .column_spacing(1)
         .block(Block::bordered().title(title));
     frame.render_widget(table, area);
+}
+
+fn draw_diagnoses(frame: &mut Frame, area: Rect, snap: &Snapshot) {
+    let mut lines = Vec::new();
+    for d in snap.diagnoses.iter().take(MAX_DIAGNOSES) {
+        let colour = if d.severity == "critical" {
+            Color::Red
+        } else {
+            Color::Yellow
+        };
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!("{} {}: ", d.severity, d.id),
+                Style::new().fg(colour).add_modifier(Modifier::BOLD),
+            ),
+            Span::raw(d.explanation.clone()),
+        ]));
+        lines.push(Line::styled(
+            format!("  -> {}", d.advice),
+            Style::new().fg(Color::Cyan),
+        ));
+    }
+    let title = format!(" diagnoses ({}, most severe first) ", snap.diagnoses.len());
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(title)),
+        area,
+    );
+}
+
+/// One diagnosis as text: `critical short-lived-connections: ... -> advice`.
+fn diagnosis_line(d: &crate::model::diagnosis::Diagnosis) -> String {
+    format!("{} {}: {} -> {}", d.severity, d.id, d.explanation, d.advice)
 }
 
 fn draw_failures(frame: &mut Frame, area: Rect, snap: &Snapshot, clock: &Clock) {
@@ -1621,6 +1685,51 @@ mod tests {
     }
 
     #[test]
+    fn diagnoses_panel_and_reusable_timewait() {
+        let mut snap = sample();
+        // The busy destination: most of its TIME_WAIT handed back, and it levels off.
+        let busy = snap.netns[0]
+            .destinations
+            .iter_mut()
+            .find(|d| d.daddr == "10.0.0.9")
+            .unwrap();
+        busy.reusable = 25_000;
+        busy.steady_state = Some(1900.0);
+        busy.eta_s = None;
+        snap.diagnoses = vec![crate::model::diagnosis::Diagnosis {
+            id: "short-lived-connections".into(),
+            severity: "critical".into(),
+            netns: 4_026_531_840,
+            who: None,
+            saddr: "10.0.0.1".into(),
+            daddr: "10.0.0.9".into(),
+            dport: 443,
+            numbers: Default::default(),
+            explanation: "curl(4242) opens 450 connections/s".into(),
+            advice: "reuse connections".into(),
+        }];
+        let rows = dest_rows(&snap, &TopState::new(View::Destinations));
+        let row = rows.iter().find(|r| r.dest == "10.0.0.9:443").unwrap();
+        // 1900 of 28232 held and not handed back: not red.
+        assert_eq!(row.level(), Level::Ok);
+        assert_eq!(row.cells()[7], "25000");
+        assert_eq!(row.cells()[10], "never");
+        let lines = render(&snap, &TopState::new(View::Destinations), 160, 30);
+        let at = line_of(
+            &lines,
+            "critical short-lived-connections: curl(4242) opens 450",
+        );
+        assert!(
+            lines[at + 1].contains("-> reuse connections"),
+            "{}",
+            lines[at + 1]
+        );
+        assert!(line_of(&lines, "diagnoses (1") < line_of(&lines, "recent failures"));
+        let plain = plain_table(&snap, View::Destinations, &utc());
+        assert!(plain.contains("diagnosis: critical short-lived-connections: curl(4242) opens 450 connections/s -> reuse connections"), "{plain}");
+    }
+
+    #[test]
     fn plain_table_has_header_rows_and_failures() {
         let out = plain_table(&sample(), View::Destinations, &utc());
         let lines: Vec<&str> = out.lines().collect();
@@ -1636,6 +1745,7 @@ mod tests {
                 "ESTAB",
                 "SYN_SENT",
                 "TIME_WAIT",
+                "REUSE",
                 "OTHER",
                 "RATE/s",
                 "ETA",
@@ -1654,6 +1764,7 @@ mod tests {
                 "1000",
                 "20",
                 "25790",
+                "0",
                 "10",
                 "40.0",
                 "35s",

@@ -122,11 +122,36 @@ fn fixed_counters() -> Counters {
 
 fn fixed_render() -> String {
     let mut x = Exporter::new(2, "0.1.0");
-    let s = snap(vec![
+    let mut s = snap(vec![
         dest("127.0.0.1", 9000, 4, 0),
-        dest("127.0.0.1", 9100, 2, 2),
+        DestUsage {
+            reusable: 1,
+            ..dest("127.0.0.1", 9100, 2, 2)
+        },
         dest("10.0.0.1", 80, 1, 1),
     ]);
+    // Three diagnoses, K = 2: the first two (the snapshot's order) are exported.
+    let diag = |id: &str, severity: &str, comm: Option<&str>| crate::model::diagnosis::Diagnosis {
+        id: id.into(),
+        severity: severity.into(),
+        netns: NS,
+        who: comm.map(|c| crate::model::diagnosis::Who {
+            pid: 10,
+            comm: c.into(),
+            cgroup_id: 1,
+        }),
+        saddr: "127.0.0.1".into(),
+        daddr: "127.0.0.1".into(),
+        dport: 9000,
+        numbers: Default::default(),
+        explanation: String::new(),
+        advice: String::new(),
+    };
+    s.diagnoses = vec![
+        diag("short-lived-connections", "critical", Some("exhaust")),
+        diag("timewait-dominated", "warning", None),
+        diag("range-too-small", "warning", None),
+    ];
     let stats = SelfStats {
         tracked_sockets: 9,
         scrape_seconds: 0.00025,

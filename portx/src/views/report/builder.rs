@@ -439,6 +439,7 @@ impl ReportBuilder {
             ..span
         };
         self.model.tick(span.end_ns);
+        let diagnoses = self.model.snapshot(crate::model::View::default()).diagnoses;
         let names = std::mem::take(&mut self.names);
         let mut name = |id: u64| names.get(&id).cloned();
         let failures: Vec<FailureGroup> = self
@@ -556,6 +557,7 @@ impl ReportBuilder {
             complete,
             failures,
             destinations,
+            diagnoses,
         }
     }
 }

@@ -111,6 +111,20 @@ pub fn render(r: &Report) -> String {
         );
     }
     failures(&mut o, r);
+    if !r.diagnoses.is_empty() {
+        o.push_str("<h2>Diagnoses</h2>\n<table>\n<tr><th>severity</th><th>diagnosis</th><th>what was measured, and what to do</th></tr>\n");
+        for d in &r.diagnoses {
+            let _ = writeln!(
+                o,
+                "<tr><td>{}</td><td class=\"mono\">{}</td><td class=\"w\">{}<br><span class=\"expl\">{}</span></td></tr>",
+                esc(&d.severity),
+                esc(&d.id),
+                esc(&d.explanation),
+                esc(&d.advice)
+            );
+        }
+        o.push_str("</table>\n");
+    }
     o.push_str("<h2>Destinations</h2>\n");
     if r.destinations.is_empty() {
         o.push_str("<p>No source port was used toward any destination.</p>\n");

@@ -36,6 +36,9 @@ pub struct Report {
     pub failures: Vec<FailureGroup>,
     /// Busiest (peak_used / capacity) first, at most [`MAX_DESTINATIONS`].
     pub destinations: Vec<DestinationReport>,
+    /// Why destinations ran out and what to change, as the model saw it at the
+    /// recording's end (most severe first).
+    pub diagnoses: Vec<crate::model::diagnosis::Diagnosis>,
 }
 
 /// Destinations a report lists.

@@ -276,3 +276,26 @@ fn mixed_recordings_are_refused() {
     super::timeline_order(&mut files).unwrap();
     assert_eq!(files[0].0, std::path::PathBuf::from("a"));
 }
+
+#[test]
+fn json_and_text_carry_the_diagnoses_at_the_end() {
+    // Four established connections fill the four-port range: no setting frees them,
+    // and the range is the limit.
+    let v = json();
+    let ids: Vec<&str> = v["diagnoses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["concurrency-at-capacity", "range-too-small"],
+        "{}",
+        v["diagnoses"]
+    );
+    assert_eq!(v["diagnoses"][1]["dport"], 9000);
+    let t = super::text::render(&mysql_report());
+    assert!(t.contains("Diagnoses (at the end of the recording)"), "{t}");
+    assert!(t.contains("ip_local_port_range=\"1024 65535\""), "{t}");
+}

@@ -196,6 +196,20 @@ pub fn render(r: &Report) -> String {
         }
     }
     o.push('\n');
+    if !r.diagnoses.is_empty() {
+        o.push_str("Diagnoses (at the end of the recording)\n");
+        for d in &r.diagnoses {
+            let _ = writeln!(
+                o,
+                "  {:<8} {:<24} {}",
+                d.severity,
+                d.id,
+                clean(&d.explanation)
+            );
+            let _ = writeln!(o, "           {:<24} {}", "", clean(&d.advice));
+        }
+        o.push('\n');
+    }
     if r.destinations.is_empty() {
         o.push_str("Destinations: none used a source port\n");
     } else {
