@@ -99,6 +99,13 @@ pub struct CheckArgs {
     /// Check every network namespace that has a process or a name.
     #[arg(long)]
     pub all_netns: bool,
+    /// Also watch the namespace's live traffic for SECS seconds (root: loads the BPF
+    /// programs) and add the diagnoses (why ports run out, what to change).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, conflicts_with = "all_netns")]
+    pub watch: Option<f64>,
+    /// Say which attach points are in use (with --watch).
+    #[arg(skip)]
+    pub verbose: bool,
 }
 
 /// What `portx top` groups by.

@@ -17,8 +17,12 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Check(args) = &cli.command {
+        let args = portx::cli::CheckArgs {
+            verbose: cli.verbose,
+            ..args.clone()
+        };
         // Errors (unreadable settings, unknown namespace) exit 3 and above.
-        return match portx::commands::check::run(args) {
+        return match portx::commands::check::run(&args) {
             Ok(status) => ExitCode::from(status),
             Err(e) => {
                 eprintln!("portx: error: {e:#}");

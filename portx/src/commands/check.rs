@@ -239,7 +239,10 @@ pub fn findings(inputs: &Inputs) -> Vec<Finding> {
             name: inputs.name.clone(),
             port_range: st.port_range,
             reserved: st.reserved.clone(),
-            ..Default::default()
+            tcp: crate::model::TcpSysctls {
+                tw_reuse: st.tw_reuse,
+                ..Default::default()
+            },
         },
     );
     let baseline: Vec<BaselineSocket> = inputs
@@ -257,7 +260,8 @@ pub fn findings(inputs: &Inputs) -> Vec<Finding> {
             orphan: s.inode == 0,
         })
         .collect();
-    model.load_baseline(inputs.netns, &baseline, 0);
+    // Any time after boot: TIME_WAIT ages are reckoned back from it.
+    model.load_baseline(inputs.netns, &baseline, 2 * crate::model::TIME_WAIT_NS);
     let snap = model.snapshot(View::default());
     let dests: Vec<_> = snap
         .netns
@@ -270,15 +274,22 @@ pub fn findings(inputs: &Inputs) -> Vec<Finding> {
         .filter(|s| s.state == TcpState::TimeWait)
         .count() as u32;
     for d in &dests {
-        let pct = (d.used * 100).checked_div(d.capacity).unwrap_or(100);
+        // TIME_WAIT the kernel hands back to connect() (tcp_tw_reuse) is no limit.
+        let held = d.used.saturating_sub(d.reusable);
+        let pct = (held * 100).checked_div(d.capacity).unwrap_or(100);
         if pct < 70 {
             continue;
         }
         let tw = d.states.get("TIME_WAIT").copied().unwrap_or(0);
+        let reusable = if d.reusable > 0 {
+            format!(" ({} of them reusable, not counted)", d.reusable)
+        } else {
+            String::new()
+        };
         out.push(Finding {
             id: "destination-near-capacity",
             severity: if pct >= 90 { Severity::Critical } else { Severity::Warn },
-            title: format!("{}:{} from {}: {} of {} source ports in use ({pct}%), {tw} in TIME_WAIT", d.daddr, d.dport, d.saddr, d.used, d.capacity),
+            title: format!("{}:{} from {}: {held} of {} source ports in use ({pct}%), {tw} in TIME_WAIT{reusable}", d.daddr, d.dport, d.saddr, d.capacity),
             detail: "A connection is its 4-tuple, so toward one destination a source address has only the range's ports; when they are all held, new connect() calls fail with EADDRNOTAVAIL. Widen the range, add source addresses, reuse connections, or let connect() reuse TIME_WAIT ports (tcp_tw_reuse=1).".into(),
             fix: vec![
                 sysctl_w("net.ipv4.ip_local_port_range", "15000 65000"),
@@ -611,7 +622,15 @@ pub fn run(args: &crate::cli::CheckArgs) -> Result<u8> {
     let mut reports = Vec::new();
     for t in &targets {
         match gather(t.as_ref()) {
-            Ok(inputs) => reports.push(report(&inputs)),
+            Ok(inputs) => {
+                let mut r = report(&inputs);
+                if let Some(secs) = args.watch {
+                    let found = watch::diagnoses(inputs.netns, secs, args.verbose)?;
+                    r.findings.extend(found.iter().map(watch::finding));
+                    r.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+                }
+                reports.push(r);
+            }
             // With --all-netns one unreadable namespace (it just vanished) is a note.
             Err(e) if args.all_netns => eprintln!(
                 "portx: skipping {}: {e:#}",
@@ -637,3 +656,4 @@ pub fn run(args: &crate::cli::CheckArgs) -> Result<u8> {
 
 #[cfg(test)]
 mod tests;
+mod watch;

@@ -1243,7 +1243,11 @@ impl Model {
                     &b.tuple,
                     TimeWait {
                         expires_ns: now_ns + u64::from(b.expires_ms) * 1_000_000,
-                        since_ns: now_ns,
+                        // Its age from what is left of its 60 s (tcp_tw_reuse takes
+                        // ports over a second old).
+                        since_ns: now_ns.saturating_sub(
+                            TIME_WAIT_NS.saturating_sub(u64::from(b.expires_ms) * 1_000_000),
+                        ),
                         owner,
                         active,
                         explicit_bind: false,

@@ -265,3 +265,34 @@ fn text_lists_the_worst_first() {
         "{text}"
     );
 }
+
+#[test]
+fn reusable_timewait_is_not_counted_against_capacity() {
+    // Four TIME_WAIT ports (30 s old) toward loopback with tw_reuse 2: connect() takes
+    // them over, so the destination is not near capacity.
+    let tw: Vec<DiagSocket> = (20000..20004)
+        .map(|p| sock(TcpState::TimeWait, p, "127.0.0.1", 5432, 0))
+        .collect();
+    let f = findings(&inputs((20000, 20003), tw.clone()));
+    assert!(by_id(&f, "destination-near-capacity").is_empty(), "{f:#?}");
+    // The same between two other hosts' addresses: tw_reuse 2 is loopback only.
+    let far: Vec<DiagSocket> = (20000..20004)
+        .map(|p| DiagSocket {
+            saddr: "10.0.0.1".parse().unwrap(),
+            ..sock(TcpState::TimeWait, p, "10.0.0.5", 5432, 0)
+        })
+        .collect();
+    let f = findings(&inputs((20000, 20003), far));
+    let d = by_id(&f, "destination-near-capacity");
+    assert_eq!(d.len(), 1, "{f:#?}");
+    assert!(
+        d[0].title
+            .contains("4 of 4 source ports in use (100%), 4 in TIME_WAIT"),
+        "{}",
+        d[0].title
+    );
+    // With tw_reuse 0, loopback's count too.
+    let mut i = inputs((20000, 20003), tw);
+    i.settings.tw_reuse = Some(0);
+    assert_eq!(by_id(&findings(&i), "destination-near-capacity").len(), 1);
+}
