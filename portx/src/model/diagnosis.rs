@@ -105,6 +105,16 @@ pub fn steady_state(dest: &DestFacts, clients: &[ClientFacts]) -> Option<f64> {
     Some(total)
 }
 
+/// `40 ms`, `0.4 ms`: short lives need the decimal.
+fn ms(v: f64) -> String {
+    if v < 10.0 { format!("{v:.1} ms") } else { format!("{v:.0} ms") }
+}
+
+/// `1 connection`, `18 connections`.
+fn count(n: f64, what: &str) -> String {
+    if n == 1.0 { format!("1 {what}") } else { format!("{n:.0} {what}s") }
+}
+
 fn pct(part: f64, whole: f64) -> f64 {
     if whole > 0.0 {
         part / whole * 100.0
@@ -190,13 +200,16 @@ pub fn diagnose(dest: &DestFacts, clients: &[ClientFacts]) -> Vec<Diagnosis> {
                     ("pool_ports", pool),
                 ],
                 format!(
-                    "{who} opens {:.0} connections/s to {target}, median life {med:.0} ms, {:.0}% of its {} ports in TIME_WAIT",
+                    "{who} opens {:.0} connections/s to {target}, median life {}, {:.0}% of its {} ports in TIME_WAIT",
                     v.rate_10s,
+                    ms(med),
                     pct(f64::from(c.time_wait), f64::from(c.ports)),
                     c.ports
                 ),
                 format!(
-                    "reuse connections (HTTP keep-alive or a connection pool): about {pool:.0} kept-alive connections carry this load and hold {pool:.0} ports instead of {}",
+                    "reuse connections (HTTP keep-alive or a connection pool): about {} carry this load and hold {} instead of {}",
+                    count(pool, "kept-alive connection"),
+                    count(pool, "port"),
                     c.ports
                 ),
             ));
