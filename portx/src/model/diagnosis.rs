@@ -107,12 +107,20 @@ pub fn steady_state(dest: &DestFacts, clients: &[ClientFacts]) -> Option<f64> {
 
 /// `40 ms`, `0.4 ms`: short lives need the decimal.
 fn ms(v: f64) -> String {
-    if v < 10.0 { format!("{v:.1} ms") } else { format!("{v:.0} ms") }
+    if v < 10.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.0} ms")
+    }
 }
 
 /// `1 connection`, `18 connections`.
 fn count(n: f64, what: &str) -> String {
-    if n == 1.0 { format!("1 {what}") } else { format!("{n:.0} {what}s") }
+    if n == 1.0 {
+        format!("1 {what}")
+    } else {
+        format!("{n:.0} {what}s")
+    }
 }
 
 fn pct(part: f64, whole: f64) -> f64 {
@@ -175,8 +183,10 @@ pub fn diagnose(dest: &DestFacts, clients: &[ClientFacts]) -> Vec<Diagnosis> {
         let v = &c.view;
         let who = format!("{}({})", c.who.comm, c.who.pid);
         // Opens and closes many connections of short life, and keeps their TIME_WAIT.
+        // The minute's rate too: a burst that stopped seconds ago left its TIME_WAIT.
+        let rate = v.rate_10s.max(v.rate_60s);
         if let (Some(med), Some(share)) = (v.lifetime_median_ms, v.client_close_share)
-            && v.rate_10s >= 10.0
+            && rate >= 10.0
             && med < 1000.0
             && v.closes >= 20
             && share >= 0.5
@@ -185,14 +195,14 @@ pub fn diagnose(dest: &DestFacts, clients: &[ClientFacts]) -> Vec<Diagnosis> {
             && (util >= 0.5 || steady.is_some_and(|s| s >= 0.8 * cap))
         {
             // Little's law: the connections in flight at this rate and life.
-            let pool = (v.rate_10s * med / 1000.0).ceil().max(1.0);
+            let pool = (rate * med / 1000.0).ceil().max(1.0);
             let critical = util >= 0.9 || steady.is_some_and(|s| s >= cap);
             out.push(mk(
                 "short-lived-connections",
                 critical,
                 Some(&c.who),
                 vec![
-                    ("rate_per_s", v.rate_10s),
+                    ("rate_per_s", rate),
                     ("lifetime_median_ms", med),
                     ("lifetime_p90_ms", v.lifetime_p90_ms.unwrap_or(med)),
                     ("timewait_share", f64::from(c.time_wait) / f64::from(c.ports)),
@@ -201,7 +211,7 @@ pub fn diagnose(dest: &DestFacts, clients: &[ClientFacts]) -> Vec<Diagnosis> {
                 ],
                 format!(
                     "{who} opens {:.0} connections/s to {target}, median life {}, {:.0}% of its {} ports in TIME_WAIT",
-                    v.rate_10s,
+                    rate,
                     ms(med),
                     pct(f64::from(c.time_wait), f64::from(c.ports)),
                     c.ports

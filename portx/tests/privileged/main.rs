@@ -2,6 +2,7 @@
 //! network namespaces made (and removed) by each test, and `portx trace` as a user runs
 //! it. Needs root; without it every test is reported as ignored.
 
+mod check_watch;
 mod peer;
 mod record;
 mod report_page;
@@ -57,6 +58,10 @@ fn main() {
         ("bind_port_zero_reports_the_port_it_got", bind_port_zero),
         ("timewait_end_seen_where_hooked", timewait_end),
         ("check_flags_listener_in_range_then_clears", check_listener),
+        (
+            "check_watch_adds_live_diagnoses",
+            check_watch::diagnoses_join_the_findings,
+        ),
         ("filters_netns_pid_errors", filters),
         ("burst_without_drops", burst),
         ("bad_netns_is_a_clear_error", bad_netns),

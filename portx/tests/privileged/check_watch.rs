@@ -1,0 +1,79 @@
+//! `portx check --watch`: the live traffic's diagnoses join the settings' findings.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+
+use crate::support::{Netns, Peer, wait};
+
+/// A client opening and closing connections as fast as it can in a namespace of 1000
+/// ports with tcp_tw_reuse 0 fills the range with its TIME_WAIT: `check --watch`
+/// names it `short-lived-connections` (and TIME_WAIT as the limit), critical.
+pub fn diagnoses_join_the_findings() -> Result<()> {
+    let ns = Netns::new(Some((20000, 20999)))?;
+    ns.sysctl("net/ipv4/tcp_tw_reuse", "0")?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
+        .args([
+            "-v", "check", "--json", "--netns", &ns.name, "--watch", "10",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting portx check")?;
+    // Attached once it says how TIME_WAIT is followed (events are buffered from then).
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let deadline = std::time::Instant::now() + wait();
+    loop {
+        let mut line = String::new();
+        ensure!(
+            stderr.read_line(&mut line)? > 0 && std::time::Instant::now() < deadline,
+            "portx check exited or hung before attaching"
+        );
+        ensure!(!line.starts_with("portx: error"), "{line}");
+        if line.starts_with("portx: TIME_WAIT:") {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let mut client = Peer::spawn(&ns, "burst", &["127.0.0.1:9600", "900"])?;
+    client.go()?;
+    let done = client.expect("done")?;
+    ensure!(done == "900", "the client made {done} connections");
+    let out = child.wait_with_output()?;
+    let code = out.status.code().context("portx check killed")?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("check --watch printed no JSON")?;
+    ensure!(v["netns"] == ns.inode, "{v}");
+    let findings = v["findings"].as_array().cloned().unwrap_or_default();
+    let of = |id: &str| findings.iter().find(|f| f["id"] == id);
+    let short = of("short-lived-connections")
+        .with_context(|| format!("no short-lived-connections in {v}"))?;
+    let who = format!("{}({})", client.comm, client.pid);
+    ensure!(
+        short["title"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("{who} opens ")))
+            && short["title"]
+                .as_str()
+                .is_some_and(|t| t.contains("to 127.0.0.1:9600")),
+        "{short}"
+    );
+    ensure!(
+        short["fix"][0]
+            .as_str()
+            .is_some_and(|f| f.starts_with("reuse connections")),
+        "{short}"
+    );
+    let tw = of("timewait-dominated").with_context(|| format!("no timewait-dominated in {v}"))?;
+    ensure!(
+        tw["fix"][0]
+            .as_str()
+            .is_some_and(|f| f.contains("tcp_tw_reuse=1")),
+        "{tw}"
+    );
+    ensure!(code == 2, "exit {code}, want 2 (critical): {v}");
+    Ok(())
+}
