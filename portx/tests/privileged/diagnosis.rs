@@ -189,8 +189,10 @@ pub fn leak() -> Result<()> {
     ensure!(num(&n["established"]) >= 20.0, "{d}");
     let explanation = d["explanation"].as_str().unwrap_or("");
     let want = format!(
-        "{}({}) holds {} established connections to {SERVER}",
-        client.comm, client.pid, n["established"]
+        "{}({}) holds {:.0} established connections to {SERVER}",
+        client.comm,
+        client.pid,
+        num(&n["established"])
     );
     ensure!(
         explanation.starts_with(&want),
