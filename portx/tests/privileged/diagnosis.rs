@@ -25,6 +25,34 @@ fn serving(range: (u16, u16), tw_reuse: &str) -> Result<(Netns, Peer)> {
     Ok((ns, server))
 }
 
+/// A `requests` client run to its end in a namespace of its own, and what
+/// `portx top --once` said of it after `interval` seconds.
+struct Run {
+    ns: Netns,
+    client: Peer,
+    done: Done,
+    snap: Value,
+}
+
+/// Runs `requests SERVER ARGS...` (see peer.rs) against an echo server in a namespace
+/// with `range` and `tcp_tw_reuse`, watched by `portx top --once --interval INTERVAL`.
+fn run_once(range: (u16, u16), tw_reuse: &str, args: &[&str], interval: &str) -> Result<Run> {
+    let (ns, mut server) = serving(range, tw_reuse)?;
+    let mut client = Peer::spawn(&ns, "requests", &[&[SERVER], args].concat())?;
+    let top = TopOnce::start(&["--netns", &ns.name, "--interval", interval])?;
+    client.go()?;
+    let snap = top.snapshot()?;
+    let done = Done::read(&mut client)?;
+    client.finish()?;
+    server.finish()?;
+    Ok(Run {
+        ns,
+        client,
+        done,
+        snap,
+    })
+}
+
 /// What a `requests` client reported when it stopped.
 #[derive(Debug)]
 struct Done {
@@ -90,15 +118,13 @@ fn num(v: &Value) -> f64 {
 /// A connection per request, closed by the client, on a small range without
 /// `tcp_tw_reuse`: TIME_WAIT soon holds most of its ports.
 pub fn short_lived_connections() -> Result<()> {
-    let (ns, mut server) = serving((20000, 20999), "0")?;
     // 80/s for 9 s: 720 of 1000 ports, so the range never fills; top looks at ~6 s.
-    let mut client = Peer::spawn(&ns, "requests", &[SERVER, "80", "9", "2", "close"])?;
-    let top = TopOnce::start(&["--netns", &ns.name, "--interval", "6"])?;
-    client.go()?;
-    let snap = top.snapshot()?;
-    let done = Done::read(&mut client)?;
-    client.finish()?;
-    server.finish()?;
+    let Run {
+        ns,
+        client,
+        done,
+        snap,
+    } = run_once((20000, 20999), "0", &["80", "9", "2", "close"], "6")?;
     ensure!(done.errno == 0, "client failed: {done:?}");
     ensure!(done.connects == done.requests, "{done:?}");
 
@@ -139,14 +165,12 @@ pub fn short_lived_connections() -> Result<()> {
 /// The same rate of requests over one kept-alive connection per worker: no churn,
 /// nothing to diagnose.
 pub fn keepalive_is_not_short_lived() -> Result<()> {
-    let (ns, mut server) = serving((20000, 20999), "0")?;
-    let mut client = Peer::spawn(&ns, "requests", &[SERVER, "80", "9", "4", "keepalive"])?;
-    let top = TopOnce::start(&["--netns", &ns.name, "--interval", "6"])?;
-    client.go()?;
-    let snap = top.snapshot()?;
-    let done = Done::read(&mut client)?;
-    client.finish()?;
-    server.finish()?;
+    let Run {
+        ns,
+        client,
+        done,
+        snap,
+    } = run_once((20000, 20999), "0", &["80", "9", "4", "keepalive"], "6")?;
     ensure!(done.errno == 0 && done.connects == 4, "{done:?}");
     // The load was carried: at least half the requests a short-lived client made.
     ensure!(done.rate() >= 40.0, "{done:?}");
@@ -163,15 +187,13 @@ pub fn keepalive_is_not_short_lived() -> Result<()> {
 /// A client that opens connections and never closes them is named before the range
 /// is full.
 pub fn leak() -> Result<()> {
-    let (ns, mut server) = serving((20000, 21999), "0")?;
     // 10/s for 10 s: 100 of 2000 ports; top looks at ~8 s.
-    let mut client = Peer::spawn(&ns, "requests", &[SERVER, "10", "10", "1", "leak"])?;
-    let top = TopOnce::start(&["--netns", &ns.name, "--interval", "8"])?;
-    client.go()?;
-    let snap = top.snapshot()?;
-    let done = Done::read(&mut client)?;
-    client.finish()?;
-    server.finish()?;
+    let Run {
+        ns,
+        client,
+        done,
+        snap,
+    } = run_once((20000, 21999), "0", &["10", "10", "1", "leak"], "8")?;
     ensure!(done.errno == 0, "{done:?}");
 
     let d = find(&snap, &ns, "leak").with_context(|| {
@@ -223,14 +245,7 @@ pub fn tw_reuse_matches_kernel() -> Result<()> {
 }
 
 fn reuse_on(range: (u16, u16), rate: &str) -> Result<()> {
-    let (ns, mut server) = serving(range, "2")?;
-    let mut client = Peer::spawn(&ns, "requests", &[SERVER, rate, "10", "2", "close"])?;
-    let top = TopOnce::start(&["--netns", &ns.name, "--interval", "8"])?;
-    client.go()?;
-    let snap = top.snapshot()?;
-    let done = Done::read(&mut client)?;
-    client.finish()?;
-    server.finish()?;
+    let Run { ns, done, snap, .. } = run_once(range, "2", &[rate, "10", "2", "close"], "8")?;
     let d = dest(netns_entry(&snap, &ns)?, SERVER_PORT)?;
     let capacity = d["capacity"].as_u64().context("capacity")?;
     ensure!(done.errno == 0, "a connect() failed: {done:?}");

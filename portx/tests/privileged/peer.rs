@@ -132,22 +132,9 @@ pub fn run_if_peer() -> bool {
         }
         // Serves every ADDR: accepts connections, reads each to EOF, then closes it
         // (so clients that close first end in TIME_WAIT). Runs until stdin closes.
-        "serve" => {
-            for a in &args {
-                let listener = TcpListener::bind(addr(a)).expect("listen");
-                std::thread::spawn(move || {
-                    for conn in listener.incoming().take(MAX_CONNECTIONS) {
-                        let Ok(mut conn) = conn else { break };
-                        std::thread::spawn(move || {
-                            let mut buf = Vec::new();
-                            let _ = conn.read_to_end(&mut buf);
-                        });
-                    }
-                });
-            }
-            say("listening");
-            wait_for_eof();
-        }
+        "serve" => serve_each(&args, |mut conn| {
+            let _ = conn.read_to_end(&mut Vec::new());
+        }),
         // Accepts connections on ADDR and keeps them open, unread, until stdin closes:
         // its clients' active closes end as orphans in FIN_WAIT2.
         "sink" => {
@@ -183,27 +170,15 @@ pub fn run_if_peer() -> bool {
         }
         // Serves every ADDR: echoes what each connection sends until it reads EOF, then
         // closes (so a client that closes first ends in TIME_WAIT). Until stdin closes.
-        "echo" => {
-            for a in &args {
-                let listener = TcpListener::bind(addr(a)).expect("listen");
-                std::thread::spawn(move || {
-                    for conn in listener.incoming().take(MAX_CONNECTIONS) {
-                        let Ok(mut conn) = conn else { break };
-                        std::thread::spawn(move || {
-                            let _ = conn.set_nodelay(true);
-                            let mut buf = [0u8; 64];
-                            while let Ok(n @ 1..) = conn.read(&mut buf) {
-                                if conn.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                });
+        "echo" => serve_each(&args, |mut conn| {
+            let _ = conn.set_nodelay(true);
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                if conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
             }
-            say("listening");
-            wait_for_eof();
-        }
+        }),
         "requests" => requests(&args),
         other => {
             eprintln!("peer: unknown role {other}");
@@ -211,6 +186,22 @@ pub fn run_if_peer() -> bool {
         }
     }
     true
+}
+
+/// Listens on every address in `addrs`, runs `handle` on a thread of its own for each
+/// connection, says `listening`, and returns when stdin closes.
+fn serve_each(addrs: &[String], handle: fn(TcpStream)) {
+    for a in addrs {
+        let listener = TcpListener::bind(addr(a)).expect("listen");
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(MAX_CONNECTIONS) {
+                let Ok(conn) = conn else { break };
+                std::thread::spawn(move || handle(conn));
+            }
+        });
+    }
+    say("listening");
+    wait_for_eof();
 }
 
 /// `requests ADDR RATE SECS WORKERS MODE`: RATE one-byte requests a second in all
