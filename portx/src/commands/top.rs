@@ -336,14 +336,15 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     let mut tui_task =
         interactive.then(|| tokio::spawn(tui::run_terminal(snap_rx, tui_view, clock)));
     let interval = Duration::from_secs_f64(args.interval);
+    // Taken before the ticker so that its ticks are never a hair before a print is
+    // due (the print would then wait one more tick: with --once, a whole interval).
+    let mut next_print = tokio::time::Instant::now() + interval;
     let mut ticker = tokio::time::interval(if args.once {
         interval
     } else {
         Duration::from_millis(250).min(interval)
     });
     ticker.tick().await;
-    let started = tokio::time::Instant::now();
-    let mut next_print = started + interval;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut inputs = Vec::with_capacity(1024);
@@ -407,7 +408,11 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                     let _ = snap_tx.send(snapshot(&mut model, &mut source)?);
                 } else if now >= next_print && !(replay && args.once) {
                     // A replay with --once prints where the recording ends.
-                    next_print = now + interval;
+                    // The next print on the ticks' schedule, not on this tick's delay.
+                    next_print += interval;
+                    if next_print < now {
+                        next_print = now + interval;
+                    }
                     print_snapshot(&snapshot(&mut model, &mut source)?, args.json, tui_view, &clock)?;
                     if args.once {
                         break;

@@ -71,9 +71,11 @@ impl ClientStats {
 
     /// A source port was allocated (connect()).
     pub fn open(&mut self, now_ns: u64) {
-        let b = (now_ns / 1_000_000_000 / BUCKET_S).max(self.head);
-        self.advance(b * BUCKET_S * 1_000_000_000);
-        let slot = (b % BUCKETS as u64) as usize;
+        // A late event (from another CPU) counts in the current bucket; an early one
+        // keeps its time, which the first sets as when the client was first seen.
+        let t = now_ns.max(self.head * BUCKET_S * 1_000_000_000);
+        self.advance(t);
+        let slot = ((t / 1_000_000_000 / BUCKET_S) % BUCKETS as u64) as usize;
         self.opens[slot] = self.opens[slot].saturating_add(1);
     }
 
@@ -109,28 +111,34 @@ impl ClientStats {
         let bucket_ns = BUCKET_S * 1_000_000_000;
         let into_s = (now_ns % bucket_ns) as f64 / 1e9;
         let age_s = now_ns.saturating_sub(self.first_ns) as f64 / 1e9;
+        let span = |n: usize| {
+            ((n as f64 - 1.0) * BUCKET_S as f64 + into_s)
+                .min(age_s)
+                .max(1.0)
+        };
         let recent = |n: usize| -> f64 {
             let opens: u32 = (0..n as u64)
                 .map(|k| self.opens[((now_b + BUCKETS as u64 - k) % BUCKETS as u64) as usize])
                 .sum();
-            let span = ((n as f64 - 1.0) * BUCKET_S as f64 + into_s)
-                .min(age_s)
-                .max(1.0);
-            f64::from(opens) / span
+            f64::from(opens) / span(n)
         };
         let closes = self.client_closes + self.server_closes;
-        let oldest = ((now_b + 1) % BUCKETS as u64) as usize;
+        let level = |b: u64| i64::from(self.est_levels[(b % BUCKETS as u64) as usize]);
+        let est = i64::from(self.established);
         ClientView {
             rate_10s: recent(2),
             rate_60s: recent(BUCKETS),
+            window_s: span(BUCKETS),
             lifetime_median_ms: self.quantile(0.5),
             lifetime_p90_ms: self.quantile(0.9),
             client_close_share: (closes > 0)
                 .then(|| f64::from(self.client_closes) / f64::from(closes)),
             closes,
             established: self.established,
-            established_growth_60s: i64::from(self.established)
-                - i64::from(self.est_levels[oldest]),
+            // Against the level at the start of the oldest bucket, and of the last
+            // but one (5 to 10 s ago).
+            established_growth_60s: est - level(now_b + 1),
+            established_growth_10s: est - level(now_b + BUCKETS as u64 - 1),
         }
     }
 
@@ -157,6 +165,10 @@ pub struct ClientView {
     /// New connections per second, over the last 10 s and the last minute.
     pub rate_10s: f64,
     pub rate_60s: f64,
+    /// Seconds `rate_60s` and `established_growth_60s` cover: a minute, or since the
+    /// client was first seen.
+    #[serde(default)]
+    pub window_s: f64,
     /// Connection lifetime (out of SYN_SENT to the first close), about the last minute.
     pub lifetime_median_ms: Option<f64>,
     pub lifetime_p90_ms: Option<f64>,
@@ -165,8 +177,11 @@ pub struct ClientView {
     /// Closes counted for the figures above (decayed: about the last minute).
     pub closes: u32,
     pub established: u32,
-    /// Established connections now minus a minute ago.
+    /// Established connections now minus a minute ago (or when first seen).
     pub established_growth_60s: i64,
+    /// The same over the last 5 to 10 s: whether it still grows.
+    #[serde(default)]
+    pub established_growth_10s: i64,
 }
 
 #[cfg(test)]
@@ -202,6 +217,24 @@ mod tests {
     }
 
     #[test]
+    fn a_client_first_seen_mid_bucket_has_its_own_rate() {
+        // 80/s from 102 s (2 s into a 5 s bucket) to 108 s: 480 opens in 6 s.
+        let mut c = ClientStats::default();
+        for i in 0..480u64 {
+            let t = 102 * S + i * S / 80;
+            c.open(t);
+            c.established_by(t, 1);
+        }
+        let v = c.view(108 * S);
+        assert!((v.rate_10s - 80.0).abs() < 2.0, "{v:?}");
+        assert!((v.rate_60s - 80.0).abs() < 2.0, "{v:?}");
+        assert!((v.window_s - 6.0).abs() < 0.1, "{v:?}");
+        assert_eq!(v.established_growth_60s, 480);
+        // The level at 100 s, before it was seen: it was seen with none.
+        assert_eq!(v.established_growth_10s, 480);
+    }
+
+    #[test]
     fn established_growth_shows_a_leak() {
         let mut c = ClientStats::default();
         for s in 0..70u64 {
@@ -210,6 +243,7 @@ mod tests {
         }
         let v = c.view(70 * S);
         assert!(v.established_growth_60s >= 55, "{v:?}");
+        assert!((5..=10).contains(&v.established_growth_10s), "{v:?}");
         assert_eq!(v.closes, 0);
         assert_eq!(v.lifetime_median_ms, None);
         assert!((v.rate_60s - 1.0).abs() < 0.2, "{v:?}");

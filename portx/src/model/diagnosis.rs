@@ -225,14 +225,19 @@ pub fn diagnose(dest: &DestFacts, clients: &[ClientFacts]) -> Vec<Diagnosis> {
             ));
         }
         // Established connections that only grow while the rate of new ones is flat.
-        let opened_60s = v.rate_60s * 60.0;
+        // Opens and growth over the same window: under a minute for a new client.
+        // Still opening at its pace and still growing: not a pool that filled once.
+        let window_s = v.window_s.max(1.0);
+        let opened = v.rate_60s * window_s;
         if v.established >= 20
             && v.established_growth_60s >= 20
-            && opened_60s > 0.0
-            && f64::from(v.closes) * 10.0 < opened_60s
-            && v.established_growth_60s as f64 >= 0.8 * opened_60s
+            && opened > 0.0
+            && f64::from(v.closes) * 10.0 < opened
+            && v.established_growth_60s as f64 >= 0.8 * opened
+            && v.rate_10s >= 0.5 * v.rate_60s
+            && v.established_growth_10s > 0
         {
-            let per_s = v.established_growth_60s as f64 / 60.0;
+            let per_s = v.established_growth_60s as f64 / window_s;
             let left_s = (cap - used).max(0.0) / per_s;
             out.push(mk(
                 "leak",
@@ -360,12 +365,14 @@ mod tests {
             view: ClientView {
                 rate_10s: rate,
                 rate_60s: rate,
+                window_s: 60.0,
                 lifetime_median_ms: life_ms,
                 lifetime_p90_ms: life_ms.map(|l| l * 2.0),
                 client_close_share: life_ms.map(|_| 1.0),
                 closes: if life_ms.is_some() { 1000 } else { 0 },
                 established: ports - time_wait,
                 established_growth_60s: 0,
+                established_growth_10s: 0,
             },
         }
     }
@@ -422,9 +429,29 @@ mod tests {
         let mut c = client(2.0, None, 500, 0);
         c.view.established = 500;
         c.view.established_growth_60s = 120;
+        c.view.established_growth_10s = 20;
         let d = diagnose(&dest(500, 28_232, 500, 0), &[c.clone()]);
         assert_eq!(ids(&d), ["leak"]);
         assert_eq!(d[0].severity, "warning");
+        // A client followed for 10 s, 8 new connections a second, all still open:
+        // a leak already, at its own pace (1000 free ports at 8/s: 125 s, critical).
+        let mut young = client(8.0, None, 80, 0);
+        young.view.window_s = 10.0;
+        young.view.established_growth_60s = 80;
+        young.view.established_growth_10s = 60;
+        let d = diagnose(&dest(1080, 2080, 1080, 0), &[young]);
+        assert_eq!(ids(&d), ["leak"]);
+        assert_eq!(d[0].severity, "critical");
+        assert!(
+            (d[0].numbers["eta_s"] - 125.0).abs() < 1.0,
+            "{:?}",
+            d[0].numbers
+        );
+        // A pool that filled and stopped opening: not a leak.
+        let mut filled = c.clone();
+        filled.view.rate_10s = 0.0;
+        filled.view.established_growth_10s = 0;
+        assert!(diagnose(&dest(500, 28_232, 500, 0), &[filled]).is_empty());
         // Growth that follows closes and opens (a busy pool warming up) is not a leak.
         c.view.closes = 100;
         assert!(diagnose(&dest(500, 28_232, 500, 0), &[c]).is_empty());

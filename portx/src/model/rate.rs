@@ -12,6 +12,9 @@ pub struct RateWindow {
     counts: [u32; WINDOW_S],
     levels: [u32; WINDOW_S],
     started: bool,
+    /// Event time of the first allocation (0: none yet): a window younger than
+    /// [`WINDOW_S`] measures over the time it has, not over empty seconds it never saw.
+    first_ns: u64,
 }
 
 impl RateWindow {
@@ -40,6 +43,9 @@ impl RateWindow {
         // Events from different CPUs can arrive slightly out of order: count a late one
         // in the current second rather than in a bucket that belongs to the future.
         let now_s = (now_ns / 1_000_000_000).max(self.head_s);
+        if self.first_ns == 0 {
+            self.first_ns = now_ns.max(1);
+        }
         self.advance(now_s, level);
         let slot = (now_s % WINDOW_S as u64) as usize;
         self.counts[slot] = self.counts[slot].saturating_add(1);
@@ -48,7 +54,8 @@ impl RateWindow {
     /// Allocations per second over the window ending at `now_ns`.
     pub fn per_second(&mut self, now_ns: u64, level: u32) -> f64 {
         self.advance(now_ns / 1_000_000_000, level);
-        f64::from(self.counts.iter().sum::<u32>()) / WINDOW_S as f64
+        let age_s = now_ns.saturating_sub(self.first_ns) as f64 / 1e9;
+        f64::from(self.counts.iter().sum::<u32>()) / age_s.clamp(1.0, WINDOW_S as f64)
     }
 
     /// Seconds until `level` reaches `capacity` at the window's net growth, if growing.
@@ -62,7 +69,8 @@ impl RateWindow {
             return None;
         }
         let oldest_s = (now_s + 1).saturating_sub(WINDOW_S as u64);
-        let elapsed_s = now_ns.saturating_sub(oldest_s * 1_000_000_000) as f64 / 1e9;
+        let since = (oldest_s * 1_000_000_000).max(self.first_ns);
+        let elapsed_s = now_ns.saturating_sub(since) as f64 / 1e9;
         let per_s = growth / elapsed_s.max(1.0);
         Some(f64::from(capacity.saturating_sub(level)) / per_s)
     }
@@ -83,9 +91,9 @@ mod tests {
     #[test]
     fn rate_counts_the_window_only() {
         let mut w = RateWindow::default();
-        for i in 0..50u64 {
-            // 5 allocations per second for 10 s.
-            w.record(100 * S + i * S / 5, i as u32);
+        for i in 0..75u64 {
+            // 5 allocations per second for 15 s: the last 10 s are counted.
+            w.record(95 * S + i * S / 5, i as u32);
         }
         let rate = w.per_second(109 * S + S / 2, 50);
         assert!((rate - 5.0).abs() < 1e-9, "{rate}");
@@ -111,6 +119,20 @@ mod tests {
         flat.record(100 * S, 50);
         assert_eq!(flat.eta(105 * S, 50, 100), None);
         assert_eq!(flat.eta(106 * S, 40, 100), None);
+    }
+
+    #[test]
+    fn a_young_window_measures_the_time_it_has() {
+        // 100 allocations a second from t=100 s, 3 s so far: the rate is 100/s, not
+        // 300 over the 10 s window, and 200 ports left go in 2 s.
+        let mut w = RateWindow::default();
+        for i in 0..300u32 {
+            w.record(100 * S + u64::from(i) * S / 100, i);
+        }
+        let rate = w.per_second(103 * S, 300);
+        assert!((rate - 100.0).abs() < 1.0, "{rate}");
+        let eta = w.eta(103 * S, 300, 500).unwrap();
+        assert!((eta - 2.0).abs() < 0.1, "{eta}");
     }
 
     #[test]

@@ -449,7 +449,8 @@ fn rate_and_eta_per_destination() {
     m.tick(109 * S + 99 * S / 100);
     let snap = m.snapshot(View::default());
     let d = dest(&snap, "10.0.0.5", 80);
-    assert!((d.rate_per_s - 20.0).abs() < 0.01, "{}", d.rate_per_s);
+    // Over the 9.99 s since the first.
+    assert!((d.rate_per_s - 20.0).abs() < 0.05, "{}", d.rate_per_s);
     let eta = d.eta_s.expect("growing");
     // 9800 ports left at about 20/s.
     assert!((eta - 490.0).abs() < 60.0, "{eta}");

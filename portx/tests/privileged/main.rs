@@ -3,6 +3,7 @@
 //! it. Needs root; without it every test is reported as ignored.
 
 mod check_watch;
+mod diagnosis;
 mod peer;
 mod record;
 mod report_page;
@@ -122,6 +123,19 @@ fn main() {
         (
             "report_page_renders_in_chromium",
             report_page::renders_in_chromium,
+        ),
+        (
+            "diagnosis_short_lived_connections",
+            diagnosis::short_lived_connections,
+        ),
+        (
+            "diagnosis_keepalive_is_not_short_lived",
+            diagnosis::keepalive_is_not_short_lived,
+        ),
+        ("diagnosis_leak", diagnosis::leak),
+        (
+            "diagnosis_tw_reuse_matches_kernel",
+            diagnosis::tw_reuse_matches_kernel,
         ),
     ];
     let trials = tests

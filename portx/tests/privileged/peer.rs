@@ -6,7 +6,11 @@
 use std::{
     io::{BufRead as _, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    time::Duration,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 pub const ROLE_ENV: &str = "PORTX_TEST_PEER";
@@ -128,22 +132,9 @@ pub fn run_if_peer() -> bool {
         }
         // Serves every ADDR: accepts connections, reads each to EOF, then closes it
         // (so clients that close first end in TIME_WAIT). Runs until stdin closes.
-        "serve" => {
-            for a in &args {
-                let listener = TcpListener::bind(addr(a)).expect("listen");
-                std::thread::spawn(move || {
-                    for conn in listener.incoming().take(MAX_CONNECTIONS) {
-                        let Ok(mut conn) = conn else { break };
-                        std::thread::spawn(move || {
-                            let mut buf = Vec::new();
-                            let _ = conn.read_to_end(&mut buf);
-                        });
-                    }
-                });
-            }
-            say("listening");
-            wait_for_eof();
-        }
+        "serve" => serve_each(&args, |mut conn| {
+            let _ = conn.read_to_end(&mut Vec::new());
+        }),
         // Accepts connections on ADDR and keeps them open, unread, until stdin closes:
         // its clients' active closes end as orphans in FIN_WAIT2.
         "sink" => {
@@ -177,10 +168,137 @@ pub fn run_if_peer() -> bool {
             say(&format!("done {}", closed.join(",")));
             wait_for_eof();
         }
+        // Serves every ADDR: echoes what each connection sends until it reads EOF, then
+        // closes (so a client that closes first ends in TIME_WAIT). Until stdin closes.
+        "echo" => serve_each(&args, |mut conn| {
+            let _ = conn.set_nodelay(true);
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                if conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }),
+        "requests" => requests(&args),
         other => {
             eprintln!("peer: unknown role {other}");
             std::process::exit(2);
         }
     }
     true
+}
+
+/// Listens on every address in `addrs`, runs `handle` on a thread of its own for each
+/// connection, says `listening`, and returns when stdin closes.
+fn serve_each(addrs: &[String], handle: fn(TcpStream)) {
+    for a in addrs {
+        let listener = TcpListener::bind(addr(a)).expect("listen");
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(MAX_CONNECTIONS) {
+                let Ok(conn) = conn else { break };
+                std::thread::spawn(move || handle(conn));
+            }
+        });
+    }
+    say("listening");
+    wait_for_eof();
+}
+
+/// `requests ADDR RATE SECS WORKERS MODE`: RATE one-byte requests a second in all
+/// (each waits for its echo), spread over WORKERS threads, for SECS or until a
+/// connect() fails. MODE `close`: a connection per request, closed by the client
+/// first; `keepalive`: one connection per worker for all its requests; `leak`: a
+/// connection per request, never closed. Reports `done requests=N connects=N
+/// elapsed_ms=N errno=E error_ms=N` (errno and error_ms 0 without a failure), then
+/// holds what it kept open until stdin closes.
+fn requests(args: &[String]) {
+    let target = addr(arg(args, 0));
+    let num = |i: usize| -> f64 {
+        arg(args, i).parse().unwrap_or_else(|e| {
+            eprintln!("peer: bad number {}: {e}", arg(args, i));
+            std::process::exit(2)
+        })
+    };
+    let (rate, secs, workers) = (num(1), num(2), num(3).max(1.0) as usize);
+    let mode = arg(args, 4).to_owned();
+    let start = Instant::now();
+    let run_for = Duration::from_secs_f64(secs);
+    let stop = AtomicBool::new(false);
+    let (requests, connects) = (AtomicU64::new(0), AtomicU64::new(0));
+    // The first failure: (errno, ms after start).
+    let failure: Mutex<Option<(i32, u128)>> = Mutex::new(None);
+    let fail = |e: std::io::Error| {
+        failure
+            .lock()
+            .unwrap()
+            .get_or_insert((errno(&e), start.elapsed().as_millis()));
+        stop.store(true, Ordering::Relaxed);
+    };
+    let kept: Vec<TcpStream> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (mode, stop, requests, connects, fail) =
+                    (&mode, &stop, &requests, &connects, &fail);
+                scope.spawn(move || {
+                    let mut kept = Vec::new();
+                    let mut conn: Option<TcpStream> = None;
+                    // This worker's share of the rate, its start staggered among the others.
+                    let every = workers as f64 / rate;
+                    for i in 0..MAX_CONNECTIONS {
+                        let due = start
+                            + Duration::from_secs_f64(
+                                every * (i as f64 + w as f64 / workers as f64),
+                            );
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        if stop.load(Ordering::Relaxed) || start.elapsed() >= run_for {
+                            break;
+                        }
+                        let mut s = match conn.take() {
+                            Some(s) => s,
+                            None => match TcpStream::connect(target) {
+                                Ok(s) => {
+                                    connects.fetch_add(1, Ordering::Relaxed);
+                                    s
+                                }
+                                Err(e) => {
+                                    fail(e);
+                                    break;
+                                }
+                            },
+                        };
+                        let _ = s.set_nodelay(true);
+                        let mut echo = [0u8; 1];
+                        if let Err(e) = s.write_all(b"q").and_then(|()| s.read_exact(&mut echo)) {
+                            fail(e);
+                            break;
+                        }
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        match mode.as_str() {
+                            "keepalive" => conn = Some(s),
+                            "leak" => kept.push(s),
+                            // Dropped: the client's close comes first.
+                            _ => {}
+                        }
+                    }
+                    kept.extend(conn);
+                    kept
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
+    });
+    let (errno, error_ms) = failure.lock().unwrap().unwrap_or((0, 0));
+    say(&format!(
+        "done requests={} connects={} elapsed_ms={} errno={errno} error_ms={error_ms}",
+        requests.load(Ordering::Relaxed),
+        connects.load(Ordering::Relaxed),
+        start.elapsed().as_millis()
+    ));
+    wait_for_eof();
+    drop(kept);
 }

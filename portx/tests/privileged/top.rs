@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
+    sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
 
@@ -85,56 +86,134 @@ fn settle(ns: &Netns) -> Result<()> {
     bail!("sockets did not settle")
 }
 
+/// Starts `portx top --json ARGS` and waits until its baseline is taken; returns it
+/// and its stderr lines after start-up.
+fn start_top(args: &[&str]) -> Result<(std::process::Child, Receiver<String>)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
+        .args(["top", "--json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(wait())
+            .context("portx top did not take its baseline")?;
+        ensure!(!line.starts_with("portx: error"), "{line}");
+        if line.starts_with("portx: baseline taken") {
+            return Ok((child, rx));
+        }
+    }
+}
+
+/// Stderr lines still to come, for a failure's message (the reader thread has seen
+/// the pipe close by now, or does so shortly).
+fn rest_of(stderr: &Receiver<String>) -> String {
+    std::iter::from_fn(|| stderr.recv_timeout(Duration::from_secs(1)).ok())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A running `portx top --once --json`.
 pub struct TopOnce {
     child: std::process::Child,
     /// Its stderr lines after start-up, shown if it fails.
-    stderr: std::sync::mpsc::Receiver<String>,
+    stderr: Receiver<String>,
 }
 
 impl TopOnce {
     /// Starts it and waits until its baseline is taken.
     pub fn start(args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
-            .args(["top", "--once", "--json"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        loop {
-            let line = rx
-                .recv_timeout(wait())
-                .context("portx top did not take its baseline")?;
-            ensure!(!line.starts_with("portx: error"), "{line}");
-            if line.starts_with("portx: baseline taken") {
-                return Ok(Self { child, stderr: rx });
-            }
-        }
+        let (child, stderr) = start_top(&[&["--once"], args].concat())?;
+        Ok(Self { child, stderr })
     }
 
     pub fn snapshot(self) -> Result<Value> {
         let out = self.child.wait_with_output()?;
         if !out.status.success() {
-            // The reader thread has seen the pipe close by now, or does so shortly.
-            let rest: Vec<String> =
-                std::iter::from_fn(|| self.stderr.recv_timeout(Duration::from_secs(1)).ok())
-                    .collect();
             bail!(
                 "portx top exited with {}; stderr:\n{}",
                 out.status,
-                rest.join("\n")
+                rest_of(&self.stderr)
             );
         }
         serde_json::from_slice(&out.stdout).context("portx top printed invalid JSON")
+    }
+}
+
+/// A running `portx top --json` printing a snapshot every interval, each kept with
+/// when it arrived.
+pub struct TopStream {
+    child: std::process::Child,
+    stderr: Receiver<String>,
+    snapshots: Receiver<(Instant, Result<Value, String>)>,
+}
+
+impl TopStream {
+    /// Starts it and waits until its baseline is taken.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let (mut child, stderr) = start_top(args)?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, snapshots) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let snap = serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"));
+                if tx.send((Instant::now(), snap)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            stderr,
+            snapshots,
+        })
+    }
+
+    /// Stops it as Ctrl-C does and returns every snapshot it printed.
+    pub fn stop(mut self) -> Result<Vec<(Instant, Value)>> {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + wait();
+        let status = loop {
+            if let Some(st) = self.child.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("portx top did not stop on SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        ensure!(
+            status.success(),
+            "portx top exited with {status}; stderr:\n{}",
+            rest_of(&self.stderr)
+        );
+        std::iter::from_fn(|| self.snapshots.recv_timeout(Duration::from_secs(2)).ok())
+            .map(|(at, snap)| {
+                snap.map(|s| (at, s))
+                    .map_err(|e| anyhow::anyhow!("portx top printed invalid JSON: {e}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for TopStream {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
