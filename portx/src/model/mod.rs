@@ -1521,7 +1521,7 @@ impl Model {
                 tw_reuse,
                 reuse_applies: reuse_applies(tw_reuse, loopback),
                 range: (self.cfg(netns).0, self.cfg(netns).1),
-                listeners: listeners.get(&netns).cloned().unwrap_or_default(),
+                listeners: listeners.get(&netns).map_or(&[], Vec::as_slice),
             };
             let mut owners = owners;
             let mut clients = Vec::new();
@@ -1534,7 +1534,7 @@ impl Model {
                     continue;
                 };
                 let v = stats.view(now);
-                o.client = Some(v);
+                o.client = Some(Box::new(v));
                 clients.push(diagnosis::ClientFacts {
                     who: diagnosis::Who {
                         pid: o.pid,
@@ -1555,9 +1555,10 @@ impl Model {
                 Some(s) if s < f64::from(capacity) => None,
                 _ => growth_eta,
             };
+            let reusable_here = facts.reusable;
             let usage = DestUsage {
-                saddr: facts.saddr.clone(),
-                daddr: facts.daddr.clone(),
+                saddr: facts.saddr,
+                daddr: facts.daddr,
                 dport: t.dport,
                 used,
                 capacity,
@@ -1565,7 +1566,7 @@ impl Model {
                 rate_per_s: d.rate.per_second(now, used),
                 eta_s,
                 owners,
-                reusable: facts.reusable,
+                reusable: reusable_here,
                 steady_state: steady,
             };
             per_ns

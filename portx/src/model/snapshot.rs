@@ -108,11 +108,13 @@ pub struct OwnerPorts {
     pub ports: u32,
     #[serde(default)]
     pub cgroup_id: u64,
+    /// Boxed, as `client`: a snapshot holds an owner per destination, and a
+    /// scrape of 100k destinations moves and sorts them all.
     #[serde(default)]
-    pub workload: Option<Workload>,
+    pub workload: Option<Box<Workload>>,
     /// How this owner connects to the destination (rate, lifetime, who closes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<ClientView>,
+    pub client: Option<Box<ClientView>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -907,7 +907,7 @@ fn a_short_lived_client_is_diagnosed_and_its_steady_state_forecast() {
     let d = dest(&snap, "10.0.0.5", 80);
     let steady = d.steady_state.expect("steady state");
     assert!((1700.0..1900.0).contains(&steady), "{steady}");
-    let client = d.owners[0].client.expect("client figures");
+    let client = *d.owners[0].client.clone().expect("client figures");
     assert!((client.rate_10s - 30.0).abs() < 3.0, "{client:?}");
     assert_eq!(client.client_close_share, Some(1.0));
     let ids: Vec<&str> = snap.diagnoses.iter().map(|d| d.id.as_str()).collect();

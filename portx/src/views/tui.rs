@@ -572,7 +572,7 @@ fn dest_rows(snap: &Snapshot, state: &TopState) -> Vec<DestRow> {
                 never: d.steady_state.is_some_and(|s| s < f64::from(d.capacity)),
                 top_owner: top.map_or_else(
                     || "-".to_owned(),
-                    |o| match o.workload.as_ref().filter(|w| w.is_container()) {
+                    |o| match o.workload.as_deref().filter(|w| w.is_container()) {
                         Some(w) => format!("{} {} {}", w.label(), who(&o.comm, o.pid), o.ports),
                         None => format!("{} {}", who(&o.comm, o.pid), o.ports),
                     },

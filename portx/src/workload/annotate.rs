@@ -29,7 +29,7 @@ pub fn annotate(snap: &mut Snapshot, names: &mut dyn Names) {
         }
         for d in &mut ns.destinations {
             for o in &mut d.owners {
-                o.workload = name(o.cgroup_id).map(|n| n.workload.clone());
+                o.workload = name(o.cgroup_id).map(|n| Box::new(n.workload.clone()));
             }
         }
     }

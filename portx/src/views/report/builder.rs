@@ -515,7 +515,7 @@ impl ReportBuilder {
                     .owners
                     .iter()
                     .map(|o| OwnerPorts {
-                        workload: name(o.cgroup_id).map(|n| n.workload.clone()),
+                        workload: name(o.cgroup_id).map(|n| Box::new(n.workload.clone())),
                         ..o.clone()
                     })
                     .collect(),

@@ -204,7 +204,7 @@ fn destination(o: &mut String, span: &Span, d: &DestinationReport) {
                 o,
                 "<tr><td>{}{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
                 esc(&h.comm),
-                workload_cell(h.workload.as_ref()),
+                workload_cell(h.workload.as_deref()),
                 h.pid,
                 h.ports
             );

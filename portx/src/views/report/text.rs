@@ -240,7 +240,7 @@ pub fn render(r: &Report) -> String {
                 let _ = writeln!(
                     o,
                     "    held by {:<24} {:>6} port{}",
-                    who_in(&h.comm, h.pid, h.workload.as_ref()),
+                    who_in(&h.comm, h.pid, h.workload.as_deref()),
                     h.ports,
                     if h.ports == 1 { "" } else { "s" }
                 );
