@@ -140,6 +140,16 @@ impl CgroupName {
     }
 }
 
+/// A recording's names of cgroup ids, as its Cgroups frames give them.
+pub type NameTable = std::collections::HashMap<u64, std::sync::Arc<Named>>;
+
+/// Adds a Cgroups frame's names to `table` (a later frame's name wins).
+pub fn remember_names(table: &mut NameTable, names: &[CgroupName]) {
+    for n in names {
+        table.insert(n.id, std::sync::Arc::new(n.to_named()));
+    }
+}
+
 /// The content of one frame (an events frame yields one `Input::Event` per event).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {

@@ -5,7 +5,7 @@
 //! ([`LiveSource`]: ring buffer, start-up baseline, settings, drift check) or a
 //! recording ([`ReplaySource`]), so a replayed view is the live view of that time.
 
-use std::{collections::HashMap, io::Write as _, path::PathBuf, sync::Arc, time::Duration};
+use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use portx_common::KernelFilter;
@@ -16,7 +16,7 @@ use tokio::{
 
 use crate::{
     capture::{
-        Record,
+        NameTable, Record,
         reader::{ReadStatus, Reader},
     },
     cli::{By, TopArgs},
@@ -28,7 +28,7 @@ use crate::{
     },
     model::{Model, View, input::Input, snapshot::Snapshot},
     views::{output::Clock, tui},
-    workload::{Named, Names, annotate::annotate},
+    workload::{Names, annotate::annotate},
 };
 
 /// One snapshot on stdout: a JSON line, or the plain table followed by a blank line.
@@ -119,7 +119,7 @@ pub struct ReplaySource {
     pub hooks: Vec<HookPath>,
     pub exact_timewait: bool,
     /// The recording's names of cgroup ids.
-    pub names: HashMap<u64, Arc<Named>>,
+    pub names: NameTable,
     /// The first file's clocks and time zone.
     pub clock: Clock,
     /// How the files ended (torn tail, corruption), for the closing line.
@@ -160,7 +160,7 @@ impl ReplaySource {
             dropped: 0,
             hooks: Vec::new(),
             exact_timewait: false,
-            names: HashMap::new(),
+            names: NameTable::new(),
             clock,
             statuses: Vec::new(),
         })
@@ -202,9 +202,7 @@ impl ReplaySource {
                 }
                 Some(Ok(Record::Input(i))) => return Ok(Some(i)),
                 Some(Ok(Record::Cgroups(names))) => {
-                    for n in names {
-                        self.names.insert(n.id, Arc::new(n.to_named()));
-                    }
+                    crate::capture::remember_names(&mut self.names, &names);
                 }
                 Some(Ok(Record::Trigger(_) | Record::End(_))) => {}
             }

@@ -5,7 +5,6 @@ use std::{
     io::{self, Write},
     net::IpAddr,
     path::PathBuf,
-    sync::Arc,
 };
 
 use super::{
@@ -14,7 +13,7 @@ use super::{
     series::{Point, Series},
 };
 use crate::{
-    capture::{FileHeader, Record, reader::ReadStatus},
+    capture::{FileHeader, NameTable, Record, reader::ReadStatus, remember_names},
     events::sock_owners::SockOwners,
     events::{Kind, TraceEvent},
     model::{
@@ -23,7 +22,7 @@ use crate::{
         snapshot::{Failure, OwnerPorts},
     },
     views::output::write_json_line,
-    workload::{Named, annotate::name_failure},
+    workload::annotate::name_failure,
 };
 
 /// Consecutive files of a set further apart than this are reported as a time gap
@@ -85,7 +84,7 @@ pub fn timeline_order(files: &mut [(PathBuf, Option<FileHeader>)]) -> Result<(),
 #[derive(Default)]
 pub struct EventWriter {
     owners: SockOwners,
-    names: HashMap<u64, Arc<Named>>,
+    names: NameTable,
 }
 
 impl EventWriter {
@@ -97,9 +96,7 @@ impl EventWriter {
                 write_json_line(out, &e, self.names.get(&e.cgroup_id).map(|n| &**n))
             }
             Record::Cgroups(names) => {
-                for n in names {
-                    self.names.insert(n.id, Arc::new(n.to_named()));
-                }
+                remember_names(&mut self.names, names);
                 Ok(())
             }
             _ => Ok(()),
@@ -140,7 +137,7 @@ pub struct ReportBuilder {
     /// (netns, daddr, dport, ts) of failures, for the charts' marks.
     marks: Vec<(u32, String, u16, u64)>,
     /// The recording's names of cgroup ids.
-    names: HashMap<u64, Arc<Named>>,
+    names: NameTable,
 }
 
 impl ReportBuilder {
@@ -222,11 +219,7 @@ impl ReportBuilder {
                 }
             }
             Record::End(e) => self.saw(e.at_ns),
-            Record::Cgroups(names) => {
-                for n in names {
-                    self.names.insert(n.id, Arc::new(n.to_named()));
-                }
-            }
+            Record::Cgroups(names) => remember_names(&mut self.names, names),
         }
         Ok(())
     }
