@@ -182,6 +182,12 @@ impl Cgroup2Tree {
         };
         Some(self.dir.join(rel.trim_start_matches('/')))
     }
+
+    /// The cgroup v2 id of cgroup `path`: the inode number of its directory (kernfs
+    /// node id; <https://elixir.bootlin.com/linux/v6.12/source/fs/kernfs/inode.c>).
+    pub fn id_of(&self, path: &str) -> Option<u64> {
+        Some(std::fs::metadata(self.dir_of(path)?).ok()?.ino())
+    }
 }
 
 fn is_cgroup2(dir: &Path) -> bool {
@@ -279,8 +285,8 @@ impl CgroupNames {
             last_kubelet_read: None,
             stats: LookupStats::default(),
         };
+        // The kubelet's logs are read when the first pod is named (`name_path`).
         names.lookup = names.probe_lookup();
-        names.read_kubelet_logs();
         names
     }
 
@@ -315,10 +321,6 @@ impl CgroupNames {
             (Some(t), _) => format!("cgroup names: {} (by walking the tree)", t.dir.display()),
             (None, _) => "cgroup names: no cgroup2 mount found; cgroups are shown by id".to_owned(),
         }
-    }
-
-    pub fn known(&self) -> usize {
-        self.by_id.values().filter(|n| n.is_some()).count()
     }
 
     /// `Ok(None)`: no such cgroup (any more); `Err`: handles do not work here.
@@ -431,21 +433,6 @@ impl CgroupNames {
         }
         named
     }
-
-    /// The cgroup id of `pid` (the inode of its cgroup2 directory), from
-    /// `/proc/PID/cgroup` under the host root: for sockets from before start-up.
-    pub fn id_of_pid(&mut self, pid: u32) -> Option<u64> {
-        let text = std::fs::read_to_string(self.host.join(format!("/proc/{pid}/cgroup"))).ok()?;
-        let path = super::proc_owners::cgroup_v2_path(&text)?;
-        let id = std::fs::metadata(self.tree.as_ref()?.dir_of(path)?)
-            .ok()?
-            .ino();
-        if !matches!(self.by_id.get(&id), Some(Some(_))) {
-            let named = self.name_path(path);
-            self.by_id.insert(id, Some(Arc::new(named)));
-        }
-        Some(id)
-    }
 }
 
 impl Names for CgroupNames {
@@ -524,17 +511,18 @@ mod tests {
     #[test]
     fn names_this_process_cgroup() {
         let mut names = CgroupNames::new(HostRoot::default());
-        if names.lookup() == Lookup::None {
-            return;
-        }
-        let pid = std::process::id();
-        let Some(id) = names.id_of_pid(pid) else {
+        let Some(tree) = names
+            .tree
+            .clone()
+            .filter(|_| names.lookup() != Lookup::None)
+        else {
             return;
         };
-        // Forget what id_of_pid learnt, so name() must look it up.
-        names.by_id.clear();
         let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let want = crate::kernel::proc_owners::cgroup_v2_path(&text).unwrap();
+        let Some(id) = tree.id_of(want) else {
+            return;
+        };
         let n = names.name(id).expect("own cgroup named");
         assert_eq!(n.cgroup, want);
         // Cached: the second lookup does no work.

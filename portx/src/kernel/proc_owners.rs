@@ -3,11 +3,7 @@
 //!
 //! Socket inodes are global (sockfs), so one map covers every network namespace.
 
-use std::{
-    collections::HashMap,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
-    path::PathBuf,
-};
+use std::{collections::HashMap, os::unix::ffi::OsStrExt as _, path::PathBuf};
 
 use super::cgroups::{Cgroup2Tree, HostRoot};
 
@@ -85,8 +81,7 @@ impl CgroupIds {
         }
     }
 
-    /// The cgroup v2 id of `pid`: the inode number of its cgroup2 directory (kernfs
-    /// node id; <https://elixir.bootlin.com/linux/v6.12/source/fs/kernfs/inode.c>).
+    /// The cgroup v2 id of `pid`, 0 when unknown.
     fn of(&mut self, pid: u32) -> u64 {
         let Some(tree) = &self.tree else {
             return 0;
@@ -100,10 +95,7 @@ impl CgroupIds {
         if let Some(&id) = self.cache.get(path) {
             return id;
         }
-        let id = tree
-            .dir_of(path)
-            .and_then(|d| std::fs::metadata(d).ok())
-            .map_or(0, |m| m.ino());
+        let id = tree.id_of(path).unwrap_or(0);
         self.cache.insert(path.to_owned(), id);
         id
     }
@@ -160,7 +152,7 @@ pub fn socket_owners() -> HashMap<u64, ProcOwner> {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::TcpListener, os::fd::AsFd as _, path::Path};
+    use std::{net::TcpListener, os::fd::AsFd as _, os::unix::fs::MetadataExt as _, path::Path};
 
     use super::*;
 

@@ -91,10 +91,6 @@ impl Index {
         index
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.pods.is_empty() && self.containers.is_empty()
-    }
-
     /// Whether the index knows what `w` would need to be named in full: a pod UID
     /// it has not seen, or a container id it has not, means a newer pod.
     pub fn knows(&self, w: &Workload) -> bool {

@@ -186,12 +186,3 @@ impl Names for std::collections::HashMap<u64, std::sync::Arc<Named>> {
         self.get(&cgroup_id).cloned()
     }
 }
-
-/// Nobody: cgroup ids stay unnamed.
-pub struct NoNames;
-
-impl Names for NoNames {
-    fn name(&mut self, _: u64) -> Option<std::sync::Arc<Named>> {
-        None
-    }
-}
