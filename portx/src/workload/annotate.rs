@@ -4,22 +4,15 @@
 //! it shows them, through whoever can ([`Names`]): the live host, or a recording's
 //! table. An id that cannot be named keeps `workload: null`.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{Kind, Named, Names, Workload};
 use crate::model::snapshot::{Failure, Snapshot, WorkloadProcess, WorkloadUsage};
 
 /// Names every cgroup id in `snap` and fills `snap.workloads`.
 pub fn annotate(snap: &mut Snapshot, names: &mut dyn Names) {
-    let mut seen: HashMap<u64, Option<Arc<Named>>> = HashMap::new();
-    let mut name = |id: u64| {
-        seen.entry(id)
-            .or_insert_with(|| if id == 0 { None } else { names.name(id) })
-            .clone()
-    };
+    // Every `Names` keeps what it looked up: no cache of its own here.
+    let mut name = |id: u64| names.name(id);
     for ns in &mut snap.netns {
         for p in &mut ns.processes {
             if let Some(n) = name(p.cgroup_id) {
@@ -104,6 +97,8 @@ pub fn workloads(snap: &Snapshot) -> Vec<WorkloadUsage> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::model::snapshot::{DestUsage, NetnsUsage, OwnerPorts, ProcessUsage};
 
