@@ -151,6 +151,16 @@ fn widest_free_range(listeners: &[u16]) -> (u16, u16) {
 
 /// Every diagnosis for `dest` and its clients, most severe first.
 pub fn diagnose(dest: &DestFacts<'_>, clients: &[ClientFacts]) -> Vec<Diagnosis> {
+    diagnose_with(dest, clients, steady_state(dest, clients))
+}
+
+/// [`diagnose`] with the destination's [`steady_state`] already known (the snapshot
+/// shows it too).
+pub fn diagnose_with(
+    dest: &DestFacts<'_>,
+    clients: &[ClientFacts],
+    steady: Option<f64>,
+) -> Vec<Diagnosis> {
     let mut out = Vec::new();
     let cap = f64::from(dest.capacity.max(1));
     let used = f64::from(dest.used);
@@ -164,7 +174,6 @@ pub fn diagnose(dest: &DestFacts<'_>, clients: &[ClientFacts]) -> Vec<Diagnosis>
     if util < 0.5 && f64::from(dest.established) < 0.8 * cap && !busy_client {
         return out;
     }
-    let steady = steady_state(dest, clients);
     let target = format!("{}:{}", dest.daddr, dest.dport);
     let mk = |id: &str,
               critical: bool,

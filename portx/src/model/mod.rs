@@ -1295,22 +1295,31 @@ impl Model {
 
     /// Who holds ports toward a destination, most first.
     fn dest_owners(&self, d: &DestAgg) -> Vec<OwnerPorts> {
-        let mut owners: Vec<OwnerPorts> = d
+        self.dest_owners_by_id(d)
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect()
+    }
+
+    /// [`Self::dest_owners`], each with its owner id.
+    fn dest_owners_by_id(&self, d: &DestAgg) -> Vec<(u32, OwnerPorts)> {
+        let mut owners: Vec<(u32, OwnerPorts)> = d
             .owners
             .iter()
             .map(|&(o, n)| {
                 let info = &self.owners[o as usize];
-                OwnerPorts {
+                let ports = OwnerPorts {
                     pid: info.pid,
                     comm: info.comm.to_string(),
                     ports: n,
                     cgroup_id: info.cgroup_id,
                     workload: None,
                     client: None,
-                }
+                };
+                (o, ports)
             })
             .collect();
-        owners.sort_by(|a, b| b.ports.cmp(&a.ports).then(a.pid.cmp(&b.pid)));
+        owners.sort_by(|(_, a), (_, b)| b.ports.cmp(&a.ports).then(a.pid.cmp(&b.pid)));
         owners
     }
 
@@ -1497,7 +1506,7 @@ impl Model {
                 sport: 0,
                 dport: d.key.dport,
             };
-            let owners = self.dest_owners(d);
+            let mut owners = self.dest_owners_by_id(d);
             let states = d
                 .states
                 .iter()
@@ -1520,17 +1529,16 @@ impl Model {
                 reusable: reusable.get(&i).copied().unwrap_or(0),
                 tw_reuse,
                 reuse_applies: reuse_applies(tw_reuse, loopback),
-                range: (self.cfg(netns).0, self.cfg(netns).1),
+                range: {
+                    let (lo, hi, _) = self.cfg(netns);
+                    (lo, hi)
+                },
                 listeners: listeners.get(&netns).map_or(&[], Vec::as_slice),
             };
-            let mut owners = owners;
             let mut clients = Vec::new();
             let d = &mut self.dests[i as usize];
-            for o in &mut owners {
-                let Some((_, stats)) = d.clients.iter_mut().find(|(id, _)| {
-                    self.owners[*id as usize].pid == o.pid
-                        && *self.owners[*id as usize].comm == *o.comm
-                }) else {
+            for (owner, o) in &mut owners {
+                let Some((_, stats)) = d.clients.iter_mut().find(|(id, _)| id == owner) else {
                     continue;
                 };
                 let v = stats.view(now);
@@ -1547,7 +1555,7 @@ impl Model {
                 });
             }
             let steady = diagnosis::steady_state(&facts, &clients);
-            diagnoses.extend(diagnosis::diagnose(&facts, &clients));
+            diagnoses.extend(diagnosis::diagnose_with(&facts, &clients, steady));
             // A client measured to level off below capacity never exhausts it, whatever
             // the last seconds' growth says.
             let growth_eta = d.rate.eta(now, used, capacity);
@@ -1565,7 +1573,7 @@ impl Model {
                 states,
                 rate_per_s: d.rate.per_second(now, used),
                 eta_s,
-                owners,
+                owners: owners.into_iter().map(|(_, o)| o).collect(),
                 reusable: reusable_here,
                 steady_state: steady,
             };
