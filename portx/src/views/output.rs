@@ -341,8 +341,9 @@ pub const TEXT_HEADER: &str = concat!(
     "TIME         PID     COMM             NETNS       EVENT          ",
     "LADDR:LPORT                  RADDR:RPORT                  STATE/ERROR"
 );
-/// Width of the STATE/ERROR column when WORKLOAD follows it (`--wide`).
-const DETAIL_WIDTH: usize = 24;
+/// Width of the STATE/ERROR column when WORKLOAD follows it (`--wide`): the longest
+/// transition, `NEW_SYN_RECV -> ESTABLISHED`.
+const DETAIL_WIDTH: usize = 27;
 /// Terminal columns from which the WORKLOAD column is shown without `--wide`.
 pub const WIDE_COLUMNS: u16 = 180;
 
