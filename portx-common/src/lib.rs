@@ -199,6 +199,11 @@ pub struct Config {
     pub wakeup_bytes: u32,
     /// Which events the programs emit at all.
     pub filter: KernelFilter,
+    /// 1: the accounting path (`top`, `serve`): a socket accepted from a listener,
+    /// which holds no ephemeral port, is marked at its first transition and its later
+    /// ones return before any read, except the close that hands it to TIME_WAIT.
+    /// 0: every transition, as `trace` and `record` show them.
+    pub accounting: u32,
 }
 
 /// The part of a trace filter the BPF programs apply before reserving ring-buffer
@@ -301,9 +306,10 @@ impl Config {
         },
         wakeup_bytes: 0,
         filter: KernelFilter::ALL,
+        accounting: 0,
     };
 }
-const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 20 + 1 + 3) * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 20 + 1 + 3 + 1) * 4);
 
 /// Bits of the `HOOKS` map: which events kernel-function hooks emit, so the syscall
 /// tracepoints (always attached, for errors the hooks do not see) do not repeat them.

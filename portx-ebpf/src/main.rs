@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
         TracePointContext,
@@ -25,8 +25,8 @@ use portx_common::{
     COMM_LEN, Config, Event, EventHeader, EventKind, NO_OFFSET, Owner, SysEnterOffsets, hooks,
     uapi::{
         AF_INET, AF_INET6, EADDRNOTAVAIL, EINPROGRESS, IPPROTO_MPTCP, IPPROTO_TCP, SOCK_STREAM,
-        TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
-        TCP_SYN_SENT,
+        TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
+        TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
     },
 };
 
@@ -86,6 +86,12 @@ struct ProbeArgs {
 
 #[map]
 static PROBE_ARGS: HashMap<u32, ProbeArgs> = HashMap::with_max_entries(16384, 0);
+
+/// Accounting path only: sockets accepted from a listener, by `struct sock` address.
+/// LRU, so a close that was never seen cannot fill it; an evicted socket's later
+/// transitions are then reported, as without the mark.
+#[map]
+static PASSIVE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 static PENDING_BIND: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
@@ -353,6 +359,40 @@ fn state_needed(old: u8, new: u8) -> bool {
         || old == TCP_SYN_SENT
 }
 
+/// The accounting path's filter (`Config::accounting`): whether a transition of `sk`
+/// is left out because the socket was accepted from a listener. Such a socket holds
+/// its listener's port, not an ephemeral one, and its five transitions are half of a
+/// loopback connection's; the model does not count them. Its first transition
+/// (LISTEN -> SYN_RECV, the child cloned from the listener) marks it, and its close
+/// unmarks it. The close out of FIN_WAIT2/CLOSING still goes out: it leaves a
+/// TIME_WAIT socket on the port, which the drift check and `bind()` holders see.
+/// Checked before any field is read, so a left-out transition costs one lookup.
+/// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_minisocks.c (tcp_create_openreq_child)
+#[inline(always)]
+fn passive_left_out(sk: u64, old: u8, new: u8) -> bool {
+    if conf!(accounting) == 0 {
+        return false;
+    }
+    if old == TCP_LISTEN && new == TCP_SYN_RECV {
+        let _ = PASSIVE.insert(&sk, &1, 0);
+        return true;
+    }
+    // A client's own transitions (connect, listen, the handshake it started) are
+    // never an accepted socket's.
+    if old == TCP_CLOSE || old == TCP_LISTEN || old == TCP_SYN_SENT {
+        return false;
+    }
+    // SAFETY: the value is not used past the lookup.
+    if unsafe { PASSIVE.get(&sk) }.is_none() {
+        return false;
+    }
+    if new == TCP_CLOSE {
+        let _ = PASSIVE.remove(&sk);
+        return !(old == TCP_FIN_WAIT2 || old == TCP_CLOSING);
+    }
+    true
+}
+
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     let old = tp_read::<i32>(ctx, conf!(state_tp.oldstate))? as u8;
     let new = tp_read::<i32>(ctx, conf!(state_tp.newstate))? as u8;
@@ -364,6 +404,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let sk: u64 = tp_read(ctx, conf!(state_tp.skaddr))?;
+    if passive_left_out(sk, old, new) {
+        return None;
+    }
     let mut ep = Endpoints {
         family: tp_read(ctx, conf!(state_tp.family))?,
         protocol,
@@ -399,7 +442,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if !state_needed(old as u8, new as u8) {
+    if !state_needed(old as u8, new as u8) || passive_left_out(sk, old as u8, new as u8) {
         return 0;
     }
     if let Some(mut ep) = sock_endpoints::<DirectLoad>(sk)

@@ -339,6 +339,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
     })?;
     if verbose {
         print_hooks(&probes.setup.hooks);
+        eprintln!("portx: {}", probes.state_policy());
         eprintln!("portx: {}", probes.wakeup_policy());
         eprintln!(
             "portx: frames flushed and synced every {} s",

@@ -217,8 +217,9 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
     };
     server.abort();
     if verbose {
+        let (records, bytes) = live.ring_read();
         eprintln!(
-            "portx: stopping; {} events dropped, {} undecodable",
+            "portx: stopping; {} events dropped, {} undecodable; {records} records ({bytes} bytes) read from the ring",
             served.dropped, live.undecodable
         );
     }

@@ -260,9 +260,11 @@ pub fn start_live(
     let mut probes = Probes::load(LoadOptions {
         ring_bytes: ring_mib << 20,
         filter,
+        accounting: true,
         ..LoadOptions::default()
     })?;
     if verbose {
+        eprintln!("portx: {}", probes.state_policy());
         for a in &probes.setup.attached {
             eprintln!("portx: attached {a}");
         }
@@ -434,8 +436,9 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
         Source::Live { live, .. } => {
             let dropped = source.dropped()?;
             if dropped > 0 || live.undecodable > 0 || verbose {
+                let (records, bytes) = live.ring_read();
                 eprintln!(
-                    "portx: {dropped} events dropped, {} undecodable",
+                    "portx: {dropped} events dropped, {} undecodable; {records} records ({bytes} bytes) read from the ring",
                     live.undecodable
                 );
             }

@@ -86,6 +86,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
             eprintln!("portx: attached {a}");
         }
         print_hooks(&s.hooks);
+        eprintln!("portx: {}", probes.state_policy());
         eprintln!("portx: {}", probes.wakeup_policy());
         eprintln!("portx: {}", describe_kernel(&s.config.filter));
         eprintln!("portx: kernel offsets from BTF: {:?}", s.config.kernel);

@@ -165,6 +165,11 @@ impl LiveSource {
         let _ = self.requests.send(ProbeReq::DropCaps(keep));
     }
 
+    /// Records read from the ring buffer so far, and their bytes.
+    pub fn ring_read(&self) -> (u64, u64) {
+        (self.reader.records, self.reader.bytes)
+    }
+
     /// Drains the ring once more (at stop: what the kernel wrote still counts).
     pub fn drain(&mut self, out: &mut Vec<Input>) {
         let mut batch = Vec::new();

@@ -323,6 +323,9 @@ pub struct LoadOptions {
     pub batch_wakeups: bool,
     /// What the programs emit; the rest never reaches the ring buffer.
     pub filter: KernelFilter,
+    /// The accounting path (`Config::accounting`): leave out what the model does not
+    /// count (accepted sockets' transitions). `top`, `serve` and `check --watch`.
+    pub accounting: bool,
 }
 
 impl Default for LoadOptions {
@@ -331,6 +334,7 @@ impl Default for LoadOptions {
             ring_bytes: 16 << 20,
             batch_wakeups: true,
             filter: KernelFilter::ALL,
+            accounting: false,
         }
     }
 }
@@ -373,6 +377,7 @@ pub fn kernel_config(tracefs_root: &Path) -> anyhow::Result<(Config, Vec<String>
         kernel,
         wakeup_bytes: 0,
         filter: KernelFilter::ALL,
+        accounting: 0,
     };
     Ok((
         config,
@@ -434,6 +439,7 @@ impl Probes {
             config.wakeup_bytes = opts.ring_bytes / 8;
         }
         config.filter = opts.filter;
+        config.accounting = u32::from(opts.accounting);
         // RLIMIT_MEMLOCK only matters before memcg accounting (5.11); raise it anyway.
         let unlimited = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,
@@ -520,6 +526,15 @@ impl Probes {
         })
     }
 
+    /// What the state program leaves out, for `--verbose`.
+    pub fn state_policy(&self) -> &'static str {
+        if self.setup.config.accounting != 0 {
+            "state changes: accounting path (sockets accepted from a listener are marked and left out, but for a close into TIME_WAIT)"
+        } else {
+            "state changes: every transition"
+        }
+    }
+
     /// How events reach the reader, for `--verbose`.
     pub fn wakeup_policy(&self) -> String {
         match self.setup.config.wakeup_bytes {
@@ -550,7 +565,12 @@ impl Probes {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        Ok(EventReader { fd, drain_timer })
+        Ok(EventReader {
+            fd,
+            drain_timer,
+            records: 0,
+            bytes: 0,
+        })
     }
 
     /// Events the BPF side could not reserve ring-buffer space for, summed over CPUs.
@@ -568,13 +588,19 @@ pub struct EventReader {
     fd: AsyncFd<RingBuf<MapData>>,
     /// With batched wake-ups: events may be waiting without the fd being readable.
     drain_timer: Option<tokio::time::Interval>,
+    /// Records read so far, and their bytes: what the ring carried (the bench divides
+    /// them by connections).
+    pub records: u64,
+    pub bytes: u64,
 }
 
 impl EventReader {
     /// Waits until the kernel has written events (or, with batched wake-ups, until the
     /// next drain is due).
     pub async fn readable(&mut self) -> anyhow::Result<()> {
-        let Self { fd, drain_timer } = self;
+        let Self {
+            fd, drain_timer, ..
+        } = self;
         let woken = async {
             let mut guard = fd.readable_mut().await?;
             guard.clear_ready();
@@ -596,6 +622,8 @@ impl EventReader {
         let mut n = 0;
         while let Some(item) = ring.next() {
             n += 1;
+            self.records += 1;
+            self.bytes += item.len() as u64;
             if !f(&item) {
                 break;
             }
