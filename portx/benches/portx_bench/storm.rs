@@ -758,13 +758,17 @@ pub fn bench_storm(quick: bool) {
     // The machine's CPU per 1000 untraced connections, all cores busy.
     let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let machine_per_1000 = cores * 1e6 / base.0;
-    for (tracer, i, programs, state, share) in [
+    for (tracer, i, programs, state, share, ring_names) in [
         (
             Tracer::Trace,
             1,
             "portx trace BPF programs, CPU per 1000 connections (kernel.bpf_stats_enabled)",
             "portx state-change program, time per run (ten runs per connection)",
             "portx trace CPU (BPF programs + process) against the machine's per connection",
+            (
+                "portx trace: ring records per connection",
+                "portx trace: ring bytes per connection",
+            ),
         ),
         (
             Tracer::Top,
@@ -772,6 +776,10 @@ pub fn bench_storm(quick: bool) {
             "portx top (accounting path) BPF programs, CPU per 1000 connections",
             "portx state-change program under top, time per run",
             "portx top CPU (BPF programs + process) against the machine's per connection",
+            (
+                "portx top (accounting path): ring records per connection",
+                "portx top (accounting path): ring bytes per connection",
+            ),
         ),
         (
             Tracer::TraceErrors,
@@ -779,6 +787,10 @@ pub fn bench_storm(quick: bool) {
             "portx trace --errors BPF programs, CPU per 1000 connections",
             "portx state-change program under --errors, time per run",
             "portx trace --errors CPU (BPF programs + process) against the machine's per connection",
+            (
+                "portx trace --errors: ring records per connection",
+                "portx trace --errors: ring bytes per connection",
+            ),
         ),
     ] {
         if only
@@ -790,32 +802,11 @@ pub fn bench_storm(quick: bool) {
         let Some((per_1000, state_run, ring)) = bpf_cost(tracer, total, workers) else {
             continue;
         };
+        let mut rows = vec![(programs, per_1000, "ms"), (state, state_run, "ns")];
         if let Some((records, bytes)) = ring {
-            for (what, value, unit) in [("records", records, ""), ("bytes", bytes, "bytes")] {
-                report(Figure {
-                    figure: match (tracer, what) {
-                        (Tracer::Trace, "records") => "portx trace: ring records per connection",
-                        (Tracer::Trace, _) => "portx trace: ring bytes per connection",
-                        (Tracer::Top, "records") => {
-                            "portx top (accounting path): ring records per connection"
-                        }
-                        (Tracer::Top, _) => {
-                            "portx top (accounting path): ring bytes per connection"
-                        }
-                        (_, "records") => "portx trace --errors: ring records per connection",
-                        _ => "portx trace --errors: ring bytes per connection",
-                    },
-                    value,
-                    unit,
-                    baseline: None,
-                    target: "reported",
-                    pass: None,
-                    spread: 0.0,
-                    paired_ratio: None,
-                });
-            }
+            rows.extend([(ring_names.0, records, ""), (ring_names.1, bytes, "bytes")]);
         }
-        for (figure, value, unit) in [(programs, per_1000, "ms"), (state, state_run, "ns")] {
+        for (figure, value, unit) in rows {
             report(Figure {
                 figure,
                 value,
