@@ -411,7 +411,7 @@ fn bpf_cost(tracer: Tracer, total: usize, workers: usize) -> Option<BpfCost> {
     let before = bpf_prog_stats(running.child.id());
     storm(&ns.0, total, workers);
     let after = bpf_prog_stats(running.child.id());
-    let (_, _, ring) = stop_with_ring(running);
+    let ring = stop(running).ring;
     // The storm's connections plus the few that stop its servers.
     let conns = (total / workers * workers + workers) as f64;
     let ring = ring.map(|(r, b)| (r as f64 / conns, b as f64 / conns));
@@ -435,53 +435,38 @@ fn bpf_cost(tracer: Tracer, total: usize, workers: usize) -> Option<BpfCost> {
     ))
 }
 
-/// Records and bytes a portx command read from its ring buffer, from its closing line:
-/// "N records (B bytes) read from the ring" (top, serve), or "N events seen" (trace,
-/// whose records are all one `Event`).
-fn ring_read(line: &str) -> Option<(u64, u64)> {
-    let words: Vec<&str> = line
-        .split([' ', ',', ';', '(', ')'])
-        .filter(|w| !w.is_empty())
-        .collect();
-    let before = |w: &str| -> Option<u64> {
-        let i = words.iter().position(|x| *x == w)?;
-        words.get(i.checked_sub(1)?)?.parse().ok()
-    };
-    if let (Some(records), Some(bytes)) = (before("records"), before("bytes")) {
-        return Some((records, bytes));
-    }
-    let i = words.windows(2).position(|p| p == ["events", "seen"])?;
-    let n: u64 = words.get(i.checked_sub(1)?)?.parse().ok()?;
-    Some((n, n * size_of::<portx_common::Event>() as u64))
-}
-
-/// Stops a tracer with SIGINT; returns the drops portx reports (and, for `record`,
-/// the events it wrote).
-fn stop(r: Running) -> (Option<u64>, Option<u64>) {
-    let (dropped, written, _) = stop_with_ring(r);
-    (dropped, written)
-}
-
 /// CPU per 1000 connections, state-program time per run, ring records and bytes per
 /// connection.
 type BpfCost = (f64, f64, Option<(f64, f64)>);
 
-/// Drops, events written (`record`), and the ring's records and bytes (`ring_read`).
-type Stopped = (Option<u64>, Option<u64>, Option<(u64, u64)>);
+/// What a portx command said on its closing lines.
+struct Stopped {
+    /// Events the kernel dropped.
+    dropped: Option<u64>,
+    /// `record`: events written.
+    written: Option<u64>,
+    /// Records and bytes read from the ring buffer: "N records (B bytes) read from the
+    /// ring" (top, serve), or "N events seen" (trace, whose records are all one
+    /// `Event`).
+    ring: Option<(u64, u64)>,
+}
 
-/// `stop`, and what the ring carried (see `ring_read`).
-fn stop_with_ring(mut r: Running) -> Stopped {
-    let mut ring = None;
+/// Stops a tracer with SIGINT and reads what it said (`Stopped`).
+fn stop(mut r: Running) -> Stopped {
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(r.child.id() as i32, libc::SIGINT) };
     let _ = r.child.wait();
     let mut dropped = None;
+    let (mut records, mut bytes, mut seen) = (None, None, None);
     let lines = std::mem::replace(&mut r.lines, mpsc::channel().1);
     while let Ok(l) = lines.recv_timeout(Duration::from_millis(500)) {
         // "portx: N events seen, M shown, D dropped" or "portx: D events dropped, ..."
         if let Some(rest) = l.strip_prefix("portx: ") {
-            ring = ring.or_else(|| ring_read(rest));
-            let words: Vec<&str> = rest.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+            let words: Vec<&str> = rest
+                .split([' ', ',', ';', '(', ')'])
+                .filter(|w| !w.is_empty())
+                .collect();
+            let number_before = |i: usize| words.get(i.checked_sub(1)?)?.parse::<u64>().ok();
             for (i, w) in words.iter().enumerate() {
                 if w.starts_with("written") && i > 0 {
                     r.written = words[i - 1].parse().ok();
@@ -495,11 +480,24 @@ fn stop_with_ring(mut r: Running) -> Stopped {
                     dropped = Some(n);
                 } else if *w == "events" && words.get(i + 1) == Some(&"dropped") {
                     dropped = words.get(i.wrapping_sub(1)).and_then(|n| n.parse().ok());
+                } else if *w == "events" && words.get(i + 1) == Some(&"seen") {
+                    seen = seen.or(number_before(i));
+                } else if *w == "records" {
+                    records = records.or(number_before(i));
+                } else if *w == "bytes" {
+                    bytes = bytes.or(number_before(i));
                 }
             }
         }
     }
-    (dropped, r.written, ring)
+    let ring = records
+        .zip(bytes)
+        .or_else(|| seen.map(|n: u64| (n, n * size_of::<portx_common::Event>() as u64)));
+    Stopped {
+        dropped,
+        written: r.written,
+        ring,
+    }
 }
 
 pub fn bench_storm(quick: bool) {
@@ -595,7 +593,11 @@ pub fn bench_storm(quick: bool) {
                         trace_rss.1.max(after.anon_rss),
                     );
                 }
-                let (d, written) = stop(r);
+                let Stopped {
+                    dropped: d,
+                    written,
+                    ..
+                } = stop(r);
                 let d = match (d, scraped_drops) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
