@@ -180,6 +180,14 @@ pub struct KernelOffsets {
     /// Unlike `skc_num` it survives `inet_put_port()`, which runs before the state
     /// store (and so before the tracepoint) on a transition to CLOSE on 6.1/6.12.
     pub inet_sport: u32,
+    /// `sock.sk_max_ack_backlog`: a listener's backlog, which a socket accepted from it
+    /// inherits (`sk_clone_lock` copies the whole `struct sock`); 0 on a socket that
+    /// connect()ed, which never listened.
+    pub sock_max_ack_backlog: u32,
+    /// `pt_regs` members holding a syscall's first three arguments at its exit
+    /// (x86_64 `di`, `si`, `dx`; the syscall returns in `ax`), for
+    /// `sys_exit_connect_regs`. [`NO_OFFSET`] where unknown: that program is then not used.
+    pub regs_args: [u32; 3],
 }
 
 /// Everything the BPF programs need to know about the running kernel, set as one
@@ -199,10 +207,12 @@ pub struct Config {
     pub wakeup_bytes: u32,
     /// Which events the programs emit at all.
     pub filter: KernelFilter,
-    /// 1: the accounting path (`top`, `serve`): a socket accepted from a listener,
-    /// which holds no ephemeral port, is marked at its first transition and its later
-    /// ones return before any read, except the close that hands it to TIME_WAIT.
-    /// 0: every transition, as `trace` and `record` show them.
+    /// 1: the accounting path (`top`, `serve`): only what changes the port accounting
+    /// reaches the ring. A socket accepted from a listener, which holds no ephemeral
+    /// port, is left out (but for its close into TIME_WAIT), told apart by its
+    /// inherited backlog without a map; a successful connect() is not sent (the
+    /// socket's own transition out of SYN_SENT carries its port).
+    /// 0: every transition and result, as `trace` and `record` show them.
     pub accounting: u32,
 }
 
@@ -303,13 +313,15 @@ impl Config {
             sock_v6_daddr: NO_OFFSET,
             sock_protocol: NO_OFFSET,
             inet_sport: NO_OFFSET,
+            sock_max_ack_backlog: NO_OFFSET,
+            regs_args: [NO_OFFSET; 3],
         },
         wakeup_bytes: 0,
         filter: KernelFilter::ALL,
         accounting: 0,
     };
 }
-const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 20 + 1 + 3 + 1) * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 24 + 1 + 3 + 1) * 4);
 
 /// Bits of the `HOOKS` map: which events kernel-function hooks emit, so the syscall
 /// tracepoints (always attached, for errors the hooks do not see) do not repeat them.
@@ -318,6 +330,10 @@ pub mod hooks {
     pub const CONNECT_IN_KERNEL: u32 = 1;
     /// bind() results come from `inet_bind`/`inet6_bind`.
     pub const BIND_IN_KERNEL: u32 = 2;
+    /// connect() calls are stashed at `sys_enter_connect` (the fallback where
+    /// `sys_exit_connect_regs` does not load), so the state program notes their socket
+    /// and port in the stash.
+    pub const CONNECT_STASH: u32 = 4;
 }
 
 /// Names of the maps and the global, shared so both sides spell them the same.

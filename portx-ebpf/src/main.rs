@@ -87,11 +87,13 @@ struct ProbeArgs {
 #[map]
 static PROBE_ARGS: HashMap<u32, ProbeArgs> = HashMap::with_max_entries(16384, 0);
 
-/// Accounting path only: sockets accepted from a listener, by `struct sock` address.
-/// LRU, so a close that was never seen cannot fill it; an evicted socket's later
-/// transitions are then reported, as without the mark.
+/// `sys_exit_connect_regs` only (no stash at entry): the local side of a socket that
+/// left SYN_SENT for CLOSE inside a connect() (refused: on loopback the RST arrives
+/// before connect() returns and the port is released by then), by thread id. Written
+/// on that failure path alone; LRU, so entries of threads that never see their
+/// connect() fail (a softirq ran in them) cannot fill it.
 #[map]
-static PASSIVE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+static CONNECT_FAILED: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(1024, 0);
 
 #[map]
 static PENDING_BIND: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
@@ -359,22 +361,32 @@ fn state_needed(old: u8, new: u8) -> bool {
         || old == TCP_SYN_SENT
 }
 
-/// The accounting path's filter (`Config::accounting`): whether a transition of `sk`
-/// is left out because the socket was accepted from a listener. Such a socket holds
-/// its listener's port, not an ephemeral one, and its five transitions are half of a
-/// loopback connection's; the model does not count them. Its first transition
-/// (LISTEN -> SYN_RECV, the child cloned from the listener) marks it, and its close
-/// unmarks it. The close out of FIN_WAIT2/CLOSING still goes out: it leaves a
-/// TIME_WAIT socket on the port, which the drift check and `bind()` holders see.
-/// Checked before any field is read, so a left-out transition costs one lookup.
-/// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_minisocks.c (tcp_create_openreq_child)
+/// The accounting path's filter (`Config::accounting`): whether a transition is left
+/// out because it changes nothing the model counts.
+///
+/// - A move between two closing states (FIN_WAIT1 -> FIN_WAIT2, CLOSE_WAIT -> LAST_ACK,
+///   FIN_WAIT1 -> CLOSING): the port is held the same way before and after, and the
+///   close that follows names the state it leaves.
+/// - Any transition of a socket accepted from a listener, but its close into
+///   TIME_WAIT (out of FIN_WAIT2/CLOSING), which the drift check and `bind()` holders
+///   see. Such a socket holds its listener's port, not an ephemeral one, and its five
+///   transitions are half of a loopback connection's. It is told apart without a map
+///   (a map operation costs about as much as the rest of the program here): the child
+///   cloned from a listener keeps the listener's `sk_max_ack_backlog`, and a socket
+///   that connect()ed never listened, so its backlog is 0. A listener with a backlog
+///   of 0 has its children reported, as without this filter.
+///
+/// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_connection_sock.c (inet_csk_clone_lock)
 #[inline(always)]
-fn passive_left_out(sk: u64, old: u8, new: u8) -> bool {
+fn accounting_left_out<R: SockRead>(sk: u64, old: u8, new: u8) -> bool {
     if conf!(accounting) == 0 {
         return false;
     }
+    if closing(old) && closing(new) {
+        return true;
+    }
+    // The child's first transition, cloned from the listener.
     if old == TCP_LISTEN && new == TCP_SYN_RECV {
-        let _ = PASSIVE.insert(&sk, &1, 0);
         return true;
     }
     // A client's own transitions (connect, listen, the handshake it started) are
@@ -382,15 +394,18 @@ fn passive_left_out(sk: u64, old: u8, new: u8) -> bool {
     if old == TCP_CLOSE || old == TCP_LISTEN || old == TCP_SYN_SENT {
         return false;
     }
-    // SAFETY: the value is not used past the lookup.
-    if unsafe { PASSIVE.get(&sk) }.is_none() {
-        return false;
-    }
-    if new == TCP_CLOSE {
-        let _ = PASSIVE.remove(&sk);
-        return !(old == TCP_FIN_WAIT2 || old == TCP_CLOSING);
-    }
-    true
+    // SAFETY: a read at a BTF offset of `struct sock`.
+    let backlog: u32 = unsafe { R::at(sk, conf!(kernel.sock_max_ack_backlog)) }.unwrap_or(0);
+    backlog != 0 && !(new == TCP_CLOSE && (old == TCP_FIN_WAIT2 || old == TCP_CLOSING))
+}
+
+/// A state between a close's start and the socket's release.
+#[inline(always)]
+fn closing(state: u8) -> bool {
+    matches!(
+        state,
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING | TCP_CLOSE_WAIT | TCP_LAST_ACK
+    )
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
@@ -404,7 +419,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let sk: u64 = tp_read(ctx, conf!(state_tp.skaddr))?;
-    if passive_left_out(sk, old, new) {
+    if accounting_left_out::<ProbeRead>(sk, old, new) {
         return None;
     }
     let mut ep = Endpoints {
@@ -442,7 +457,9 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if !state_needed(old as u8, new as u8) || passive_left_out(sk, old as u8, new as u8) {
+    if !state_needed(old as u8, new as u8)
+        || accounting_left_out::<DirectLoad>(sk, old as u8, new as u8)
+    {
         return 0;
     }
     if let Some(mut ep) = sock_endpoints::<DirectLoad>(sk)
@@ -497,10 +514,14 @@ fn handle_state<R: SockRead>(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Optio
     let (sport, saddr) = (ep.sport, ep.saddr);
     let netns = sock_netns::<R>(sk).or_else(task_netns).unwrap_or(0);
 
-    if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        note_connect_sock(sk, netns);
-    } else if old == TCP_SYN_SENT && sport != 0 {
-        note_connect_port(sk, sport, &saddr);
+    if hooks_in_use() & hooks::CONNECT_STASH != 0 {
+        if old == TCP_CLOSE && new == TCP_SYN_SENT {
+            note_connect_sock(sk, netns);
+        } else if old == TCP_SYN_SENT && sport != 0 {
+            note_connect_port(sk, sport, &saddr);
+        }
+    } else if old == TCP_SYN_SENT && new == TCP_CLOSE && sport != 0 {
+        note_connect_failed(sk, sport, &saddr);
     }
 
     if !wanted(EventKind::State, netns, sport, ep.dport) {
@@ -562,6 +583,25 @@ fn note_connect_port(sk: u64, sport: u16, saddr: &[u8; 16]) {
     }
 }
 
+/// Without the stash (`sys_exit_connect_regs`): the local side of a socket that failed
+/// out of SYN_SENT in this thread, for a connect() error that follows. Only failures
+/// come here, so the map costs the common path nothing.
+fn note_connect_failed(sk: u64, sport: u16, saddr: &[u8; 16]) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let p = Pending {
+        sk,
+        netns: 0,
+        fd: 0,
+        addr: [0; 16],
+        family: 0,
+        port: 0,
+        local_port: sport,
+        _pad: 0,
+        local_addr: *saddr,
+    };
+    let _ = CONNECT_FAILED.insert(&tid, &p, 0);
+}
+
 // ---------------------------------------------------------------------------------
 // syscalls: connect / bind, paired enter/exit by thread id
 // ---------------------------------------------------------------------------------
@@ -599,6 +639,15 @@ fn stash_sockaddr(
     let fd: u64 = tp_read(ctx, off.fd)?;
     let uaddr: u64 = tp_read(ctx, off.addr)?;
     let addrlen: u64 = tp_read(ctx, off.addrlen)?;
+    let p = read_sockaddr(fd, uaddr, addrlen)?;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    pending.insert(tid, p, 0).ok()
+}
+
+/// A connect()/bind() call's arguments: the fd and the address asked for, read from
+/// the caller's memory.
+#[inline(always)]
+fn read_sockaddr(fd: u64, uaddr: u64, addrlen: u64) -> Option<Pending> {
     if uaddr == 0 || addrlen < 16 {
         return None;
     }
@@ -628,8 +677,59 @@ fn stash_sockaddr(
     } else {
         return None;
     }
+    Some(p)
+}
+
+/// connect() results without a stash at entry (the accounting path, where this loads):
+/// a success returns at its first compare, since the socket's own transition out of
+/// SYN_SENT carries the port; a failure finds the call's arguments where the syscall
+/// entry saved the caller's registers, which the kernel leaves in place until the
+/// return to user space. That takes a map update and a user-memory read off every
+/// connect(), which the stash at entry costs.
+/// https://elixir.bootlin.com/linux/v6.12/source/kernel/trace/bpf_trace.c (bpf_task_pt_regs)
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect_regs(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_connect_regs(&ctx);
+    0
+}
+
+fn try_exit_connect_regs(ctx: &TracePointContext) -> Option<()> {
+    let ret: i64 = tp_read(ctx, conf!(exit_ret))?;
+    if ret == 0 || ret == -EINPROGRESS {
+        return None;
+    }
+    let [fd, uaddr, addrlen] = syscall_args()?;
+    let mut p = read_sockaddr(fd, uaddr, addrlen)?;
     let tid = bpf_get_current_pid_tgid() as u32;
-    pending.insert(tid, p, 0).ok()
+    // SAFETY: copied out before the entry is removed.
+    if let Some(failed) = unsafe { CONNECT_FAILED.get(&tid) }.copied() {
+        let _ = CONNECT_FAILED.remove(&tid);
+        // Only if it is this call's socket: a softirq may have noted another's.
+        if let Some((sk, _)) = sock_of_fd(fd)
+            && sk == failed.sk
+        {
+            p.sk = sk;
+            p.local_port = failed.local_port;
+            p.local_addr = failed.local_addr;
+        }
+    }
+    report_result(p, ret, true)
+}
+
+/// The current task's syscall arguments 0-2, from its saved user registers.
+#[inline(always)]
+fn syscall_args() -> Option<[u64; 3]> {
+    let offs = conf!(kernel.regs_args);
+    // SAFETY: helpers on the current task; probe reads at BTF offsets of `pt_regs`.
+    unsafe {
+        let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf();
+        let regs = aya_ebpf::helpers::generated::bpf_task_pt_regs(task) as u64;
+        Some([
+            read_at(regs, offs[0])?,
+            read_at(regs, offs[1])?,
+            read_at(regs, offs[2])?,
+        ])
+    }
 }
 
 fn finish(
@@ -643,6 +743,13 @@ fn finish(
     // Delete on every exit path, so a stash never outlives its syscall.
     let _ = pending.remove(tid);
     let ret: i64 = tp_read(ctx, conf!(exit_ret))?;
+    report_result(p, ret, is_connect)
+}
+
+/// Reports a connect() or bind() result, `p` saying what was asked for and, where the
+/// state program noted them, the socket and the local side it got.
+#[inline(always)]
+fn report_result(p: Pending, ret: i64, is_connect: bool) -> Option<()> {
     let ok = ret == 0 || (is_connect && ret == -EINPROGRESS);
     // Kernel-function hooks, when attached, report what they see exactly; the syscall
     // side then only adds the connect() errors that happen outside the allocation.

@@ -183,6 +183,16 @@ impl TraceEvent {
     pub fn error_name(&self) -> Option<&'static str> {
         self.errno.and_then(errno_name)
     }
+
+    /// Whether this is a client socket's first transition out of SYN_SENT, but a
+    /// failure: its source port was allocated and the peer answered. Where allocations
+    /// are counted (the accounting path sends no `connect` events).
+    pub fn allocated_port(&self) -> bool {
+        self.kind == Kind::State
+            && self.old_state == Some(TcpState::SynSent)
+            && self.new_state != Some(TcpState::Close)
+            && self.sport != 0
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

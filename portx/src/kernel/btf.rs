@@ -245,10 +245,25 @@ impl KernelBtf {
             sock_v6_daddr: get("sock", &["__sk_common", "skc_v6_daddr"]),
             sock_protocol: get("sock", &["sk_protocol"]),
             inet_sport: get("inet_sock", &["inet_sport"]),
+            sock_max_ack_backlog: get("sock", &["sk_max_ack_backlog"]),
+            regs_args: match SYSCALL_ARG_REGS {
+                Some(regs) => regs.map(|r| get("pt_regs", &[r])),
+                None => [NO_OFFSET; 3],
+            },
         };
         (offsets, missing)
     }
 }
+
+/// The `pt_regs` members that hold a syscall's first three arguments, still there when
+/// it returns (the return value goes to `ax`). Only x86_64 is known here; elsewhere
+/// connect() is stashed at its entry instead.
+/// https://elixir.bootlin.com/linux/v6.12/source/arch/x86/entry/entry_64.S (the syscall ABI)
+const SYSCALL_ARG_REGS: Option<[&str; 3]> = if cfg!(target_arch = "x86_64") {
+    Some(["di", "si", "dx"])
+} else {
+    None
+};
 
 #[cfg(test)]
 mod tests {

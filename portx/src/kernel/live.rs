@@ -7,12 +7,13 @@
 //! them, so nothing falls between the dump and the stream.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::mpsc as std_mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
+use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -86,7 +87,7 @@ pub struct LiveSource {
     reader: EventReader,
     msgs: mpsc::UnboundedReceiver<ProbeMsg>,
     requests: std_mpsc::Sender<ProbeReq>,
-    known_netns: HashSet<u32>,
+    known_netns: FxHashSet<u32>,
     baseline_done: bool,
     /// A state was asked for and has not come yet: events wait behind it.
     state_pending: bool,
@@ -113,7 +114,7 @@ impl LiveSource {
             reader,
             msgs,
             requests: req_tx,
-            known_netns: HashSet::new(),
+            known_netns: FxHashSet::default(),
             baseline_done: false,
             state_pending: false,
             held: Vec::new(),
@@ -172,34 +173,44 @@ impl LiveSource {
 
     /// Drains the ring once more (at stop: what the kernel wrote still counts).
     pub fn drain(&mut self, out: &mut Vec<Input>) {
-        let mut batch = Vec::new();
-        let mut undecodable = 0;
-        let n = self.reader.drain(|b| {
+        // Straight into `out` (or `held`): a batch in between cost an allocation per
+        // drain, and a copy of each event.
+        let Self {
+            reader,
+            requests,
+            known_netns,
+            baseline_done,
+            state_pending,
+            held,
+            undecodable,
+            ..
+        } = self;
+        let mut kept = 0;
+        let n = reader.drain(|b| {
             match decode(b) {
-                Ok(ev) => batch.push(ev),
-                Err(_) => undecodable += 1,
+                Ok(ev) => {
+                    kept += 1;
+                    if ev.netns != 0
+                        && ev.pid != 0
+                        && known_netns.insert(ev.netns)
+                        && *baseline_done
+                    {
+                        let _ = requests.send(ProbeReq::Discover {
+                            inode: ev.netns,
+                            pid: ev.pid,
+                        });
+                    }
+                    if *baseline_done && !*state_pending {
+                        out.push(Input::Event(ev));
+                    } else {
+                        held.push(ev);
+                    }
+                }
+                Err(_) => *undecodable += 1,
             }
-            batch.len() < DRAIN_BATCH
+            kept < DRAIN_BATCH
         });
-        self.undecodable += undecodable;
         self.more = n >= DRAIN_BATCH;
-        for ev in batch {
-            if ev.netns != 0
-                && ev.pid != 0
-                && self.known_netns.insert(ev.netns)
-                && self.baseline_done
-            {
-                let _ = self.requests.send(ProbeReq::Discover {
-                    inode: ev.netns,
-                    pid: ev.pid,
-                });
-            }
-            if self.baseline_done && !self.state_pending {
-                out.push(Input::Event(ev));
-            } else {
-                self.held.push(ev);
-            }
-        }
     }
 
     fn on_msg(&mut self, m: ProbeMsg, out: &mut Vec<Input>, notes: &mut Notes) {

@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint},
 };
-use portx_common::{Config, KernelFilter, hooks, names};
+use portx_common::{Config, EventKind, KernelFilter, NO_OFFSET, hooks, names};
 use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -21,12 +21,40 @@ use crate::{kernel::btf::KernelBtf, kernel::tracefs};
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portx-ebpf"));
 
 /// The syscall tracepoints, always attached: they see connect() errors that happen
-/// outside the port allocation, and are the fallback for everything else.
-pub const SYSCALL_PROGRAMS: &[(&str, &str, &str)] = &[
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
-    ("sys_enter_bind", "syscalls", "sys_enter_bind"),
-    ("sys_exit_bind", "syscalls", "sys_exit_bind"),
+/// outside the port allocation, and are the fallback for everything else. connect()
+/// is served by the first of [`CONNECT_SYSCALL`] that loads.
+const BIND_SYSCALL: &[Attempt] = &[
+    Attempt::Tracepoint {
+        prog: "sys_enter_bind",
+        category: "syscalls",
+        name: "sys_enter_bind",
+    },
+    Attempt::Tracepoint {
+        prog: "sys_exit_bind",
+        category: "syscalls",
+        name: "sys_exit_bind",
+    },
+];
+
+/// connect(): on the accounting path, its exit alone (failures read the arguments from
+/// the saved registers; successes cost one compare); otherwise, or where that does not
+/// load, a stash at entry and the result at exit.
+const CONNECT_REGS: Attempt = Attempt::Tracepoint {
+    prog: "sys_exit_connect_regs",
+    category: "syscalls",
+    name: "sys_exit_connect",
+};
+const CONNECT_STASHED: &[Attempt] = &[
+    Attempt::Tracepoint {
+        prog: "sys_enter_connect",
+        category: "syscalls",
+        name: "sys_enter_connect",
+    },
+    Attempt::Tracepoint {
+        prog: "sys_exit_connect",
+        category: "syscalls",
+        name: "sys_exit_connect",
+    },
 ];
 
 /// `PORTX_HOOKS=tracepoints` keeps portx on the plain tracepoints even where better
@@ -82,6 +110,16 @@ impl Attempt {
                 functions.join("+")
             ),
         }
+    }
+
+    /// `program -> attach point`, for `--verbose`.
+    pub fn describe_program(&self) -> String {
+        let prog = match self {
+            Self::TpBtf { prog, .. } | Self::Tracepoint { prog, .. } => *prog,
+            Self::Tracing { progs, .. } => progs.first().map_or("", |p| p.0),
+            Self::Kprobe { entry, .. } => entry,
+        };
+        format!("{prog} -> {}", self.describe())
     }
 
     /// Whether `PORTX_HOOKS=<mode>` allows this attempt.
@@ -440,6 +478,11 @@ impl Probes {
         }
         config.filter = opts.filter;
         config.accounting = u32::from(opts.accounting);
+        if opts.accounting {
+            // A connect() that got its port is told by the socket's own transition out
+            // of SYN_SENT; the model counts allocations there.
+            config.filter.kinds &= !(1 << EventKind::Connect as u32);
+        }
         // RLIMIT_MEMLOCK only matters before memcg accounting (5.11); raise it anyway.
         let unlimited = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,
@@ -455,18 +498,37 @@ impl Probes {
             .context("loading the BPF object")?;
         let btf = Btf::from_sys_fs().context("reading kernel BTF for tp_btf/fentry/fexit")?;
         let mut attached = Vec::new();
-        for &(prog, category, name) in SYSCALL_PROGRAMS {
-            try_attach(
-                &mut ebpf,
-                &btf,
-                &kbtf,
-                &Attempt::Tracepoint {
-                    prog,
-                    category,
-                    name,
-                },
-            )?;
-            attached.push(format!("{prog} -> tracepoint {category}:{name}"));
+        let mut bits = 0;
+        let regs = if !opts.accounting {
+            Err(anyhow!("not on the accounting path"))
+        } else if config.kernel.regs_args.contains(&NO_OFFSET) {
+            Err(anyhow!(
+                "syscall argument registers unknown on this architecture"
+            ))
+        } else {
+            try_attach(&mut ebpf, &btf, &kbtf, &CONNECT_REGS)
+        };
+        let syscalls: Vec<&Attempt> = match &regs {
+            Ok(()) => {
+                attached.push(format!(
+                    "{} (connect() failures read their arguments from the saved registers; no stash at entry)",
+                    CONNECT_REGS.describe_program()
+                ));
+                BIND_SYSCALL.iter().collect()
+            }
+            Err(e) => {
+                if opts.accounting {
+                    attached.push(format!(
+                        "connect() stashed at entry: sys_exit_connect_regs not used ({e:#})"
+                    ));
+                }
+                bits |= hooks::CONNECT_STASH;
+                CONNECT_STASHED.iter().chain(BIND_SYSCALL).collect()
+            }
+        };
+        for a in syscalls {
+            try_attach(&mut ebpf, &btf, &kbtf, a)?;
+            attached.push(a.describe_program());
         }
         let mode = std::env::var(HOOKS_ENV).unwrap_or_default();
         let mut try_one = |a: &Attempt| {
@@ -494,7 +556,6 @@ impl Probes {
             Some("model (60 s after an active close, checked against sock_diag)"),
             &mut try_one,
         )?;
-        let mut bits = 0;
         if connect.rejected.len() < CONNECT_HOOKS.len() {
             bits |= hooks::CONNECT_IN_KERNEL;
         }
@@ -529,7 +590,7 @@ impl Probes {
     /// What the state program leaves out, for `--verbose`.
     pub fn state_policy(&self) -> &'static str {
         if self.setup.config.accounting != 0 {
-            "state changes: accounting path (sockets accepted from a listener are marked and left out, but for a close into TIME_WAIT)"
+            "state changes: accounting path (sockets accepted from a listener, told by their inherited backlog, are left out but for a close into TIME_WAIT; successful connect() calls are not sent: the socket's own transition carries the port)"
         } else {
             "state changes: every transition"
         }

@@ -738,7 +738,10 @@ impl Model {
         self.tick(e.ts_ns);
         match e.kind {
             Kind::State => self.on_state(e),
-            Kind::Connect => self.on_connect(e),
+            // The allocation is counted at the socket's own transition out of
+            // SYN_SENT (`on_state`), which both paths report; the accounting path
+            // does not send these.
+            Kind::Connect => {}
             Kind::Bind => {
                 if e.sport != 0 && e.sock != 0 {
                     match self.sockets.get_mut(&e.sock) {
@@ -926,6 +929,9 @@ impl Model {
         }
         self.follow_client(&mut s, old, new, e.ts_ns);
         self.count_sock(&s, 1);
+        if old == TcpState::SynSent {
+            self.on_allocation(&s, e.ts_ns);
+        }
         self.sockets.insert(key, s);
     }
 
@@ -942,25 +948,18 @@ impl Model {
         }
     }
 
-    fn on_connect(&mut self, e: &TraceEvent) {
-        let tuple = Tuple::of(e);
-        let explicit = match self.sockets.get(&e.sock) {
-            Some(s) => s.explicit_bind,
-            None => self.pending_binds.contains_key(&e.sock),
-        };
-        if explicit || e.sport == 0 {
+    /// A client socket got its source port and an answer (its first transition out
+    /// of SYN_SENT but a failure): count the allocation toward its destination's rate
+    /// and its client. A port the socket bound itself is not an allocation.
+    fn on_allocation(&mut self, s: &Sock, ts_ns: u64) {
+        if !s.active || s.explicit_bind || s.quad.sport == 0 || s.dest == NO_DEST {
             return;
         }
-        // The allocation itself: count it toward the destination's rate.
-        let dest = self.dest_for(e.netns, &tuple);
-        if dest != NO_DEST {
-            let d = &mut self.dests[dest as usize];
-            let level = d.used;
-            d.rate.record(e.ts_ns, level);
-            let owner = self.intern_owner(e.pid, &e.comm, e.cgroup_id);
-            if let Some(c) = self.client(dest, owner) {
-                c.open(e.ts_ns);
-            }
+        let d = &mut self.dests[s.dest as usize];
+        let level = d.used;
+        d.rate.record(ts_ns, level);
+        if let Some(c) = self.client(s.dest, s.owner) {
+            c.open(ts_ns);
         }
     }
 

@@ -73,7 +73,8 @@ fn errno_label(slot: usize) -> &'static str {
 /// One namespace's connect()/bind() counts since serve started.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NsCounters {
-    /// connect() calls seen: those that got a source port and those that failed.
+    /// connect() calls seen: connections that got a source port and an answer (the
+    /// handshake went on), and calls that failed.
     pub connects: u64,
     pub binds: u64,
     pub connect_errors: [u64; ERRNO_SLOTS],
@@ -97,7 +98,11 @@ impl Counters {
     pub fn on_event(&mut self, e: &TraceEvent) {
         let slot = || errno_slot(e.errno.unwrap_or(0));
         match e.kind {
-            Kind::Connect => self.per_ns.entry(e.netns).or_default().connects += 1,
+            // A port allocated, told by the socket's transition out of SYN_SENT:
+            // the accounting path serve runs on sends no `connect` events.
+            Kind::State if e.allocated_port() => {
+                self.per_ns.entry(e.netns).or_default().connects += 1;
+            }
             Kind::ConnectError => {
                 let c = self.per_ns.entry(e.netns).or_default();
                 c.connects += 1;
@@ -109,7 +114,7 @@ impl Counters {
                 c.binds += 1;
                 c.bind_errors[slot()] += 1;
             }
-            Kind::State | Kind::TimewaitEnd => {}
+            Kind::Connect | Kind::State | Kind::TimewaitEnd => {}
         }
     }
 }
@@ -362,7 +367,7 @@ impl Exporter {
         );
         let mut connects = Family::counter(
             "portx_connects",
-            "connect() calls seen (successful and failed) since portx serve started.",
+            "connect() calls seen (connections that got a source port and an answer, and failed calls) since portx serve started.",
         );
         let mut binds = Family::counter(
             "portx_binds",

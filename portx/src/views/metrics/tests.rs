@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::{
-    events::{Comm, Family as IpFamily},
+    events::{Comm, Family as IpFamily, TcpState},
     model::snapshot::{DestUsage, Drift, NetnsUsage, ProcessUsage},
 };
 
@@ -107,11 +107,28 @@ fn event(kind: Kind, errno: Option<u32>) -> TraceEvent {
     }
 }
 
-fn fixed_counters() -> Counters {
-    let mut c = Counters::default();
-    for _ in 0..4 {
-        c.on_event(&event(Kind::Connect, None));
+fn state(old: TcpState, new: TcpState, sport: u16) -> TraceEvent {
+    TraceEvent {
+        old_state: Some(old),
+        new_state: Some(new),
+        sport,
+        ..event(Kind::State, None)
     }
+}
+
+fn fixed_counters() -> Counters {
+    use TcpState::*;
+    let mut c = Counters::default();
+    // Four connections as the accounting path reports them: the port appears on the
+    // way out of SYN_SENT, and no `connect` event comes.
+    for _ in 0..4 {
+        c.on_event(&state(Close, SynSent, 0));
+        c.on_event(&state(SynSent, Established, 3306));
+    }
+    // Where `connect` events do come (the full path), they are not counted twice; nor
+    // is a connection refused in SYN_SENT (its connect() error is).
+    c.on_event(&event(Kind::Connect, None));
+    c.on_event(&state(SynSent, Close, 3307));
     c.on_event(&event(Kind::ConnectError, Some(libc::EADDRNOTAVAIL as u32)));
     c.on_event(&event(Kind::ConnectError, Some(libc::ENOBUFS as u32)));
     c.on_event(&event(Kind::Bind, None));
