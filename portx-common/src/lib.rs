@@ -323,6 +323,43 @@ impl Config {
 }
 const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 24 + 1 + 3 + 1) * 4);
 
+/// The accounting path's rule (`Config::accounting`): whether a state change is left
+/// out because it changes nothing the model counts. Shared by the BPF programs and the
+/// tests, which check that the model gives the same answers from what it keeps.
+///
+/// - A move between two closing states (FIN_WAIT1 -> FIN_WAIT2, CLOSE_WAIT -> LAST_ACK,
+///   FIN_WAIT1 -> CLOSING): the port is held the same way before and after, and the
+///   close that follows names the state it leaves.
+/// - Any change of a socket accepted from a listener, but its close into TIME_WAIT
+///   (out of FIN_WAIT2 or CLOSING), which the drift check and `bind()` holders see.
+///   Such a socket holds its listener's port, not an ephemeral one, and its five
+///   changes are half of a loopback connection's. `accepted` says whether the socket
+///   is one (in the kernel, a read); it is asked only where the states do not settle it.
+#[inline(always)]
+pub fn accounting_leaves_out(old: u8, new: u8, accepted: impl FnOnce() -> bool) -> bool {
+    use uapi::*;
+    let closing = |s: u8| {
+        matches!(
+            s,
+            TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING | TCP_CLOSE_WAIT | TCP_LAST_ACK
+        )
+    };
+    if closing(old) && closing(new) {
+        return true;
+    }
+    // The child's first change, as it is cloned from the listener.
+    if old == TCP_LISTEN && new == TCP_SYN_RECV {
+        return true;
+    }
+    // A client's own changes (connect, listen, the handshake it started) are never an
+    // accepted socket's.
+    if old == TCP_CLOSE || old == TCP_LISTEN || old == TCP_SYN_SENT {
+        return false;
+    }
+    let into_time_wait = new == TCP_CLOSE && (old == TCP_FIN_WAIT2 || old == TCP_CLOSING);
+    !into_time_wait && accepted()
+}
+
 /// Bits of the `HOOKS` map: which events kernel-function hooks emit, so the syscall
 /// tracepoints (always attached, for errors the hooks do not see) do not repeat them.
 pub mod hooks {

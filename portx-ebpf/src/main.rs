@@ -25,8 +25,8 @@ use portx_common::{
     COMM_LEN, Config, Event, EventHeader, EventKind, NO_OFFSET, Owner, SysEnterOffsets, hooks,
     uapi::{
         AF_INET, AF_INET6, EADDRNOTAVAIL, EINPROGRESS, IPPROTO_MPTCP, IPPROTO_TCP, SOCK_STREAM,
-        TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
-        TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
+        TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
+        TCP_SYN_SENT,
     },
 };
 
@@ -361,51 +361,22 @@ fn state_needed(old: u8, new: u8) -> bool {
         || old == TCP_SYN_SENT
 }
 
-/// The accounting path's filter (`Config::accounting`): whether a transition is left
-/// out because it changes nothing the model counts.
-///
-/// - A move between two closing states (FIN_WAIT1 -> FIN_WAIT2, CLOSE_WAIT -> LAST_ACK,
-///   FIN_WAIT1 -> CLOSING): the port is held the same way before and after, and the
-///   close that follows names the state it leaves.
-/// - Any transition of a socket accepted from a listener, but its close into
-///   TIME_WAIT (out of FIN_WAIT2/CLOSING), which the drift check and `bind()` holders
-///   see. Such a socket holds its listener's port, not an ephemeral one, and its five
-///   transitions are half of a loopback connection's. It is told apart without a map
-///   (a map operation costs about as much as the rest of the program here): the child
-///   cloned from a listener keeps the listener's `sk_max_ack_backlog`, and a socket
-///   that connect()ed never listened, so its backlog is 0. A listener with a backlog
-///   of 0 has its children reported, as without this filter.
-///
+/// The accounting path's filter (`Config::accounting`, the rule in
+/// [`portx_common::accounting_leaves_out`]). An accepted socket is told apart without
+/// a map (a map operation costs about as much as the rest of the program here): the
+/// child cloned from a listener keeps the listener's `sk_max_ack_backlog`, and a socket
+/// that connect()ed never listened, so its backlog is 0. A listener with a backlog of 0
+/// has its children reported, as without this filter.
 /// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_connection_sock.c (inet_csk_clone_lock)
 #[inline(always)]
 fn accounting_left_out<R: SockRead>(sk: u64, old: u8, new: u8) -> bool {
-    if conf!(accounting) == 0 {
-        return false;
-    }
-    if closing(old) && closing(new) {
-        return true;
-    }
-    // The child's first transition, cloned from the listener.
-    if old == TCP_LISTEN && new == TCP_SYN_RECV {
-        return true;
-    }
-    // A client's own transitions (connect, listen, the handshake it started) are
-    // never an accepted socket's.
-    if old == TCP_CLOSE || old == TCP_LISTEN || old == TCP_SYN_SENT {
-        return false;
-    }
-    // SAFETY: a read at a BTF offset of `struct sock`.
-    let backlog: u32 = unsafe { R::at(sk, conf!(kernel.sock_max_ack_backlog)) }.unwrap_or(0);
-    backlog != 0 && !(new == TCP_CLOSE && (old == TCP_FIN_WAIT2 || old == TCP_CLOSING))
-}
-
-/// A state between a close's start and the socket's release.
-#[inline(always)]
-fn closing(state: u8) -> bool {
-    matches!(
-        state,
-        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING | TCP_CLOSE_WAIT | TCP_LAST_ACK
-    )
+    conf!(accounting) != 0
+        && portx_common::accounting_leaves_out(old, new, || {
+            // SAFETY: a read at a BTF offset of `struct sock`.
+            let backlog: u32 =
+                unsafe { R::at(sk, conf!(kernel.sock_max_ack_backlog)) }.unwrap_or(0);
+            backlog != 0
+        })
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {

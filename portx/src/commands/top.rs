@@ -281,6 +281,16 @@ pub fn start_live(
 
 pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     crate::kernel::cgroups::use_host_root(&args.host.host_root)?;
+    let replay = args.replay.is_some();
+    // A recording names namespaces by inode; names and paths are this host's.
+    let netns_filter =
+        match &args.netns {
+            Some(a) if replay => Some(a.parse::<u32>().with_context(|| {
+                format!("--netns {a}: with --replay, give the namespace's inode")
+            })?),
+            Some(a) => Some(netns::resolve(a)?),
+            None => None,
+        };
     let mut source = match &args.replay {
         Some(files) => {
             let r = ReplaySource::open(files.clone(), args.speed)?;
@@ -290,7 +300,12 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
             // A recording's pids are of its time; only a live one must exist now.
             preflight::check_pid(args.pid)?;
             let drift = (!args.no_drift_check).then_some(args.drift_interval);
-            let (probes, live) = start_live(args.ring_mib, KernelFilter::ALL, drift, verbose)?;
+            // One namespace shown: the others' events are left out in the kernel.
+            let filter = KernelFilter {
+                netns: netns_filter.unwrap_or(0),
+                ..KernelFilter::ALL
+            };
+            let (probes, live) = start_live(args.ring_mib, filter, drift, verbose)?;
             let names = CgroupNames::new(HostRoot::current());
             if verbose {
                 eprintln!("portx: {}", names.describe());
@@ -302,16 +317,6 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
             }
         }
     };
-    let replay = args.replay.is_some();
-    // A recording names namespaces by inode; names and paths are this host's.
-    let netns_filter =
-        match &args.netns {
-            Some(a) if replay => Some(a.parse::<u32>().with_context(|| {
-                format!("--netns {a}: with --replay, give the namespace's inode")
-            })?),
-            Some(a) => Some(netns::resolve(a)?),
-            None => None,
-        };
 
     let mut model = Model::new();
     if let Source::Live { probes, .. } = &source {

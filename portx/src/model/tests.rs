@@ -970,3 +970,96 @@ fn a_pooled_client_is_not_short_lived() {
     // Nothing closed yet: no lifetime to forecast from.
     assert_eq!(dest(&snap, "10.0.0.5", 80).steady_state, None);
 }
+
+/// What the accounting path (`top`, `serve`) leaves out in the kernel changes none of
+/// the model's answers: a stream of loopback connections as `trace` sees them (both
+/// sockets of each, its connect event; some closed by the client, some by the server,
+/// some still open) gives the same snapshot whole and through the kernel's rule.
+#[test]
+fn the_accounting_path_gives_the_same_answers() {
+    use TcpState::*;
+    let listener = Sk {
+        sock: 1,
+        pid: 50,
+        comm: "nginx",
+        saddr: ip("127.0.0.1"),
+        sport: 9000,
+        daddr: ip("0.0.0.0"),
+        dport: 0,
+    };
+    let mut full = vec![listener.state(S, Close, Listen)];
+    let mut accepted = std::collections::HashSet::new();
+    for i in 0..30u64 {
+        let t = 2 * S + i * S / 10;
+        let port = 20000 + i as u16;
+        let client = Sk::client(0x100 + i, 4242, port, "127.0.0.1", 9000);
+        let child = Sk {
+            sock: 0x900 + i,
+            pid: 0,
+            comm: "",
+            saddr: ip("127.0.0.1"),
+            sport: 9000,
+            daddr: ip("127.0.0.1"),
+            dport: port,
+        };
+        accepted.insert(child.sock);
+        let c = |ts, old, new| client.state(ts, old, new);
+        let a = |ts, old, new| child.state(ts, old, new);
+        full.extend([
+            c(t, Close, SynSent),
+            a(t + 1, Listen, SynRecv),
+            c(t + 2, SynSent, Established),
+            a(t + 3, SynRecv, Established),
+            client.connect(t + 4),
+        ]);
+        let closed = t + 1_000_000 * (1 + i % 7);
+        match i % 3 {
+            // The client closes first: its port goes to TIME_WAIT.
+            0 => full.extend([
+                c(closed, Established, FinWait1),
+                a(closed + 1, Established, CloseWait),
+                c(closed + 2, FinWait1, FinWait2),
+                a(closed + 3, CloseWait, LastAck),
+                c(closed + 4, FinWait2, Close),
+                a(closed + 5, LastAck, Close),
+            ]),
+            // The server closes first: its side goes to TIME_WAIT on port 9000.
+            1 => full.extend([
+                a(closed, Established, FinWait1),
+                c(closed + 1, Established, CloseWait),
+                a(closed + 2, FinWait1, FinWait2),
+                c(closed + 3, CloseWait, LastAck),
+                a(closed + 4, FinWait2, Close),
+                c(closed + 5, LastAck, Close),
+            ]),
+            // Still open.
+            _ => {}
+        }
+    }
+    let kept: Vec<TraceEvent> = full
+        .iter()
+        .filter(|e| match (e.kind, e.old_state, e.new_state) {
+            (Kind::Connect, ..) => false,
+            (Kind::State, Some(old), Some(new)) => {
+                !portx_common::accounting_leaves_out(old as u8, new as u8, || {
+                    accepted.contains(&e.sock)
+                })
+            }
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    // Of each connection's eleven events, the client's four (two while open), and
+    // the accepted socket's close into TIME_WAIT when the server closed first.
+    assert_eq!(kept.len(), 1 + 10 * 4 + 10 * 5 + 10 * 2, "{kept:#?}");
+    let end = 10 * S;
+    let answer = |events: &[TraceEvent]| {
+        let mut m = model_2000(0);
+        for e in events {
+            m.apply(e);
+        }
+        m.tick(end);
+        serde_json::to_value(m.snapshot(View::default())).unwrap()
+    };
+    assert_eq!(answer(&kept), answer(&full));
+}

@@ -275,7 +275,7 @@ fn reuse_off(range: (u16, u16), rate: &str) -> Result<()> {
     let done = Done::read(&mut client)?;
     // One snapshot after the failure.
     std::thread::sleep(Duration::from_millis(1500));
-    let snaps = top.stop()?;
+    let (snaps, _) = top.stop()?;
     client.finish()?;
     server.finish()?;
     ensure!(

@@ -84,6 +84,13 @@ fn main() {
             top::agrees_with_ss(true)
         }),
         ("top_exhaustion_reaches_full", top::exhaustion_reaches_full),
+        ("top_accounting_path_sends_what_the_model_counts", || {
+            top::accounting_path_sends_what_the_model_counts(&[])
+        }),
+        (
+            "top_accounting_path_sends_what_the_model_counts_tracepoints_only",
+            || top::accounting_path_sends_what_the_model_counts(&[("PORTX_HOOKS", "tracepoints")]),
+        ),
         (
             "workloads_named_in_trace_and_top",
             workloads::names_pods_containers_and_units,

@@ -88,10 +88,14 @@ fn settle(ns: &Netns) -> Result<()> {
 
 /// Starts `portx top --json ARGS` and waits until its baseline is taken; returns it
 /// and its stderr lines after start-up.
-fn start_top(args: &[&str]) -> Result<(std::process::Child, Receiver<String>)> {
+fn start_top(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(std::process::Child, Receiver<String>)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
         .args(["top", "--json"])
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -133,7 +137,7 @@ pub struct TopOnce {
 impl TopOnce {
     /// Starts it and waits until its baseline is taken.
     pub fn start(args: &[&str]) -> Result<Self> {
-        let (child, stderr) = start_top(&[&["--once"], args].concat())?;
+        let (child, stderr) = start_top(&[&["--once"], args].concat(), &[])?;
         Ok(Self { child, stderr })
     }
 
@@ -150,6 +154,9 @@ impl TopOnce {
     }
 }
 
+/// A snapshot `portx top --json` printed, with when it arrived.
+pub type Snapshot = (Instant, Value);
+
 /// A running `portx top --json` printing a snapshot every interval, each kept with
 /// when it arrived.
 pub struct TopStream {
@@ -161,7 +168,12 @@ pub struct TopStream {
 impl TopStream {
     /// Starts it and waits until its baseline is taken.
     pub fn start(args: &[&str]) -> Result<Self> {
-        let (mut child, stderr) = start_top(args)?;
+        Self::start_with(args, &[])
+    }
+
+    /// As `start`, with extra environment variables.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let (mut child, stderr) = start_top(args, env)?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, snapshots) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -179,8 +191,9 @@ impl TopStream {
         })
     }
 
-    /// Stops it as Ctrl-C does and returns every snapshot it printed.
-    pub fn stop(mut self) -> Result<Vec<(Instant, Value)>> {
+    /// Stops it as Ctrl-C does and returns every snapshot it printed, and the lines it
+    /// wrote on stderr after start-up.
+    pub fn stop(mut self) -> Result<(Vec<Snapshot>, Vec<String>)> {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + wait();
@@ -199,12 +212,16 @@ impl TopStream {
             "portx top exited with {status}; stderr:\n{}",
             rest_of(&self.stderr)
         );
-        std::iter::from_fn(|| self.snapshots.recv_timeout(Duration::from_secs(2)).ok())
-            .map(|(at, snap)| {
-                snap.map(|s| (at, s))
-                    .map_err(|e| anyhow::anyhow!("portx top printed invalid JSON: {e}"))
-            })
-            .collect()
+        let snapshots =
+            std::iter::from_fn(|| self.snapshots.recv_timeout(Duration::from_secs(2)).ok())
+                .map(|(at, snap)| {
+                    snap.map(|s| (at, s))
+                        .map_err(|e| anyhow::anyhow!("portx top printed invalid JSON: {e}"))
+                })
+                .collect::<Result<_>>()?;
+        let stderr =
+            std::iter::from_fn(|| self.stderr.recv_timeout(Duration::from_secs(1)).ok()).collect();
+        Ok((snapshots, stderr))
     }
 }
 
@@ -514,5 +531,50 @@ pub fn drift_check_corrects_timewait() -> Result<()> {
         drift["removed"] == 5 - kernel_tw && drift["added"] == 0,
         "{drift}"
     );
+    Ok(())
+}
+
+/// The accounting path (what `top` and `serve` load) sends what the model counts and
+/// nothing else: of a loopback connection's ten state changes and its connect(), the
+/// client's four that change its accounting (CLOSE -> SYN_SENT names the owner,
+/// SYN_SENT -> ESTABLISHED the port, ESTABLISHED -> FIN_WAIT1 the close, FIN_WAIT2 ->
+/// CLOSE the TIME_WAIT); none of the accepted socket's, no move between two closing
+/// states, no connect event. Counted from top's own closing line, with its model's
+/// answer checked too. `env` picks the attach path.
+pub fn accounting_path_sends_what_the_model_counts(env: &[(&str, &str)]) -> Result<()> {
+    const N: u64 = 40;
+    let ns = Netns::new(None)?;
+    let mut peer = Peer::spawn(&ns, "burst", &["127.0.0.1:9000", &N.to_string()])?;
+    let top = TopStream::start_with(&["--netns", &ns.name, "-v", "--interval", "1"], env)?;
+    peer.go()?;
+    ensure!(
+        peer.line()? == format!("done {N}"),
+        "the burst did not finish"
+    );
+    // The listener closes as the peer exits.
+    peer.finish()?;
+    // Two drains of the ring (every 10 ms) and a print (every second) later.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (snaps, stderr) = top.stop()?;
+    let records: u64 = stderr
+        .iter()
+        .find_map(|l| {
+            let (before, _) = l.split_once(" records (")?;
+            before.rsplit(' ').next()?.parse().ok()
+        })
+        .with_context(|| format!("no ring count in top's closing lines: {stderr:?}"))?;
+    // The listener's bind, CLOSE -> LISTEN and LISTEN -> CLOSE.
+    let want = 4 * N + 3;
+    ensure!(
+        records == want,
+        "{records} records from the ring for {N} connections, want {want} (4 each and the listener's 3); stderr: {stderr:?}"
+    );
+    let (_, last) = snaps.last().context("top printed no snapshot")?;
+    let d = dest(netns_entry(last, &ns)?, 9000)?;
+    ensure!(
+        d["used"] == N && states(d).get("TIME_WAIT") == Some(&N),
+        "every connection left its TIME_WAIT: {d}"
+    );
+    ensure!(last["dropped_events"] == 0, "{last}");
     Ok(())
 }
