@@ -1013,25 +1013,22 @@ fn the_accounting_path_gives_the_same_answers() {
             client.connect(t + 4),
         ]);
         let closed = t + 1_000_000 * (1 + i % 7);
+        // `first` closes first and ends in TIME_WAIT.
+        let close = |first: &Sk, second: &Sk| {
+            [
+                first.state(closed, Established, FinWait1),
+                second.state(closed + 1, Established, CloseWait),
+                first.state(closed + 2, FinWait1, FinWait2),
+                second.state(closed + 3, CloseWait, LastAck),
+                first.state(closed + 4, FinWait2, Close),
+                second.state(closed + 5, LastAck, Close),
+            ]
+        };
         match i % 3 {
             // The client closes first: its port goes to TIME_WAIT.
-            0 => full.extend([
-                c(closed, Established, FinWait1),
-                a(closed + 1, Established, CloseWait),
-                c(closed + 2, FinWait1, FinWait2),
-                a(closed + 3, CloseWait, LastAck),
-                c(closed + 4, FinWait2, Close),
-                a(closed + 5, LastAck, Close),
-            ]),
+            0 => full.extend(close(&client, &child)),
             // The server closes first: its side goes to TIME_WAIT on port 9000.
-            1 => full.extend([
-                a(closed, Established, FinWait1),
-                c(closed + 1, Established, CloseWait),
-                a(closed + 2, FinWait1, FinWait2),
-                c(closed + 3, CloseWait, LastAck),
-                a(closed + 4, FinWait2, Close),
-                c(closed + 5, LastAck, Close),
-            ]),
+            1 => full.extend(close(&child, &client)),
             // Still open.
             _ => {}
         }
