@@ -663,18 +663,18 @@ impl Model {
             netns,
             quad: self.quad_acquire(tuple),
         };
-        if let Some(old) = self.timewait.remove(&key) {
-            self.count_tw(&key, &old, -1);
-            // The old entry's references.
-            self.quad_release(key.quad);
-        }
         tw.dest = if tw.active {
             self.dest_for(netns, tuple)
         } else {
             NO_DEST
         };
+        // One lookup of the (large, cache-cold) table, whether it replaces or not.
+        if let Some(old) = self.timewait.insert(key, tw) {
+            self.count_tw(&key, &old, -1);
+            // The old entry's references.
+            self.quad_release(key.quad);
+        }
         self.count_tw(&key, &tw, 1);
-        self.timewait.insert(key, tw);
         self.tw_queue.push_back((tw.expires_ns, key));
     }
 
