@@ -381,6 +381,32 @@ impl Default for LoadOptions {
 /// [`LoadOptions::batch_wakeups`]): the most an ordinary event waits to be seen.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
+/// The longest wait between drains, reached by doubling [`DRAIN_INTERVAL`] while
+/// drains find nothing: an idle host costs a few wake-ups a second, not a hundred.
+pub const DRAIN_IDLE_MAX: Duration = Duration::from_millis(250);
+
+/// When the next drain of a batched ring is due: [`DRAIN_INTERVAL`] after one that
+/// found records, twice the last wait (up to [`DRAIN_IDLE_MAX`]) after one that found
+/// none. Failures wake the reader at once whatever the wait.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainPace {
+    empty_drains: u32,
+}
+
+impl DrainPace {
+    /// The wait before the next drain, after one that read `drained` records.
+    pub fn after(&mut self, drained: usize) -> Duration {
+        self.empty_drains = if drained > 0 {
+            0
+        } else {
+            (self.empty_drains + 1).min(16)
+        };
+        DRAIN_INTERVAL
+            .saturating_mul(1 << self.empty_drains)
+            .min(DRAIN_IDLE_MAX)
+    }
+}
+
 /// The kernel facts the programs were configured with, for `--verbose`.
 #[derive(Debug)]
 pub struct Setup {
@@ -590,7 +616,7 @@ impl Probes {
     /// What the state program leaves out, for `--verbose`.
     pub fn state_policy(&self) -> &'static str {
         if self.setup.config.accounting != 0 {
-            "state changes: accounting path (sockets accepted from a listener, told by their inherited backlog, are left out but for a close into TIME_WAIT; successful connect() calls are not sent: the socket's own transition carries the port)"
+            "state changes: accounting path (only what the model counts: sockets accepted from a listener, told by their inherited backlog, left out but for a close into TIME_WAIT; moves between closing states left out; successful connect() calls not sent, the socket's own transition out of SYN_SENT carries the port)"
         } else {
             "state changes: every transition"
         }
@@ -602,8 +628,10 @@ impl Probes {
             0 => "ring buffer: every event may wake the reader".to_owned(),
             n => format!(
                 "ring buffer: failures wake the reader at once; other events are drained \
-                 every {} ms, or at once when {} KiB wait",
+                 every {} ms while they come (backing off to {} ms when idle), or at once \
+                 when {} KiB wait",
                 DRAIN_INTERVAL.as_millis(),
+                DRAIN_IDLE_MAX.as_millis(),
                 n >> 10
             ),
         }
@@ -621,14 +649,10 @@ impl Probes {
         let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
         let batched = self.setup.config.wakeup_bytes != 0;
-        let drain_timer = batched.then(|| {
-            let mut t = tokio::time::interval(DRAIN_INTERVAL);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
-        });
         Ok(EventReader {
             fd,
-            drain_timer,
+            next_drain: batched.then(|| tokio::time::Instant::now() + DRAIN_INTERVAL),
+            pace: DrainPace::default(),
             records: 0,
             bytes: 0,
         })
@@ -647,8 +671,10 @@ impl Probes {
 /// The consumer side of the event ring buffer.
 pub struct EventReader {
     fd: AsyncFd<RingBuf<MapData>>,
-    /// With batched wake-ups: events may be waiting without the fd being readable.
-    drain_timer: Option<tokio::time::Interval>,
+    /// With batched wake-ups, when the next drain is due: events may be waiting
+    /// without the fd being readable.
+    next_drain: Option<tokio::time::Instant>,
+    pace: DrainPace,
     /// Records read so far, and their bytes: what the ring carried (the bench divides
     /// them by connections).
     pub records: u64,
@@ -659,19 +685,17 @@ impl EventReader {
     /// Waits until the kernel has written events (or, with batched wake-ups, until the
     /// next drain is due).
     pub async fn readable(&mut self) -> anyhow::Result<()> {
-        let Self {
-            fd, drain_timer, ..
-        } = self;
+        let Self { fd, next_drain, .. } = self;
         let woken = async {
             let mut guard = fd.readable_mut().await?;
             guard.clear_ready();
             anyhow::Ok(())
         };
-        match drain_timer {
+        match *next_drain {
             None => woken.await,
-            Some(timer) => tokio::select! {
+            Some(due) => tokio::select! {
                 r = woken => r,
-                _ = timer.tick() => Ok(()),
+                _ = tokio::time::sleep_until(due) => Ok(()),
             },
         }
     }
@@ -689,6 +713,9 @@ impl EventReader {
                 break;
             }
         }
+        if let Some(due) = &mut self.next_drain {
+            *due = tokio::time::Instant::now() + self.pace.after(n);
+        }
         n
     }
 }
@@ -696,6 +723,24 @@ impl EventReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drains_back_off_while_idle_and_return_at_once_with_records() {
+        let mut pace = DrainPace::default();
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(ms(pace.after(5)), 10);
+        let idle: Vec<u128> = (0..7).map(|_| ms(pace.after(0))).collect();
+        assert_eq!(idle, [20, 40, 80, 160, 250, 250, 250]);
+        assert_eq!(
+            ms(pace.after(1)),
+            10,
+            "records again: back to the short wait"
+        );
+        for _ in 0..100 {
+            pace.after(0);
+        }
+        assert_eq!(ms(pace.after(0)), 250, "no overflow after a long idle");
+    }
 
     #[test]
     fn first_working_attempt_wins_and_rejections_keep_their_reason() {
