@@ -485,14 +485,17 @@ fn handle_state<R: SockRead>(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Optio
     let (sport, saddr) = (ep.sport, ep.saddr);
     let netns = sock_netns::<R>(sk).or_else(task_netns).unwrap_or(0);
 
-    if hooks_in_use() & hooks::CONNECT_STASH != 0 {
-        if old == TCP_CLOSE && new == TCP_SYN_SENT {
-            note_connect_sock(sk, netns);
-        } else if old == TCP_SYN_SENT && sport != 0 {
-            note_connect_port(sk, sport, &saddr);
+    // What a connect() in flight in this thread needs to know of its socket.
+    if (old == TCP_CLOSE && new == TCP_SYN_SENT) || old == TCP_SYN_SENT {
+        if hooks_in_use() & hooks::CONNECT_STASH != 0 {
+            if old == TCP_CLOSE {
+                note_connect_sock(sk, netns);
+            } else if sport != 0 {
+                note_connect_port(sk, sport, &saddr);
+            }
+        } else if new == TCP_CLOSE && sport != 0 {
+            note_connect_failed(sk, sport, &saddr);
         }
-    } else if old == TCP_SYN_SENT && new == TCP_CLOSE && sport != 0 {
-        note_connect_failed(sk, sport, &saddr);
     }
 
     if !wanted(EventKind::State, netns, sport, ep.dport) {
