@@ -184,9 +184,9 @@ impl TraceEvent {
         self.errno.and_then(errno_name)
     }
 
-    /// Whether this is a client socket's first transition out of SYN_SENT, but a
-    /// failure: its source port was allocated and the peer answered. Where allocations
-    /// are counted (the accounting path sends no `connect` events).
+    /// Whether this is a socket's move out of SYN_SENT into anything but CLOSE: its
+    /// source port was allocated and the peer answered. Allocations are counted here,
+    /// by the model and by `serve` (the accounting path sends no `connect` events).
     pub fn allocated_port(&self) -> bool {
         self.kind == Kind::State
             && self.old_state == Some(TcpState::SynSent)

@@ -20,9 +20,9 @@ use crate::{kernel::btf::KernelBtf, kernel::tracefs};
 /// The BPF object built by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portx-ebpf"));
 
-/// The syscall tracepoints, always attached: they see connect() errors that happen
-/// outside the port allocation, and are the fallback for everything else. connect()
-/// is served by the first of [`CONNECT_SYSCALL`] that loads.
+/// The syscall tracepoints are always attached: they see connect() errors that happen
+/// outside the port allocation, and are the fallback for everything else. bind() is
+/// served by these; connect() by [`CONNECT_REGS`] or else [`CONNECT_STASHED`].
 const BIND_SYSCALL: &[Attempt] = &[
     Attempt::Tracepoint {
         prog: "sys_enter_bind",
@@ -459,6 +459,16 @@ pub struct Probes {
     pub setup: Setup,
 }
 
+/// Sets the `HOOKS` map: which events kernel-function hooks emit, and whether
+/// connect() is stashed at entry (`portx_common::hooks`).
+fn set_hooks(ebpf: &mut Ebpf, bits: u32) -> anyhow::Result<()> {
+    let mut map: Array<_, u32> = Array::try_from(
+        ebpf.map_mut(names::HOOKS)
+            .ok_or_else(|| anyhow!("BPF object has no {} map", names::HOOKS))?,
+    )?;
+    map.set(0, bits, 0).context("setting the HOOKS map")
+}
+
 /// Formats a load error with the verifier log, which users need to report a bug.
 fn load_error(program: &str, e: ProgramError) -> anyhow::Error {
     match e {
@@ -556,6 +566,9 @@ impl Probes {
             try_attach(&mut ebpf, &btf, &kbtf, a)?;
             attached.push(a.describe_program());
         }
+        // Before the state program is attached: it notes connect()s in the stash
+        // from its first run.
+        set_hooks(&mut ebpf, bits)?;
         let mode = std::env::var(HOOKS_ENV).unwrap_or_default();
         let mut try_one = |a: &Attempt| {
             if !a.allowed_in(&mode) {
@@ -590,11 +603,7 @@ impl Probes {
         }
         let exact_timewait = timewait.rejected.len() < TIMEWAIT_HOOKS.len();
         hook_paths.extend([connect, bind, timewait]);
-        let mut hooks_map: Array<_, u32> = Array::try_from(
-            ebpf.map_mut(names::HOOKS)
-                .ok_or_else(|| anyhow!("BPF object has no {} map", names::HOOKS))?,
-        )?;
-        hooks_map.set(0, bits, 0).context("setting the HOOKS map")?;
+        set_hooks(&mut ebpf, bits)?;
         let dropped = PerCpuArray::try_from(
             ebpf.take_map(names::DROPPED)
                 .ok_or_else(|| anyhow!("BPF object has no {} map", names::DROPPED))?,

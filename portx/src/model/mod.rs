@@ -929,7 +929,7 @@ impl Model {
         }
         self.follow_client(&mut s, old, new, e.ts_ns);
         self.count_sock(&s, 1);
-        if old == TcpState::SynSent {
+        if e.allocated_port() {
             self.on_allocation(&s, e.ts_ns);
         }
         self.sockets.insert(key, s);
@@ -948,9 +948,9 @@ impl Model {
         }
     }
 
-    /// A client socket got its source port and an answer (its first transition out
-    /// of SYN_SENT but a failure): count the allocation toward its destination's rate
-    /// and its client. A port the socket bound itself is not an allocation.
+    /// A client socket got its source port and an answer
+    /// ([`TraceEvent::allocated_port`]): count the allocation toward its destination's
+    /// rate and its client. A port the socket bound itself is not an allocation.
     fn on_allocation(&mut self, s: &Sock, ts_ns: u64) {
         if !s.active || s.explicit_bind || s.quad.sport == 0 || s.dest == NO_DEST {
             return;
