@@ -57,6 +57,10 @@ const CONNECT_STASHED: &[Attempt] = &[
     },
 ];
 
+/// `PORTX_CONNECT=stash` keeps connect() on the stash at entry on the accounting path
+/// too, where `sys_exit_connect_regs` would load: the fallback, for testing it.
+pub const CONNECT_ENV: &str = "PORTX_CONNECT";
+
 /// `PORTX_HOOKS=tracepoints` keeps portx on the plain tracepoints even where better
 /// hooks load; `PORTX_HOOKS=kprobes` rules out the BTF-based program types (tp_btf,
 /// fentry, fexit). For comparing paths, or working around a kernel bug.
@@ -537,6 +541,8 @@ impl Probes {
         let mut bits = 0;
         let regs = if !opts.accounting {
             Err(anyhow!("not on the accounting path"))
+        } else if std::env::var(CONNECT_ENV).is_ok_and(|v| v == "stash") {
+            Err(anyhow!("not tried ({CONNECT_ENV}=stash)"))
         } else if config.kernel.regs_args.contains(&NO_OFFSET) {
             Err(anyhow!(
                 "syscall argument registers unknown on this architecture"

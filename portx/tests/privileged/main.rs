@@ -32,6 +32,10 @@ const HOST_ONLY: &[&str] = &[
     "diagnosis_tw_reuse_matches_kernel",
 ];
 
+/// What `top -v` says where connect() failures are read from the saved registers (every
+/// kernel the tests run on: x86_64, 5.15 or later).
+const REGS: &str = "attached sys_exit_connect_regs -> tracepoint syscalls:sys_exit_connect";
+
 fn main() {
     if peer::run_if_peer() {
         return;
@@ -85,11 +89,25 @@ fn main() {
         }),
         ("top_exhaustion_reaches_full", top::exhaustion_reaches_full),
         ("top_accounting_path_sends_what_the_model_counts", || {
-            top::accounting_path_sends_what_the_model_counts(&[])
+            top::accounting_path_sends_what_the_model_counts(&[], REGS)
         }),
         (
             "top_accounting_path_sends_what_the_model_counts_tracepoints_only",
-            || top::accounting_path_sends_what_the_model_counts(&[("PORTX_HOOKS", "tracepoints")]),
+            || {
+                top::accounting_path_sends_what_the_model_counts(
+                    &[("PORTX_HOOKS", "tracepoints")],
+                    REGS,
+                )
+            },
+        ),
+        (
+            "top_accounting_path_sends_what_the_model_counts_connect_stashed",
+            || {
+                top::accounting_path_sends_what_the_model_counts(
+                    &[("PORTX_CONNECT", "stash")],
+                    "connect() stashed at entry",
+                )
+            },
         ),
         (
             "workloads_named_in_trace_and_top",

@@ -86,12 +86,12 @@ fn settle(ns: &Netns) -> Result<()> {
     bail!("sockets did not settle")
 }
 
-/// Starts `portx top --json ARGS` and waits until its baseline is taken; returns it
-/// and its stderr lines after start-up.
-fn start_top(
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Result<(std::process::Child, Receiver<String>)> {
+/// A started `portx top`: the process, its stderr lines after start-up, and the
+/// lines it wrote until then.
+type Started = (std::process::Child, Receiver<String>, Vec<String>);
+
+/// Starts `portx top --json ARGS` and waits until its baseline is taken.
+fn start_top(args: &[&str], env: &[(&str, &str)]) -> Result<Started> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
         .args(["top", "--json"])
         .args(args)
@@ -108,13 +108,16 @@ fn start_top(
             }
         }
     });
+    let mut startup = Vec::new();
     loop {
         let line = rx
             .recv_timeout(wait())
             .context("portx top did not take its baseline")?;
         ensure!(!line.starts_with("portx: error"), "{line}");
-        if line.starts_with("portx: baseline taken") {
-            return Ok((child, rx));
+        let done = line.starts_with("portx: baseline taken");
+        startup.push(line);
+        if done {
+            return Ok((child, rx, startup));
         }
     }
 }
@@ -137,7 +140,7 @@ pub struct TopOnce {
 impl TopOnce {
     /// Starts it and waits until its baseline is taken.
     pub fn start(args: &[&str]) -> Result<Self> {
-        let (child, stderr) = start_top(&[&["--once"], args].concat(), &[])?;
+        let (child, stderr, _) = start_top(&[&["--once"], args].concat(), &[])?;
         Ok(Self { child, stderr })
     }
 
@@ -163,6 +166,8 @@ pub struct TopStream {
     child: std::process::Child,
     stderr: Receiver<String>,
     snapshots: Receiver<(Instant, Result<Value, String>)>,
+    /// What it wrote on stderr while starting (`-v`: the attach points).
+    pub startup: Vec<String>,
 }
 
 impl TopStream {
@@ -173,7 +178,7 @@ impl TopStream {
 
     /// As `start`, with extra environment variables.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        let (mut child, stderr) = start_top(args, env)?;
+        let (mut child, stderr, startup) = start_top(args, env)?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, snapshots) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -188,6 +193,7 @@ impl TopStream {
             child,
             stderr,
             snapshots,
+            startup,
         })
     }
 
@@ -540,12 +546,17 @@ pub fn drift_check_corrects_timewait() -> Result<()> {
 /// SYN_SENT -> ESTABLISHED the port, ESTABLISHED -> FIN_WAIT1 the close, FIN_WAIT2 ->
 /// CLOSE the TIME_WAIT); none of the accepted socket's, no move between two closing
 /// states, no connect event. Counted from top's own closing line, with its model's
-/// answer checked too. `env` picks the attach path.
-pub fn accounting_path_sends_what_the_model_counts(env: &[(&str, &str)]) -> Result<()> {
+/// answer checked too. `env` picks the attach path; `connect` is how top's `-v` must
+/// say connect() is served.
+pub fn accounting_path_sends_what_the_model_counts(
+    env: &[(&str, &str)],
+    connect: &str,
+) -> Result<()> {
     const N: u64 = 40;
     let ns = Netns::new(None)?;
     let mut peer = Peer::spawn(&ns, "burst", &["127.0.0.1:9000", &N.to_string()])?;
     let top = TopStream::start_with(&["--netns", &ns.name, "-v", "--interval", "1"], env)?;
+    let startup = top.startup.clone();
     peer.go()?;
     ensure!(
         peer.line()? == format!("done {N}"),
@@ -576,5 +587,9 @@ pub fn accounting_path_sends_what_the_model_counts(env: &[(&str, &str)]) -> Resu
         "every connection left its TIME_WAIT: {d}"
     );
     ensure!(last["dropped_events"] == 0, "{last}");
+    ensure!(
+        startup.iter().any(|l| l.contains(connect)),
+        "top -v did not say `{connect}`: {startup:?}"
+    );
     Ok(())
 }
