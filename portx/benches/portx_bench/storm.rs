@@ -809,17 +809,24 @@ pub fn bench_storm(quick: bool) {
         if costs.is_empty() {
             continue;
         }
-        let of = |f: fn(&BpfCost) -> Option<f64>| {
-            let v: Vec<f64> = costs.iter().filter_map(f).collect();
-            (!v.is_empty()).then(|| median(v))
-        };
-        let per_1000 = of(|c| Some(c.0)).expect("costs is not empty");
-        let mut rows = vec![
-            (programs, per_1000, "ms"),
-            (state, of(|c| Some(c.1)).expect("costs is not empty"), "ns"),
-        ];
-        if let (Some(records), Some(bytes)) = (of(|c| Some(c.2?.0)), of(|c| Some(c.2?.1))) {
-            rows.extend([(ring_names.0, records, ""), (ring_names.1, bytes, "bytes")]);
+        let of = |f: fn(&BpfCost) -> f64| median(costs.iter().map(f).collect());
+        let per_1000 = of(|c| c.0);
+        let mut rows = vec![(programs, per_1000, "ms"), (state, of(|c| c.1), "ns")];
+        // The ring counts come from portx's closing line, when it printed one.
+        let rings: Vec<(f64, f64)> = costs.iter().filter_map(|c| c.2).collect();
+        if !rings.is_empty() {
+            rows.extend([
+                (
+                    ring_names.0,
+                    median(rings.iter().map(|r| r.0).collect()),
+                    "",
+                ),
+                (
+                    ring_names.1,
+                    median(rings.iter().map(|r| r.1).collect()),
+                    "bytes",
+                ),
+            ]);
         }
         let per_1000 = per_1000.0;
         for (figure, (value, spread), unit) in rows {
