@@ -371,6 +371,21 @@ pub mod hooks {
     /// `sys_exit_connect_regs` does not load), so the state program notes their socket
     /// and port in the stash.
     pub const CONNECT_STASH: u32 = 4;
+    /// Events are gathered in per-CPU batches (`BATCH_EVENTS`) and reach the ring
+    /// buffer a batch at a time; set once the flush program has been run (the
+    /// accounting path).
+    pub const BATCH: u32 = 8;
+}
+
+/// Events per CPU batch on the accounting path: a ring record holds up to this many
+/// `Event`s back to back. Each batch is a per-CPU map value (under the 32 KiB limit).
+pub const BATCH_EVENTS: usize = 32;
+
+/// What the flush program returns: the batch was flushed (or empty), or an emit on
+/// that CPU was in progress (try again).
+pub mod flush {
+    pub const DONE: u32 = 0;
+    pub const BUSY: u32 = 1;
 }
 
 /// Names of the maps and the global, shared so both sides spell them the same.
@@ -379,6 +394,9 @@ pub mod names {
     pub const HOOKS: &str = "HOOKS";
     pub const DROPPED: &str = "DROPPED";
     pub const CONFIG: &str = "CONFIG";
+    pub const BATCH_PENDING: &str = "BATCH_PENDING";
+    /// The program userspace runs on a CPU to flush its batch.
+    pub const FLUSH_BATCH: &str = "flush_batch";
 }
 
 /// Constants from the kernel's UAPI that both sides use.

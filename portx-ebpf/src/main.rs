@@ -7,22 +7,23 @@
 #![no_std]
 #![no_main]
 
-use core::ptr::read_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
-    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        RetProbeContext, TracePointContext,
     },
 };
 use portx_common::{
-    COMM_LEN, Config, Event, EventHeader, EventKind, NO_OFFSET, Owner, SysEnterOffsets, hooks,
+    BATCH_EVENTS, COMM_LEN, Config, Event, EventHeader, EventKind, NO_OFFSET, Owner,
+    SysEnterOffsets, flush, hooks,
     uapi::{
         AF_INET, AF_INET6, EADDRNOTAVAIL, EINPROGRESS, IPPROTO_MPTCP, IPPROTO_TCP, SOCK_STREAM,
         TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
@@ -41,6 +42,28 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// Ring-buffer reserve failures, per CPU.
 #[map]
 static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The accounting path's per-CPU batch of events (`hooks::BATCH`): a ring-buffer
+/// reserve and commit cost ~250 ns here, most of a connection's BPF time at four
+/// records a connection, while appending to a per-CPU map value costs a few stores.
+/// `busy` is set while an emit on this CPU writes it: a program that interrupts it
+/// (softirq, or the flush program run from userspace by IPI) leaves it alone.
+#[repr(C)]
+struct Batch {
+    busy: u32,
+    len: u32,
+    events: [Event; BATCH_EVENTS],
+}
+
+#[map]
+static BATCH: PerCpuArray<Batch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, while its batch holds events, a time no later than its first event's
+/// stamp (0: empty). Userspace reads this small value, not the batches: events older
+/// than every CPU's are all in the ring, and a CPU whose events have waited long is
+/// flushed.
+#[map]
+static BATCH_PENDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// A connect() or bind() in flight, stashed at syscall entry by thread id.
 #[derive(Clone, Copy)]
@@ -253,35 +276,141 @@ fn result_kind(is_connect: bool, ok: bool) -> EventKind {
     }
 }
 
-/// Reserves an event in the ring buffer, zeroes it and lets `fill` write it in place
-/// (building it on the 512-byte BPF stack first does not fit), or counts a drop.
+/// Zeroes an event in place. Word by word, volatile: LLVM turns write_bytes (and a
+/// plain loop) into a call to a BPF memset subprogram, a measurable share of the
+/// per-event cost.
+///
+/// # Safety
+/// `ev` points to writable memory sized for an Event.
+#[inline(always)]
+unsafe fn zero_event(ev: *mut Event) {
+    const _: () = assert!(size_of::<Event>() % 8 == 0 && align_of::<Event>() == 8);
+    let words = ev.cast::<u64>();
+    for i in 0..size_of::<Event>() / 8 {
+        // SAFETY: within the event (caller's contract).
+        unsafe { words.add(i).write_volatile(0) };
+    }
+}
+
+/// Writes an event: into this CPU's batch on the accounting path (`hooks::BATCH`),
+/// else (or when the batch is being written by the program this one interrupted)
+/// straight into a ring-buffer reservation. `fill` writes it in place: building it on
+/// the 512-byte BPF stack first does not fit.
 #[inline(always)]
 fn emit(fill: impl FnOnce(&mut Event)) {
-    const _: () = assert!(size_of::<Event>() % 8 == 0 && align_of::<Event>() == 8);
+    if hooks_in_use() & hooks::BATCH != 0
+        && let Some(b) = BATCH.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's batch; `busy` keeps a program that interrupts this one
+        // (on this CPU: nothing else writes it) out of it until it is consistent.
+        unsafe {
+            if read_volatile(&(*b).busy) == 0 {
+                write_volatile(&mut (*b).busy, 1);
+                let i = (*b).len as usize;
+                if i < BATCH_EVENTS {
+                    if i == 0 {
+                        // Before `fill` stamps the event.
+                        set_pending(bpf_ktime_get_boot_ns());
+                    }
+                    let ev = (*b).events.as_mut_ptr().add(i);
+                    zero_event(ev);
+                    fill(&mut *ev);
+                    let kind = (*ev).header.kind;
+                    (*b).len = i as u32 + 1;
+                    // A failure goes out at once (detection latency), as does a full batch.
+                    if i + 1 == BATCH_EVENTS || is_failure(kind) {
+                        flush_batch_of(b, kind);
+                    }
+                    write_volatile(&mut (*b).busy, 0);
+                    return;
+                }
+                // Not reached: a flush empties the batch even when the ring is full.
+                flush_batch_of(b, 0);
+                write_volatile(&mut (*b).busy, 0);
+            }
+        }
+    }
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
             // SAFETY: `ev` points to reserved ring-buffer memory sized for an Event.
             let kind = unsafe {
-                // Word by word, volatile: LLVM turns write_bytes (and a plain loop)
-                // into a call to a BPF memset subprogram, a measurable share of the
-                // per-event cost.
-                let words = ev.cast::<u64>();
-                for i in 0..size_of::<Event>() / 8 {
-                    words.add(i).write_volatile(0);
-                }
+                zero_event(ev);
                 fill(&mut *ev);
                 (*ev).header.kind
             };
             entry.submit(wakeup_flags(kind));
         }
-        None => {
-            if let Some(count) = DROPPED.get_ptr_mut(0) {
-                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-                unsafe { *count += 1 };
+        None => count_dropped(1),
+    }
+}
+
+fn count_dropped(n: u64) {
+    if let Some(count) = DROPPED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *count += n };
+    }
+}
+
+fn set_pending(v: u64) {
+    if let Some(p) = BATCH_PENDING.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; userspace only reads it.
+        unsafe { write_volatile(p, v) };
+    }
+}
+
+#[inline(always)]
+fn is_failure(kind: u32) -> bool {
+    kind == EventKind::ConnectError as u32 || kind == EventKind::BindError as u32
+}
+
+/// Sends this CPU's batched events as one ring record (`len` events back to back) and
+/// empties the batch; a full ring drops them, counted. `last` is the kind of the event
+/// just added (a failure wakes the reader).
+///
+/// # Safety
+/// `b` is this CPU's batch, with `busy` set by the caller.
+#[inline(always)]
+unsafe fn flush_batch_of(b: *mut Batch, last: u32) {
+    // SAFETY: caller's contract.
+    unsafe {
+        let n = (*b).len as usize;
+        if n == 0 {
+            return;
+        }
+        if n <= BATCH_EVENTS {
+            let bytes = core::slice::from_raw_parts(
+                (*b).events.as_ptr().cast::<u8>(),
+                n * size_of::<Event>(),
+            );
+            if EVENTS.output::<[u8]>(bytes, wakeup_flags(last)).is_err() {
+                count_dropped(n as u64);
             }
         }
+        (*b).len = 0;
+        set_pending(0);
     }
+}
+
+/// Run by userspace on a CPU (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_RUN_ON_CPU`, never
+/// attached) to send that CPU's batch, so events never wait on a CPU that has gone
+/// quiet. From an IPI it may interrupt an emit on that CPU: then it leaves the batch
+/// alone and says so.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn flush_batch(_ctx: RawTracePointContext) -> i32 {
+    let Some(b) = BATCH.get_ptr_mut(0) else {
+        return flush::DONE as i32;
+    };
+    // SAFETY: this CPU's batch, guarded by `busy` as in `emit`.
+    unsafe {
+        if read_volatile(&(*b).busy) != 0 {
+            return flush::BUSY as i32;
+        }
+        write_volatile(&mut (*b).busy, 1);
+        flush_batch_of(b, 0);
+        write_volatile(&mut (*b).busy, 0);
+    }
+    flush::DONE as i32
 }
 
 /// Whether this submit wakes the reader. A wake-up per event (the kernel's default
@@ -296,7 +425,7 @@ fn wakeup_flags(kind: u32) -> u64 {
     const NO_WAKEUP: u64 = 1;
     const AVAIL_DATA: u64 = 0;
     let threshold = conf!(wakeup_bytes);
-    if kind == EventKind::ConnectError as u32 || kind == EventKind::BindError as u32 {
+    if is_failure(kind) {
         FORCE_WAKEUP
     } else if threshold == 0 {
         0

@@ -45,6 +45,8 @@ fn print_snapshot(snap: &Snapshot, json: bool, view: tui::View, clock: &Clock) -
 }
 
 /// Where the inputs come from.
+// One per run, never moved about: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Live {
         probes: Box<Probes>,
@@ -270,6 +272,7 @@ pub fn start_live(
         }
         crate::commands::trace::print_hooks(&probes.setup.hooks);
         eprintln!("portx: {}", probes.wakeup_policy());
+        eprintln!("portx: {}", probes.setup.batching);
         eprintln!(
             "portx: TIME_WAIT: modelled from FIN_WAIT2/CLOSING -> CLOSE (no tracepoint reports it); drift check {}",
             drift_secs.map_or("off".to_owned(), |s| format!("every {s} s"))

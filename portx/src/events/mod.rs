@@ -3,6 +3,7 @@
 //! kernel access.
 
 pub mod filter;
+pub mod reorder;
 pub mod sock_owners;
 
 use std::{

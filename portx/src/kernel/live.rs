@@ -17,8 +17,9 @@ use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 
 use crate::{
-    events::{TraceEvent, decode},
+    events::{TraceEvent, decode, reorder::Reorder},
     kernel::{
+        batches::Flushed,
         loader::{EventReader, Probes},
         proc_owners::{self, ProcOwner},
         sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
@@ -95,6 +96,12 @@ pub struct LiveSource {
     /// The ring still had records when the last drain stopped at its batch size
     /// (readiness is edge-triggered and will not fire again for those).
     more: bool,
+    /// Events from per-CPU batches, until they can be handed out in time order.
+    reorder: Reorder,
+    /// A flush of the per-CPU batches failed (said once).
+    flush_failed: bool,
+    /// Warnings of the event path, handed out with the next [`Notes`].
+    warnings: Vec<String>,
     /// Records that could not be decoded.
     pub undecodable: u64,
 }
@@ -119,6 +126,9 @@ impl LiveSource {
             state_pending: false,
             held: Vec::new(),
             more: false,
+            reorder: Reorder::default(),
+            flush_failed: false,
+            warnings: Vec::new(),
             undecodable: 0,
         })
     }
@@ -141,6 +151,7 @@ impl LiveSource {
             self.on_msg(m, out, &mut notes);
         }
         self.drain(out);
+        notes.warnings.append(&mut self.warnings);
         Ok(notes)
     }
 
@@ -173,6 +184,24 @@ impl LiveSource {
 
     /// Drains the ring once more (at stop: what the kernel wrote still counts).
     pub fn drain(&mut self, out: &mut Vec<Input>) {
+        // Per-CPU batches first, so what the ring then holds is complete up to the
+        // flush (less a slack); without batches the ring is in order.
+        let flushed = match self.reader.flush_batches() {
+            Ok(f) => f,
+            Err(e) => {
+                // Hand out what is held rather than hold it for ever; said once.
+                if !self.flush_failed {
+                    self.flush_failed = true;
+                    self.warnings.push(format!(
+                        "{e:#}; events from per-CPU batches may now come out of order"
+                    ));
+                }
+                Some(Flushed {
+                    upto: u64::MAX,
+                    waiting: false,
+                })
+            }
+        };
         // Straight into `out` (or `held`): a batch in between cost an allocation per
         // drain, and a copy of each event.
         let Self {
@@ -183,33 +212,43 @@ impl LiveSource {
             state_pending,
             held,
             undecodable,
+            reorder,
             ..
         } = self;
+        let mut route = |ev: TraceEvent| {
+            if ev.netns != 0 && ev.pid != 0 && known_netns.insert(ev.netns) && *baseline_done {
+                let _ = requests.send(ProbeReq::Discover {
+                    inode: ev.netns,
+                    pid: ev.pid,
+                });
+            }
+            if *baseline_done && !*state_pending {
+                out.push(Input::Event(ev));
+            } else {
+                held.push(ev);
+            }
+        };
         let mut kept = 0;
         let n = reader.drain(|b| {
             match decode(b) {
                 Ok(ev) => {
                     kept += 1;
-                    if ev.netns != 0
-                        && ev.pid != 0
-                        && known_netns.insert(ev.netns)
-                        && *baseline_done
-                    {
-                        let _ = requests.send(ProbeReq::Discover {
-                            inode: ev.netns,
-                            pid: ev.pid,
-                        });
-                    }
-                    if *baseline_done && !*state_pending {
-                        out.push(Input::Event(ev));
+                    if flushed.is_some() {
+                        reorder.push(ev);
                     } else {
-                        held.push(ev);
+                        route(ev);
                     }
                 }
                 Err(_) => *undecodable += 1,
             }
             kept < DRAIN_BATCH
         });
+        if let Some(f) = flushed {
+            reorder.release(f.upto, &mut route);
+            if f.waiting || !reorder.is_empty() {
+                reader.hurry();
+            }
+        }
         self.more = n >= DRAIN_BATCH;
     }
 

@@ -9,13 +9,17 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use portx_common::{Config, EventKind, KernelFilter, NO_OFFSET, hooks, names};
 use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::{kernel::btf::KernelBtf, kernel::tracefs};
+use crate::kernel::{
+    batches::{BatchFlusher, Flushed},
+    btf::KernelBtf,
+    tracefs,
+};
 
 /// The BPF object built by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portx-ebpf"));
@@ -60,6 +64,11 @@ const CONNECT_STASHED: &[Attempt] = &[
 /// `PORTX_CONNECT=stash` keeps connect() on the stash at entry on the accounting path
 /// too, where `sys_exit_connect_regs` would load: the fallback, for testing it.
 pub const CONNECT_ENV: &str = "PORTX_CONNECT";
+
+/// `PORTX_BATCH=off` sends every event of the accounting path to the ring buffer on
+/// its own, as where the per-CPU batches cannot be flushed: the fallback, for testing
+/// it and for comparing the two.
+pub const BATCH_ENV: &str = "PORTX_BATCH";
 
 /// `PORTX_HOOKS=tracepoints` keeps portx on the plain tracepoints even where better
 /// hooks load; `PORTX_HOOKS=kprobes` rules out the BTF-based program types (tp_btf,
@@ -422,6 +431,8 @@ pub struct Setup {
     pub attached: Vec<String>,
     /// The attach point chosen for each need, and why better ones were not used.
     pub hooks: Vec<HookPath>,
+    /// How the accounting path's events reach the ring (empty elsewhere).
+    pub batching: String,
 }
 
 /// Reads the tracepoint formats and BTF of the running kernel.
@@ -458,6 +469,8 @@ pub fn kernel_config(tracefs_root: &Path) -> anyhow::Result<(Config, Vec<String>
 pub struct Probes {
     ebpf: Ebpf,
     dropped: PerCpuArray<MapData, u64>,
+    /// The accounting path's per-CPU batches, until the reader takes them.
+    batches: Option<BatchFlusher>,
     /// A hook reports each TIME_WAIT socket's end.
     pub exact_timewait: bool,
     pub setup: Setup,
@@ -471,6 +484,24 @@ fn set_hooks(ebpf: &mut Ebpf, bits: u32) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("BPF object has no {} map", names::HOOKS))?,
     )?;
     map.set(0, bits, 0).context("setting the HOOKS map")
+}
+
+/// Loads the flush program (never attached) and proves it runs on every CPU: the
+/// accounting path's events can then wait in per-CPU batches.
+fn batch_flusher(ebpf: &mut Ebpf) -> anyhow::Result<BatchFlusher> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(names::FLUSH_BATCH)
+        .ok_or_else(|| anyhow!("BPF object has no {} program", names::FLUSH_BATCH))?
+        .try_into()?;
+    prog.load().map_err(|e| load_error(names::FLUSH_BATCH, e))?;
+    let fd = std::os::fd::AsFd::as_fd(prog.fd()?)
+        .try_clone_to_owned()
+        .context("duplicating the flush program's fd")?;
+    let pending = PerCpuArray::try_from(
+        ebpf.take_map(names::BATCH_PENDING)
+            .ok_or_else(|| anyhow!("BPF object has no {} map", names::BATCH_PENDING))?,
+    )?;
+    BatchFlusher::new(fd, pending)
 }
 
 /// Formats a load error with the verifier log, which users need to report a bug.
@@ -572,8 +603,37 @@ impl Probes {
             try_attach(&mut ebpf, &btf, &kbtf, a)?;
             attached.push(a.describe_program());
         }
+        // The accounting path's events wait in per-CPU batches where the flush program
+        // runs; said with `--verbose`.
+        let (batches, batching) = if !opts.accounting {
+            (None, String::new())
+        } else if std::env::var(BATCH_ENV).is_ok_and(|v| v == "off") {
+            (
+                None,
+                format!("events sent one by one (per-CPU batches not tried: {BATCH_ENV}=off)"),
+            )
+        } else {
+            match batch_flusher(&mut ebpf) {
+                Ok(f) => {
+                    bits |= hooks::BATCH;
+                    (
+                        Some(f),
+                        format!(
+                            "events gathered in per-CPU batches of up to {} (one ring record each), sent when full, at a failure, or by {} run on a CPU whose batch has waited {} ms; put back in time order before the model",
+                            portx_common::BATCH_EVENTS,
+                            names::FLUSH_BATCH,
+                            crate::kernel::batches::FLUSH_AGE.as_millis()
+                        ),
+                    )
+                }
+                Err(e) => (
+                    None,
+                    format!("events sent one by one (per-CPU batches not used: {e:#})"),
+                ),
+            }
+        };
         // Before the state program is attached: it notes connect()s in the stash
-        // from its first run.
+        // and batches its events from its first run.
         set_hooks(&mut ebpf, bits)?;
         let mode = std::env::var(HOOKS_ENV).unwrap_or_default();
         let mut try_one = |a: &Attempt| {
@@ -617,6 +677,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             dropped,
+            batches,
             exact_timewait,
             setup: Setup {
                 tracefs,
@@ -624,6 +685,7 @@ impl Probes {
                 btf_missing,
                 attached,
                 hooks: hook_paths,
+                batching,
             },
         })
     }
@@ -668,6 +730,7 @@ impl Probes {
             fd,
             next_drain: batched.then(|| tokio::time::Instant::now() + DRAIN_INTERVAL),
             pace: DrainPace::default(),
+            batches: self.batches.take(),
             records: 0,
             bytes: 0,
         })
@@ -690,7 +753,10 @@ pub struct EventReader {
     /// without the fd being readable.
     next_drain: Option<tokio::time::Instant>,
     pace: DrainPace,
-    /// Records read so far, and their bytes: what the ring carried (the bench divides
+    /// The accounting path's per-CPU batches: a ring record holds several events, and
+    /// events must be put back in time order ([`crate::events::reorder`]).
+    batches: Option<BatchFlusher>,
+    /// Events read so far, and their bytes: what the ring carried (the bench divides
     /// them by connections).
     pub records: u64,
     pub bytes: u64,
@@ -715,16 +781,36 @@ impl EventReader {
         }
     }
 
-    /// Hands records now in the ring buffer to `f` until it returns false or the
+    /// With per-CPU batches, sends them to the ring (call before [`Self::drain`]) and
+    /// says how far what it then reads is complete; `None` without batches (the ring
+    /// then holds events in order).
+    pub fn flush_batches(&mut self) -> anyhow::Result<Option<Flushed>> {
+        self.batches.as_mut().map(BatchFlusher::flush).transpose()
+    }
+
+    /// Events are held back (waiting for their time order): drain again soon.
+    pub fn hurry(&mut self) {
+        if let Some(due) = &mut self.next_drain {
+            *due = tokio::time::Instant::now() + DRAIN_INTERVAL;
+            self.pace = DrainPace::default();
+        }
+    }
+
+    /// Hands events now in the ring buffer to `f` until it returns false or the
     /// buffer is empty; returns how many.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8]) -> bool) -> usize {
         let ring = self.fd.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
-            n += 1;
-            self.records += 1;
             self.bytes += item.len() as u64;
-            if !f(&item) {
+            let mut more = true;
+            for ev in events_in(&item) {
+                n += 1;
+                self.records += 1;
+                // The whole record: the ring has already let go of it.
+                more &= f(ev);
+            }
+            if !more {
                 break;
             }
         }
@@ -735,9 +821,39 @@ impl EventReader {
     }
 }
 
+/// The events in a ring record: a batch is events back to back; a lone event (or a
+/// record of another size, which the decoder reports as undecodable) is one.
+fn events_in(record: &[u8]) -> std::slice::Chunks<'_, u8> {
+    const EVENT: usize = size_of::<portx_common::Event>();
+    let size = if record.len() > EVENT && record.len().is_multiple_of(EVENT) {
+        EVENT
+    } else {
+        record.len().max(1)
+    };
+    record.chunks(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_record_is_split_into_its_events_and_anything_else_kept_whole() {
+        const EVENT: usize = size_of::<portx_common::Event>();
+        let batch: Vec<u8> = (0..3 * EVENT).map(|i| (i / EVENT) as u8).collect();
+        let events: Vec<&[u8]> = events_in(&batch).collect();
+        assert_eq!(events.len(), 3);
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.len(), EVENT);
+            assert!(e.iter().all(|&b| b == i as u8));
+        }
+        assert_eq!(events_in(&batch[..EVENT]).count(), 1);
+        // Not a whole number of events: one record, for the decoder to refuse.
+        let odd = events_in(&batch[..EVENT + 8]).collect::<Vec<_>>();
+        assert_eq!(odd.len(), 1);
+        assert_eq!(odd[0].len(), EVENT + 8);
+        assert_eq!(events_in(&[]).count(), 0);
+    }
 
     #[test]
     fn drains_back_off_while_idle_and_return_at_once_with_records() {

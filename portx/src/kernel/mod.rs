@@ -1,6 +1,7 @@
 //! Kernel-facing inputs: loading and attaching the BPF programs, tracefs format files,
 //! BTF, sock_diag dumps, `/proc` owners, network namespaces, privileges.
 
+pub mod batches;
 pub mod btf;
 pub mod cgroups;
 pub mod live;

@@ -36,6 +36,9 @@ const HOST_ONLY: &[&str] = &[
 /// kernel the tests run on: x86_64, 5.15 or later).
 const REGS: &str = "attached sys_exit_connect_regs -> tracepoint syscalls:sys_exit_connect";
 
+/// What `top -v` says where the accounting path's events wait in per-CPU batches.
+const BATCHED: &str = "events gathered in per-CPU batches";
+
 fn main() {
     if peer::run_if_peer() {
         return;
@@ -89,14 +92,14 @@ fn main() {
         }),
         ("top_exhaustion_reaches_full", top::exhaustion_reaches_full),
         ("top_accounting_path_sends_what_the_model_counts", || {
-            top::accounting_path_sends_what_the_model_counts(&[], REGS)
+            top::accounting_path_sends_what_the_model_counts(&[], &[REGS, BATCHED])
         }),
         (
             "top_accounting_path_sends_what_the_model_counts_tracepoints_only",
             || {
                 top::accounting_path_sends_what_the_model_counts(
                     &[("PORTX_HOOKS", "tracepoints")],
-                    REGS,
+                    &[REGS, BATCHED],
                 )
             },
         ),
@@ -105,7 +108,16 @@ fn main() {
             || {
                 top::accounting_path_sends_what_the_model_counts(
                     &[("PORTX_CONNECT", "stash")],
-                    "connect() stashed at entry",
+                    &["connect() stashed at entry", BATCHED],
+                )
+            },
+        ),
+        (
+            "top_accounting_path_sends_what_the_model_counts_unbatched",
+            || {
+                top::accounting_path_sends_what_the_model_counts(
+                    &[("PORTX_BATCH", "off")],
+                    &[REGS, "events sent one by one"],
                 )
             },
         ),
