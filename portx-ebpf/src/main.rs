@@ -51,9 +51,19 @@ static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[repr(C)]
 struct Batch {
     busy: u32,
+    /// Events in the batch, always below `BATCH_EVENTS` between emits (a batch is sent
+    /// as it fills).
     len: u32,
     events: [Event; BATCH_EVENTS],
+    /// Up to `BATCH_BYTES`: a size masked with `BATCH_BYTES - 1` then stays inside
+    /// the value whatever the verifier knows of it (see `flush_batch_of`).
+    _pad: [u8; BATCH_BYTES - BATCH_EVENTS * size_of::<Event>()],
 }
+
+/// The events' room in a batch: a power of two at least `BATCH_EVENTS` events.
+const BATCH_BYTES: usize = 4096;
+const _: () =
+    assert!(BATCH_EVENTS.is_power_of_two() && BATCH_EVENTS * size_of::<Event>() <= BATCH_BYTES);
 
 #[map]
 static BATCH: PerCpuArray<Batch> = PerCpuArray::with_max_entries(1, 0);
@@ -306,27 +316,25 @@ fn emit(fill: impl FnOnce(&mut Event)) {
         unsafe {
             if read_volatile(&(*b).busy) == 0 {
                 write_volatile(&mut (*b).busy, 1);
-                let i = (*b).len as usize;
-                if i < BATCH_EVENTS {
-                    if i == 0 {
-                        // Before `fill` stamps the event.
-                        set_pending(bpf_ktime_get_boot_ns());
-                    }
-                    let ev = (*b).events.as_mut_ptr().add(i);
-                    zero_event(ev);
-                    fill(&mut *ev);
-                    let kind = (*ev).header.kind;
-                    (*b).len = i as u32 + 1;
-                    // A failure goes out at once (detection latency), as does a full batch.
-                    if i + 1 == BATCH_EVENTS || is_failure(kind) {
-                        flush_batch_of(b, kind);
-                    }
-                    write_volatile(&mut (*b).busy, 0);
-                    return;
+                // Masked, not compared: the verifier of older kernels (6.1) loses a
+                // compare's bound when the value is spilled to the stack, and `len` is
+                // below BATCH_EVENTS anyway (a batch is sent as it fills).
+                let i = (read_volatile(&(*b).len) as usize) & (BATCH_EVENTS - 1);
+                if i == 0 {
+                    // Before `fill` stamps the event.
+                    set_pending(bpf_ktime_get_boot_ns());
                 }
-                // Not reached: a flush empties the batch even when the ring is full.
-                flush_batch_of(b, 0);
+                let ev = (*b).events.as_mut_ptr().add(i);
+                zero_event(ev);
+                fill(&mut *ev);
+                let kind = (*ev).header.kind;
+                (*b).len = i as u32 + 1;
+                // A failure goes out at once (detection latency), as does a full batch.
+                if i + 1 == BATCH_EVENTS || is_failure(kind) {
+                    flush_batch_of(b, kind);
+                }
                 write_volatile(&mut (*b).busy, 0);
+                return;
             }
         }
     }
@@ -374,18 +382,16 @@ fn is_failure(kind: u32) -> bool {
 unsafe fn flush_batch_of(b: *mut Batch, last: u32) {
     // SAFETY: caller's contract.
     unsafe {
-        let n = (*b).len as usize;
+        let n = read_volatile(&(*b).len) as usize;
         if n == 0 {
             return;
         }
-        if n <= BATCH_EVENTS {
-            let bytes = core::slice::from_raw_parts(
-                (*b).events.as_ptr().cast::<u8>(),
-                n * size_of::<Event>(),
-            );
-            if EVENTS.output::<[u8]>(bytes, wakeup_flags(last)).is_err() {
-                count_dropped(n as u64);
-            }
+        // Masked rather than compared, for the 6.1 verifier (see `emit`): n is at most
+        // BATCH_EVENTS, so the mask changes nothing but what the verifier can prove.
+        let size = (n * size_of::<Event>()) & (BATCH_BYTES - 1);
+        let bytes = core::slice::from_raw_parts((*b).events.as_ptr().cast::<u8>(), size);
+        if EVENTS.output::<[u8]>(bytes, wakeup_flags(last)).is_err() {
+            count_dropped(n as u64);
         }
         (*b).len = 0;
         set_pending(0);

@@ -402,7 +402,7 @@ impl Drop for BpfStats {
 /// connections, and the state-change program's time per run (it runs about ten times
 /// per connection, more than any other, which is how it is told apart). The kernel's
 /// accounting reads the clock twice per program run, so this is a storm of its own,
-/// not one of the timed ones. Also the ring's records and bytes per connection, when
+/// not one of the timed ones. Also the ring's events, bytes and records per connection, when
 /// portx said them.
 fn bpf_cost(tracer: Tracer, total: usize, workers: usize) -> Option<BpfCost> {
     let ns = bench_ns("stormbpf", "10000 60999")?;
@@ -414,7 +414,7 @@ fn bpf_cost(tracer: Tracer, total: usize, workers: usize) -> Option<BpfCost> {
     let ring = stop(running).ring;
     // The storm's connections plus the few that stop its servers.
     let conns = (total / workers * workers + workers) as f64;
-    let ring = ring.map(|(r, b)| (r as f64 / conns, b as f64 / conns));
+    let ring = ring.map(|(e, b, r)| (e as f64 / conns, b as f64 / conns, r as f64 / conns));
     if before.len() != after.len() || after.is_empty() {
         return None;
     }
@@ -435,9 +435,9 @@ fn bpf_cost(tracer: Tracer, total: usize, workers: usize) -> Option<BpfCost> {
     ))
 }
 
-/// CPU per 1000 connections, state-program time per run, ring records and bytes per
-/// connection.
-type BpfCost = (f64, f64, Option<(f64, f64)>);
+/// CPU per 1000 connections, state-program time per run, ring events, bytes and
+/// records per connection.
+type BpfCost = (f64, f64, Option<(f64, f64, f64)>);
 
 /// What a portx command said on its closing lines.
 struct Stopped {
@@ -445,10 +445,10 @@ struct Stopped {
     dropped: Option<u64>,
     /// `record`: events written.
     written: Option<u64>,
-    /// Records and bytes read from the ring buffer: "N records (B bytes) read from the
-    /// ring" (top, serve), or "N events seen" (trace, whose records are all one
-    /// `Event`).
-    ring: Option<(u64, u64)>,
+    /// Events, bytes and records read from the ring buffer: "E events (B bytes) read
+    /// from the ring in R records" (top, serve), or "N events seen" (trace, whose
+    /// records are all one `Event`).
+    ring: Option<(u64, u64, u64)>,
 }
 
 /// Stops a tracer with SIGINT and reads what it said (`Stopped`).
@@ -457,7 +457,7 @@ fn stop(mut r: Running) -> Stopped {
     unsafe { libc::kill(r.child.id() as i32, libc::SIGINT) };
     let _ = r.child.wait();
     let mut dropped = None;
-    let (mut records, mut bytes, mut seen) = (None, None, None);
+    let (mut events, mut records, mut bytes, mut seen) = (None, None, None, None);
     let lines = std::mem::replace(&mut r.lines, mpsc::channel().1);
     while let Ok(l) = lines.recv_timeout(Duration::from_millis(500)) {
         // "portx: N events seen, M shown, D dropped" or "portx: D events dropped, ..."
@@ -482,6 +482,8 @@ fn stop(mut r: Running) -> Stopped {
                     dropped = words.get(i.wrapping_sub(1)).and_then(|n| n.parse().ok());
                 } else if *w == "events" && words.get(i + 1) == Some(&"seen") {
                     seen = seen.or(number_before(i));
+                } else if *w == "events" && words.get(i + 2) == Some(&"bytes") {
+                    events = events.or(number_before(i));
                 } else if *w == "records" {
                     records = records.or(number_before(i));
                 } else if *w == "bytes" {
@@ -490,9 +492,10 @@ fn stop(mut r: Running) -> Stopped {
             }
         }
     }
-    let ring = records
-        .zip(bytes)
-        .or_else(|| seen.map(|n: u64| (n, n * size_of::<portx_common::Event>() as u64)));
+    let ring = match (events, bytes, records) {
+        (Some(e), Some(b), Some(r)) => Some((e, b, r)),
+        _ => seen.map(|n: u64| (n, n * size_of::<portx_common::Event>() as u64, n)),
+    };
     Stopped {
         dropped,
         written: r.written,
@@ -768,8 +771,9 @@ pub fn bench_storm(quick: bool) {
             "portx state-change program, time per run (ten runs per connection)",
             "portx trace CPU (BPF programs + process) against the machine's per connection",
             (
-                "portx trace: ring records per connection",
+                "portx trace: events per connection through the ring",
                 "portx trace: ring bytes per connection",
+                "portx trace: ring records (reservations) per connection",
             ),
         ),
         (
@@ -779,8 +783,9 @@ pub fn bench_storm(quick: bool) {
             "portx state-change program under top, time per run",
             "portx top CPU (BPF programs + process) against the machine's per connection",
             (
-                "portx top (accounting path): ring records per connection",
+                "portx top (accounting path): events per connection through the ring",
                 "portx top (accounting path): ring bytes per connection",
+                "portx top (accounting path): ring records (reservations) per connection",
             ),
         ),
         (
@@ -790,8 +795,9 @@ pub fn bench_storm(quick: bool) {
             "portx state-change program under --errors, time per run",
             "portx trace --errors CPU (BPF programs + process) against the machine's per connection",
             (
-                "portx trace --errors: ring records per connection",
+                "portx trace --errors: events per connection through the ring",
                 "portx trace --errors: ring bytes per connection",
+                "portx trace --errors: ring records (reservations) per connection",
             ),
         ),
     ] {
@@ -813,7 +819,7 @@ pub fn bench_storm(quick: bool) {
         let per_1000 = of(|c| c.0);
         let mut rows = vec![(programs, per_1000, "ms"), (state, of(|c| c.1), "ns")];
         // The ring counts come from portx's closing line, when it printed one.
-        let rings: Vec<(f64, f64)> = costs.iter().filter_map(|c| c.2).collect();
+        let rings: Vec<(f64, f64, f64)> = costs.iter().filter_map(|c| c.2).collect();
         if !rings.is_empty() {
             rows.extend([
                 (
@@ -825,6 +831,11 @@ pub fn bench_storm(quick: bool) {
                     ring_names.1,
                     median(rings.iter().map(|r| r.1).collect()),
                     "bytes",
+                ),
+                (
+                    ring_names.2,
+                    median(rings.iter().map(|r| r.2).collect()),
+                    "",
                 ),
             ]);
         }

@@ -217,9 +217,9 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
     };
     server.abort();
     if verbose {
-        let (records, bytes) = live.ring_read();
+        let (events, bytes, records) = live.ring_read();
         eprintln!(
-            "portx: stopping; {} events dropped, {} undecodable; {records} records ({bytes} bytes) read from the ring",
+            "portx: stopping; {} events dropped, {} undecodable; {events} events ({bytes} bytes) read from the ring in {records} records",
             served.dropped, live.undecodable
         );
     }

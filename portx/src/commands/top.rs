@@ -444,9 +444,9 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
         Source::Live { live, .. } => {
             let dropped = source.dropped()?;
             if dropped > 0 || live.undecodable > 0 || verbose {
-                let (records, bytes) = live.ring_read();
+                let (events, bytes, records) = live.ring_read();
                 eprintln!(
-                    "portx: {dropped} events dropped, {} undecodable; {records} records ({bytes} bytes) read from the ring",
+                    "portx: {dropped} events dropped, {} undecodable; {events} events ({bytes} bytes) read from the ring in {records} records",
                     live.undecodable
                 );
             }

@@ -89,9 +89,6 @@ const FLUSH_AGE_NS: u64 = FLUSH_AGE.as_nanos() as u64;
 pub struct BatchFlusher {
     prog: OwnedFd,
     pending: PerCpuArray<MapData, u64>,
-    /// CPUs to flush: the online ones (a CPU taken offline later is dropped when a run
-    /// on it fails).
-    cpus: Vec<u32>,
 }
 
 impl BatchFlusher {
@@ -107,11 +104,7 @@ impl BatchFlusher {
                 bail!("the flush program returned {ret} on CPU {cpu}");
             }
         }
-        Ok(Self {
-            prog,
-            pending,
-            cpus,
-        })
+        Ok(Self { prog, pending })
     }
 
     /// Sends the batches that have waited [`FLUSH_AGE`] to the ring buffer, and
@@ -119,6 +112,7 @@ impl BatchFlusher {
     /// batch, and before now less [`SLACK_NS`].
     pub fn flush(&mut self) -> Result<Flushed> {
         let now = crate::kernel::live::boottime_ns();
+        // Every possible CPU's stamp: one brought online since start-up included.
         let pending = self
             .pending
             .get(&0, 0)
@@ -127,29 +121,24 @@ impl BatchFlusher {
             upto: now.saturating_sub(SLACK_NS),
             waiting: false,
         };
-        let mut gone = Vec::new();
-        for &cpu in &self.cpus {
-            let first = pending.get(cpu as usize).copied().unwrap_or(0);
+        for (cpu, &first) in pending.iter().enumerate() {
             if first == 0 {
                 continue;
             }
             if now.saturating_sub(first) >= FLUSH_AGE_NS {
-                match run_on_cpu(self.prog.as_fd(), cpu) {
+                match run_on_cpu(self.prog.as_fd(), cpu as u32) {
                     Ok(flush::DONE) => continue,
                     // An emit in progress there: its events come next time.
                     Ok(_) => {}
-                    // ENXIO: the CPU went offline.
-                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                        gone.push(cpu);
-                        continue;
-                    }
+                    // ENXIO: the CPU went offline with events in its batch; they come
+                    // if it returns. Waiting for them would hold everything back.
+                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) => continue,
                     Err(e) => return Err(e).context(format!("flushing CPU {cpu}'s events")),
                 }
             }
             done.upto = done.upto.min(first.saturating_sub(1));
             done.waiting = true;
         }
-        self.cpus.retain(|c| !gone.contains(c));
         Ok(done)
     }
 }

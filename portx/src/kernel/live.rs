@@ -177,9 +177,10 @@ impl LiveSource {
         let _ = self.requests.send(ProbeReq::DropCaps(keep));
     }
 
-    /// Records read from the ring buffer so far, and their bytes.
-    pub fn ring_read(&self) -> (u64, u64) {
-        (self.reader.records, self.reader.bytes)
+    /// Events read from the ring buffer so far, their bytes, and the ring records that
+    /// carried them.
+    pub fn ring_read(&self) -> (u64, u64, u64) {
+        (self.reader.events, self.reader.bytes, self.reader.records)
     }
 
     /// Drains the ring once more (at stop: what the kernel wrote still counts).

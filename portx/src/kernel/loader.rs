@@ -731,6 +731,7 @@ impl Probes {
             next_drain: batched.then(|| tokio::time::Instant::now() + DRAIN_INTERVAL),
             pace: DrainPace::default(),
             batches: self.batches.take(),
+            events: 0,
             records: 0,
             bytes: 0,
         })
@@ -756,8 +757,10 @@ pub struct EventReader {
     /// The accounting path's per-CPU batches: a ring record holds several events, and
     /// events must be put back in time order ([`crate::events::reorder`]).
     batches: Option<BatchFlusher>,
-    /// Events read so far, and their bytes: what the ring carried (the bench divides
-    /// them by connections).
+    /// Events read so far, their bytes, and the ring records that carried them (fewer
+    /// with per-CPU batches): what the ring carried (the bench divides them by
+    /// connections).
+    pub events: u64,
     pub records: u64,
     pub bytes: u64,
 }
@@ -802,11 +805,12 @@ impl EventReader {
         let ring = self.fd.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
+            self.records += 1;
             self.bytes += item.len() as u64;
             let mut more = true;
             for ev in events_in(&item) {
                 n += 1;
-                self.records += 1;
+                self.events += 1;
                 // The whole record: the ring has already let go of it.
                 more &= f(ev);
             }

@@ -138,6 +138,24 @@ impl LineReader {
             .recv_timeout(timeout)
             .map_err(|_| anyhow!("no output within {timeout:?}"))
     }
+
+    /// `first` (an error line) and what follows it, the last lines of a long message
+    /// (a verifier log ends with the reason): the whole error for the test's failure.
+    pub fn error_with_rest(&self, first: String) -> String {
+        let mut lines = vec![first];
+        while let Ok(l) = self.next(Duration::from_secs(1)) {
+            lines.push(l);
+            if lines.len() > 2000 {
+                break;
+            }
+        }
+        if lines.len() > 41 {
+            let skipped = lines.len() - 41;
+            lines.drain(1..=skipped);
+            lines.insert(1, format!("[{skipped} lines left out]"));
+        }
+        lines.join("\n")
+    }
 }
 
 /// One of the peer roles in `peer.rs`, run as its own process inside a namespace.
@@ -301,7 +319,7 @@ impl Tracer {
         loop {
             let line = stderr.next(wait()).context("waiting for portx to attach")?;
             if line.starts_with("portx: error") {
-                bail!("{line}");
+                bail!("{}", stderr.error_with_rest(line));
             }
             if line.starts_with("portx: tracing") {
                 break;
