@@ -293,12 +293,17 @@ impl PartialEq<&str> for Comm {
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<TraceEvent, DecodeError> {
+    let raw = raw_event(bytes).ok_or(DecodeError::Size(bytes.len(), size_of::<Event>()))?;
+    decode_event(&raw)
+}
+
+/// The record as the BPF side wrote it, if it is long enough to be one.
+pub fn raw_event(bytes: &[u8]) -> Option<Event> {
     if bytes.len() < size_of::<Event>() {
-        return Err(DecodeError::Size(bytes.len(), size_of::<Event>()));
+        return None;
     }
     // SAFETY: length checked; Event is plain old data and read unaligned.
-    let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    decode_event(&raw)
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 /// Decodes an already-copied record.

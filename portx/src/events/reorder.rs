@@ -5,50 +5,62 @@
 //! the ring when it is flushed, so the ring no longer carries them in order. Events
 //! are held until a flush of every CPU has shown that nothing older can still come
 //! ([`crate::kernel::batches::Flushed`]), then handed out sorted by timestamp.
+//!
+//! What is held is the raw record (`Copy`, 104 bytes), decoded once it is handed out:
+//! moving decoded events about cost the reader more than the sort.
 
-use super::TraceEvent;
-
-#[derive(Default)]
-pub struct Reorder {
-    /// In arrival order; `None` once handed out (until the next release compacts).
-    held: Vec<Option<TraceEvent>>,
-    /// (timestamp, arrival index) of each held event, sorted at each release: sorting
-    /// these small keys rather than the events costs a fraction (and, unstable, needs
-    /// no scratch allocation; the index keeps equal stamps in arrival order).
+/// Items with their timestamps, held until they can be handed out in time order.
+pub struct Reorder<T> {
+    held: Vec<(u64, T)>,
+    /// (timestamp, arrival index) of each held item, sorted at each release: small
+    /// keys, an unstable sort without scratch allocation, and the index keeps equal
+    /// stamps in arrival order.
     order: Vec<(u64, u32)>,
+    /// The items kept back by the last release (reused allocation).
+    spare: Vec<(u64, T)>,
 }
 
-impl Reorder {
-    pub fn push(&mut self, ev: TraceEvent) {
-        self.held.push(Some(ev));
+impl<T> Default for Reorder<T> {
+    fn default() -> Self {
+        Self {
+            held: Vec::new(),
+            order: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+}
+
+impl<T: Copy> Reorder<T> {
+    pub fn push(&mut self, ts_ns: u64, item: T) {
+        self.held.push((ts_ns, item));
     }
 
-    /// Hands out the events stamped at or before `upto`, oldest first (events with the
-    /// same stamp in the order they came); the rest stay held.
-    pub fn release(&mut self, upto: u64, mut out: impl FnMut(TraceEvent)) {
+    /// Hands out the items stamped at or before `upto`, oldest first (equal stamps in
+    /// the order they came); the rest stay held, in time order.
+    pub fn release(&mut self, upto: u64, mut out: impl FnMut(T)) {
+        if self.held.is_empty() {
+            return;
+        }
         self.order.clear();
         self.order.extend(
             self.held
                 .iter()
                 .enumerate()
-                .filter_map(|(i, e)| Some((e.as_ref()?.ts_ns, i as u32))),
+                .map(|(i, &(ts, _))| (ts, i as u32)),
         );
         self.order.sort_unstable();
         let n = self.order.partition_point(|&(ts, _)| ts <= upto);
         for &(_, i) in &self.order[..n] {
-            if let Some(ev) = self.held[i as usize].take() {
-                out(ev);
-            }
+            out(self.held[i as usize].1);
         }
-        if n == self.held.len() {
-            self.held.clear();
-        } else {
-            self.held.retain(Option::is_some);
-        }
+        self.spare.clear();
+        self.spare
+            .extend(self.order[n..].iter().map(|&(_, i)| self.held[i as usize]));
+        std::mem::swap(&mut self.held, &mut self.spare);
     }
 
     /// Hands out everything held, oldest first.
-    pub fn release_all(&mut self, out: impl FnMut(TraceEvent)) {
+    pub fn release_all(&mut self, out: impl FnMut(T)) {
         self.release(u64::MAX, out);
     }
 
@@ -59,80 +71,64 @@ impl Reorder {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
-
     use super::*;
-    use crate::events::{Comm, Family, Kind};
 
-    fn state_event(ts_ns: u64, sock: u64) -> TraceEvent {
-        TraceEvent {
-            kind: Kind::State,
-            ts_ns,
-            pid: 0,
-            tid: 0,
-            comm: Comm::from(""),
-            cgroup_id: 0,
-            netns: 1,
-            sock,
-            family: Family::Ipv4,
-            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            sport: 40000,
-            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            dport: 80,
-            old_state: None,
-            new_state: None,
-            errno: None,
-            bound_port: None,
-        }
+    /// (stamp, which event): what a test can tell apart.
+    fn released(r: &mut Reorder<(u64, u32)>, upto: u64) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        r.release(upto, |e| out.push(e));
+        out
     }
 
-    fn stamps(evs: &[TraceEvent]) -> Vec<(u64, u64)> {
-        evs.iter().map(|e| (e.ts_ns, e.sock)).collect()
+    fn push(r: &mut Reorder<(u64, u32)>, ts: u64, id: u32) {
+        r.push(ts, (ts, id));
     }
 
     #[test]
     fn batches_from_two_cpus_come_out_in_time_order_up_to_the_mark() {
         let mut r = Reorder::default();
         // CPU 1's batch reached the ring first, CPU 0's after.
-        for (ts, sock) in [(20, 1), (40, 2), (60, 3)] {
-            r.push(state_event(ts, sock));
+        for (ts, id) in [(20, 1), (40, 2), (60, 3)] {
+            push(&mut r, ts, id);
         }
-        for (ts, sock) in [(10, 4), (30, 5), (50, 6), (70, 7)] {
-            r.push(state_event(ts, sock));
+        for (ts, id) in [(10, 4), (30, 5), (50, 6), (70, 7)] {
+            push(&mut r, ts, id);
         }
-        let mut out = Vec::new();
-        r.release(50, |e| out.push(e));
-        assert_eq!(stamps(&out), [(10, 4), (20, 1), (30, 5), (40, 2), (50, 6)]);
+        assert_eq!(
+            released(&mut r, 50),
+            [(10, 4), (20, 1), (30, 5), (40, 2), (50, 6)]
+        );
         assert!(!r.is_empty());
         // An older event than those still held comes with the next flush.
-        r.push(state_event(55, 8));
-        out.clear();
-        r.release(65, |e| out.push(e));
-        assert_eq!(stamps(&out), [(55, 8), (60, 3)]);
-        out.clear();
-        r.release_all(|e| out.push(e));
-        assert_eq!(stamps(&out), [(70, 7)]);
+        push(&mut r, 55, 8);
+        assert_eq!(released(&mut r, 65), [(55, 8), (60, 3)]);
+        let mut rest = Vec::new();
+        r.release_all(|e| rest.push(e));
+        assert_eq!(rest, [(70, 7)]);
         assert!(r.is_empty());
     }
 
     #[test]
-    fn equal_stamps_keep_their_arrival_order() {
+    fn equal_stamps_keep_their_arrival_order_across_releases() {
         let mut r = Reorder::default();
-        for sock in [3, 1, 2] {
-            r.push(state_event(5, sock));
+        for id in [3, 1, 2] {
+            push(&mut r, 5, id);
         }
-        let mut out = Vec::new();
-        r.release(5, |e| out.push(e));
-        assert_eq!(stamps(&out), [(5, 3), (5, 1), (5, 2)]);
+        push(&mut r, 9, 9);
+        assert_eq!(released(&mut r, 5), [(5, 3), (5, 1), (5, 2)]);
+        for id in [7, 6] {
+            push(&mut r, 9, id);
+        }
+        // Held back first, so handed out first among equals.
+        assert_eq!(released(&mut r, 9), [(9, 9), (9, 7), (9, 6)]);
     }
 
     #[test]
     fn nothing_is_released_before_the_mark() {
         let mut r = Reorder::default();
-        r.push(state_event(100, 1));
-        let mut n = 0;
-        r.release(99, |_| n += 1);
-        assert_eq!(n, 0);
+        push(&mut r, 100, 1);
+        assert!(released(&mut r, 99).is_empty());
         assert!(!r.is_empty());
+        assert_eq!(released(&mut r, 100), [(100, 1)]);
     }
 }

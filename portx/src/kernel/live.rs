@@ -13,11 +13,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use portx_common::Event;
 use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 
 use crate::{
-    events::{TraceEvent, decode, reorder::Reorder},
+    events::{TraceEvent, decode, decode_event, raw_event, reorder::Reorder},
     kernel::{
         batches::Flushed,
         loader::{EventReader, Probes},
@@ -96,8 +97,8 @@ pub struct LiveSource {
     /// The ring still had records when the last drain stopped at its batch size
     /// (readiness is edge-triggered and will not fire again for those).
     more: bool,
-    /// Events from per-CPU batches, until they can be handed out in time order.
-    reorder: Reorder,
+    /// Records from per-CPU batches, until they can be handed out in time order.
+    reorder: Reorder<Event>,
     /// A flush of the per-CPU batches failed (said once).
     flush_failed: bool,
     /// Warnings of the event path, handed out with the next [`Notes`].
@@ -231,21 +232,31 @@ impl LiveSource {
         };
         let mut kept = 0;
         let n = reader.drain(|b| {
-            match decode(b) {
-                Ok(ev) => {
-                    kept += 1;
-                    if flushed.is_some() {
-                        reorder.push(ev);
-                    } else {
+            if flushed.is_some() {
+                // Held raw, decoded in time order below.
+                match raw_event(b) {
+                    Some(raw) => {
+                        kept += 1;
+                        reorder.push(raw.header.ts_ns, raw);
+                    }
+                    None => *undecodable += 1,
+                }
+            } else {
+                match decode(b) {
+                    Ok(ev) => {
+                        kept += 1;
                         route(ev);
                     }
+                    Err(_) => *undecodable += 1,
                 }
-                Err(_) => *undecodable += 1,
             }
             kept < DRAIN_BATCH
         });
         if let Some(f) = flushed {
-            reorder.release(f.upto, &mut route);
+            reorder.release(f.upto, |raw| match decode_event(&raw) {
+                Ok(ev) => route(ev),
+                Err(_) => *undecodable += 1,
+            });
             if f.waiting || !reorder.is_empty() {
                 reader.hurry();
             }
