@@ -6,6 +6,8 @@
 //!   (drift check): nothing; the fds were opened at start, in each namespace. (Kernels
 //!   before 6.x check `CAP_BPF` on every bpf() call when unprivileged BPF is disabled,
 //!   which the drop counter's map lookup is: [`needs_bpf_for_maps`] finds out.)
+//!   Running the flush program on a CPU (`BPF_PROG_TEST_RUN` on the program's fd, the
+//!   accounting path's per-CPU batches) is a bpf() call like those: nothing more.
 //! - a namespace first seen in an event (discovery): `setns` into it
 //!   (`CAP_SYS_ADMIN`), opening `/proc/PID/ns/net` of a process of any user
 //!   (`CAP_SYS_PTRACE`: ptrace-read access), and reading every process's `/proc/PID/fd`
