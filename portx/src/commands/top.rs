@@ -443,10 +443,14 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     match &source {
         Source::Live { live, .. } => {
             let dropped = source.dropped()?;
-            if dropped > 0 || live.undecodable > 0 || verbose {
+            let missed = match &source {
+                Source::Live { probes, .. } => probes.missed_runs(),
+                Source::Replay(_) => 0,
+            };
+            if dropped > 0 || missed > 0 || live.undecodable > 0 || verbose {
                 let (events, bytes, records) = live.ring_read();
                 eprintln!(
-                    "portx: {dropped} events dropped, {} undecodable; {events} events ({bytes} bytes) read from the ring in {records} records",
+                    "portx: {dropped} events dropped, {} undecodable, {missed} program runs skipped by the kernel (nested on one CPU); {events} events ({bytes} bytes) read from the ring in {records} records",
                     live.undecodable
                 );
             }

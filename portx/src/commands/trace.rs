@@ -39,6 +39,8 @@ pub struct Stats {
     pub undecodable: u64,
     /// Events lost in the kernel because the ring buffer was full.
     pub dropped: u64,
+    /// Program runs the kernel skipped (nested on one CPU), whose events are lost.
+    pub missed_runs: u64,
 }
 
 impl Stats {
@@ -49,6 +51,12 @@ impl Stats {
         );
         if self.undecodable > 0 {
             s.push_str(&format!(", {} undecodable", self.undecodable));
+        }
+        if self.missed_runs > 0 {
+            s.push_str(&format!(
+                ", {} program runs skipped by the kernel (nested on one CPU)",
+                self.missed_runs
+            ));
         }
         s
     }
@@ -156,6 +164,7 @@ pub async fn run(args: TraceArgs, verbose: bool) -> anyhow::Result<()> {
     });
     printer.flush();
     printer.stats.dropped = probes.dropped()?;
+    printer.stats.missed_runs = probes.missed_runs();
     eprintln!("{}", printer.stats.summary());
     match printer.write_err {
         None => Ok(()),
@@ -232,6 +241,7 @@ mod tests {
             shown: 4,
             undecodable: 0,
             dropped: 2,
+            missed_runs: 0,
         };
         assert_eq!(s.summary(), "portx: 10 events seen, 4 shown, 2 dropped");
         let s = Stats {
@@ -239,5 +249,15 @@ mod tests {
             ..s
         };
         assert!(s.summary().ends_with(", 1 undecodable"));
+        let s = Stats {
+            missed_runs: 3,
+            ..s
+        };
+        assert!(
+            s.summary()
+                .ends_with(", 3 program runs skipped by the kernel (nested on one CPU)"),
+            "{}",
+            s.summary()
+        );
     }
 }

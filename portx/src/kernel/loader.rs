@@ -737,6 +737,23 @@ impl Probes {
         })
     }
 
+    /// Program runs the kernel skipped because that program was already running on
+    /// the CPU (a softirq interrupting it there): the kernel's recursion guard for
+    /// tracing programs, counted per program in its fdinfo (`recursion_misses`, 5.12+;
+    /// 0 where the kernel does not say). Whatever those runs would have sent is lost.
+    /// https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/trampoline.c (__bpf_prog_enter_recur)
+    pub fn missed_runs(&self) -> u64 {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| {
+                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+                recursion_misses(&std::fs::read_to_string(path).ok()?)
+            })
+            .sum()
+    }
+
     /// Events the BPF side could not reserve ring-buffer space for, summed over CPUs.
     pub fn dropped(&self) -> anyhow::Result<u64> {
         let per_cpu = self
@@ -825,6 +842,14 @@ impl EventReader {
     }
 }
 
+/// `recursion_misses` from a program's fdinfo.
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The events in a ring record: a batch is events back to back; a lone event (or a
 /// record of another size, which the decoder reports as undecodable) is one.
 fn events_in(record: &[u8]) -> std::slice::Chunks<'_, u8> {
@@ -840,6 +865,15 @@ fn events_in(record: &[u8]) -> std::slice::Chunks<'_, u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recursion_misses_are_read_from_a_programs_fdinfo() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nprog_jited:\t1\n\
+                    run_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t7\nverified_insns:\t812\n";
+        assert_eq!(recursion_misses(info), Some(7));
+        // Kernels before 5.12 do not say.
+        assert_eq!(recursion_misses("prog_type:\t5\nrun_cnt:\t0\n"), None);
+    }
 
     #[test]
     fn a_batch_record_is_split_into_its_events_and_anything_else_kept_whole() {
