@@ -252,7 +252,11 @@ impl LiveSource {
             }
             kept < DRAIN_BATCH
         });
-        if let Some(f) = flushed {
+        let more = n >= DRAIN_BATCH;
+        // Records left in the ring (the drain stopped at its batch size) may be older
+        // than some held ones: hand nothing out until the ring has been read through
+        // (the next call comes at once).
+        if let Some(f) = flushed.filter(|_| !more) {
             reorder.release(f.upto, |raw| match decode_event(&raw) {
                 Ok(ev) => route(ev),
                 Err(_) => *undecodable += 1,
@@ -261,7 +265,7 @@ impl LiveSource {
                 reader.hurry();
             }
         }
-        self.more = n >= DRAIN_BATCH;
+        self.more = more;
     }
 
     fn on_msg(&mut self, m: ProbeMsg, out: &mut Vec<Input>, notes: &mut Notes) {
