@@ -234,6 +234,45 @@ fn bench_ingest(quick: bool) {
         spread,
         paired_ratio: None,
     });
+
+    // What `top` and `serve` get: the events the accounting path sends (four per
+    // connection), the model's share of their per-connection process cost.
+    let conns = events.len() as f64 / 6.0;
+    let accounting: Vec<TraceEvent> = events
+        .iter()
+        .filter(|e| match (e.kind, e.old_state, e.new_state) {
+            (Kind::State, Some(o), Some(n)) => {
+                !portx_common::accounting_leaves_out(o as u8, n as u8, || false)
+            }
+            _ => false,
+        })
+        .cloned()
+        .collect();
+    let mut per_conn = Vec::new();
+    for _ in 0..runs {
+        let mut m = model();
+        let t = Instant::now();
+        for e in &accounting {
+            m.apply(e);
+        }
+        let took = t.elapsed();
+        black_box(m.snapshot(View::default()));
+        per_conn.push(took.as_nanos() as f64 / conns);
+    }
+    let (ns, spread) = median(per_conn);
+    report(Figure {
+        figure: &format!(
+            "model CPU per connection, accounting path ({:.0} events each)",
+            accounting.len() as f64 / conns
+        ),
+        value: ns,
+        unit: "ns",
+        baseline: None,
+        target: "reported",
+        pass: None,
+        spread,
+        paired_ratio: None,
+    });
 }
 
 fn bench_memory(n: u64) {

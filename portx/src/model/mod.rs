@@ -10,6 +10,7 @@ pub mod capacity;
 pub mod clients;
 pub mod diagnosis;
 pub mod input;
+mod maybe_set;
 pub mod peaks;
 pub mod rate;
 pub mod snapshot;
@@ -348,6 +349,8 @@ pub struct Model {
     baseline: FxHashMap<TupleKey, u64>,
     next_synthetic: u64,
     timewait: FxHashMap<TwKey, TimeWait>,
+    /// Which keys `timewait` certainly lacks, without a look into it.
+    timewait_maybe: maybe_set::MaybeSet,
     /// TIME_WAIT expiries in insertion order (all share one lifetime, so FIFO).
     tw_queue: VecDeque<(u64, TwKey)>,
     addrs: Addrs,
@@ -604,6 +607,41 @@ impl Model {
         );
     }
 
+    /// Moves a socket's counts from `before` (None: not counted yet) to `after`. Most
+    /// events only change a socket's state; then only the two state counts move, and
+    /// the namespace, owner and range lookups of an uncount and a count are skipped
+    /// (the same result: the other aggregates would go down and back up by one).
+    fn recount(&mut self, before: Option<&Sock>, after: &Sock) {
+        let counted = |s: &Sock| {
+            s.active
+                && s.dest != NO_DEST
+                && !matches!(
+                    s.state,
+                    TcpState::Close | TcpState::Listen | TcpState::TimeWait
+                )
+        };
+        match before {
+            Some(b)
+                if counted(b)
+                    && counted(after)
+                    && b.netns == after.netns
+                    && b.dest == after.dest
+                    && b.owner == after.owner
+                    && b.explicit_bind == after.explicit_bind
+                    && b.quad.sport == after.quad.sport =>
+            {
+                let d = &mut self.dests[after.dest as usize];
+                d.states[b.state as usize] = d.states[b.state as usize].saturating_sub(1);
+                d.states[after.state as usize] = d.states[after.state as usize].saturating_add(1);
+            }
+            Some(b) => {
+                self.count_sock(b, -1);
+                self.count_sock(after, 1);
+            }
+            None => self.count_sock(after, 1),
+        }
+    }
+
     fn count_tw(&mut self, k: &TwKey, t: &TimeWait, sign: i32) {
         self.count(
             k.netns,
@@ -659,28 +697,39 @@ impl Model {
     /// Records that `tuple` is held in TIME_WAIT (replacing an entry for the same
     /// 4-tuple).
     fn insert_timewait(&mut self, netns: u32, tuple: &Tuple, mut tw: TimeWait) {
-        let key = TwKey {
-            netns,
-            quad: self.quad_acquire(tuple),
-        };
+        let quad = self.quad_acquire(tuple);
         tw.dest = if tw.active {
             self.dest_for(netns, tuple)
         } else {
             NO_DEST
         };
+        self.insert_timewait_quad(netns, quad, tw);
+    }
+
+    /// [`Self::insert_timewait`] with the 4-tuple interned (the entry takes over
+    /// `quad`'s address references) and `tw.dest` set.
+    fn insert_timewait_quad(&mut self, netns: u32, quad: Quad, tw: TimeWait) {
+        let key = TwKey { netns, quad };
         // One lookup of the (large, cache-cold) table, whether it replaces or not.
-        if let Some(old) = self.timewait.insert(key, tw) {
-            self.count_tw(&key, &old, -1);
-            // The old entry's references.
-            self.quad_release(key.quad);
+        match self.timewait.insert(key, tw) {
+            Some(old) => {
+                self.count_tw(&key, &old, -1);
+                // The old entry's references.
+                self.quad_release(key.quad);
+            }
+            None => self.timewait_maybe.added(&key),
         }
         self.count_tw(&key, &tw, 1);
         self.tw_queue.push_back((tw.expires_ns, key));
     }
 
     fn remove_timewait(&mut self, key: &TwKey) -> bool {
+        if !self.timewait_maybe.may_hold(key) {
+            return false;
+        }
         match self.timewait.remove(key) {
             Some(tw) => {
+                self.timewait_maybe.removed(key);
                 self.count_tw(key, &tw, -1);
                 self.quad_release(key.quad);
                 true
@@ -798,7 +847,8 @@ impl Model {
             self.listeners.remove(&listener);
         }
         let key = e.sock;
-        if !self.sockets.contains_key(&key) && tuple.complete() {
+        let mut existing = self.sockets.get(&key).copied();
+        if existing.is_none() && tuple.complete() && !self.baseline.is_empty() {
             // A socket from the baseline, named by an event for the first time.
             if let Some(synthetic) = self.baseline.remove(&TupleKey {
                 netns: e.netns,
@@ -806,14 +856,13 @@ impl Model {
             }) && let Some(s) = self.sockets.remove(&synthetic)
             {
                 self.sockets.insert(key, s);
+                existing = Some(s);
             }
         }
-        let existing = self.sockets.get(&key).copied();
+        // The socket as counted before this event: uncounted at the end, in one step
+        // with counting it again when only its state moved (`recount`).
         let mut s = match existing {
-            Some(s) => {
-                self.count_sock(&s, -1);
-                s
-            }
+            Some(s) => s,
             None => {
                 if new == TcpState::Close {
                     // Never seen alive; an active close still leaves a TIME_WAIT.
@@ -855,6 +904,9 @@ impl Model {
             }
         };
         if new == TcpState::Close {
+            if let Some(before) = existing {
+                self.count_sock(&before, -1);
+            }
             self.follow_client(&mut s, old, new, e.ts_ns);
             self.sockets.remove(&key);
             // FIN_WAIT2 -> CLOSE and CLOSING -> CLOSE hand the 4-tuple to a timewait
@@ -867,18 +919,22 @@ impl Model {
                     self.tuple_of(&s.quad)
                 };
                 if full.complete() {
-                    self.insert_timewait(
-                        s.netns,
-                        &full,
-                        TimeWait {
-                            expires_ns: e.ts_ns + self.timewait_lifetime_ns(),
-                            since_ns: e.ts_ns,
-                            owner: s.owner,
-                            active: s.active,
-                            explicit_bind: s.explicit_bind,
-                            dest: NO_DEST,
-                        },
-                    );
+                    let mut tw = TimeWait {
+                        expires_ns: e.ts_ns + self.timewait_lifetime_ns(),
+                        since_ns: e.ts_ns,
+                        owner: s.owner,
+                        active: s.active,
+                        explicit_bind: s.explicit_bind,
+                        dest: NO_DEST,
+                    };
+                    if self.tuple_of(&s.quad) == full && (!s.active || s.dest != NO_DEST) {
+                        // The usual case: the timewait socket takes over this one's
+                        // interned addresses and destination row.
+                        tw.dest = s.dest;
+                        self.insert_timewait_quad(s.netns, s.quad, tw);
+                        return;
+                    }
+                    self.insert_timewait(s.netns, &full, tw);
                 }
             }
             self.quad_release(s.quad);
@@ -928,7 +984,7 @@ impl Model {
             });
         }
         self.follow_client(&mut s, old, new, e.ts_ns);
-        self.count_sock(&s, 1);
+        self.recount(existing.as_ref(), &s);
         if e.allocated_port() {
             self.on_allocation(&s, e.ts_ns);
         }
