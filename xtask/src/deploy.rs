@@ -37,6 +37,7 @@ pub const METRICS: &[&str] = &[
     "portx_workload_ports_held",
     "portx_build_info",
     "portx_events_dropped_total",
+    "portx_program_runs_skipped_total",
     "portx_drift_corrections_total",
     "portx_tracked_sockets",
     "portx_series_omitted",

@@ -644,8 +644,12 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         Sink::Disk(disk) => disk.finish().map_err(anyhow::Error::msg)?,
         Sink::Flight(f) => Sink::Flight(f).describe(),
     };
+    let skipped = match probes.missed_runs() {
+        0 => String::new(),
+        n => format!(", {n} program runs skipped by the kernel (nested on one CPU)"),
+    };
     eprintln!(
-        "portx: {} events seen, {} written, {} dropped; {}",
+        "portx: {} events seen, {} written, {} dropped{skipped}; {}",
         rec.stats.seen, rec.stats.shown, rec.stats.dropped, described
     );
     Ok(())

@@ -68,6 +68,7 @@ impl Served {
             self.dropped = d;
         }
         snap.dropped_events = self.dropped;
+        snap.skipped_runs = probes.missed_runs();
         snap.hooks.clone_from(&probes.setup.hooks);
         let stats = SelfStats {
             tracked_sockets: (self.model.socket_count() + self.model.timewait_count()) as u64,

@@ -80,6 +80,15 @@ impl Source {
         }
     }
 
+    /// Program runs the kernel skipped; a recording does not keep them (`record`
+    /// says them when it ends).
+    fn skipped_runs(&self) -> u64 {
+        match self {
+            Self::Live { probes, .. } => probes.missed_runs(),
+            Self::Replay(_) => 0,
+        }
+    }
+
     /// Who names cgroup ids: this host, or the recording.
     fn names(&mut self) -> &mut dyn Names {
         match self {
@@ -359,6 +368,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     let snapshot = |model: &mut Model, source: &mut Source| -> Result<Snapshot> {
         let mut snap = model.snapshot(view);
         snap.dropped_events = source.dropped()?;
+        snap.skipped_runs = source.skipped_runs();
         snap.hooks = source.hooks().to_vec();
         annotate(&mut snap, source.names());
         Ok(snap)

@@ -1694,6 +1694,7 @@ impl Model {
             netns,
             failures,
             dropped_events: 0,
+            skipped_runs: 0,
             drift: self.drift,
             hooks: Vec::new(),
             workloads: Vec::new(),

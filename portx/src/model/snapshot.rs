@@ -15,6 +15,11 @@ pub struct Snapshot {
     pub failures: Vec<Failure>,
     /// Events the kernel could not deliver (ring buffer full) since start.
     pub dropped_events: u64,
+    /// Runs of portx's programs the kernel skipped since start because the program
+    /// was already running on that CPU (a softirq nested in it): what they would have
+    /// sent is missing too.
+    #[serde(default)]
+    pub skipped_runs: u64,
     /// TIME_WAIT entries the model corrected after comparing with the kernel's own
     /// view (sock_diag): added (the model missed them) and removed (already gone).
     pub drift: Drift,

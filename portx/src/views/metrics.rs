@@ -54,9 +54,9 @@ pub const MAX_NETNS: usize = 64;
 /// Per namespace: capacity, used_max, connects, binds (4), 2 K destinations for each
 /// of used, reusable and time_wait, 2 K holders, 2 K workloads, K diagnoses, 10 errno
 /// series for each of connect and bind errors; plus the self metrics (build, dropped,
-/// drift, sockets, scrape duration, 4 omitted kinds, 4 attach needs: 12).
+/// skipped runs, drift, sockets, scrape duration, 4 omitted kinds, 4 attach needs: 13).
 pub const fn series_bound(k: usize) -> usize {
-    MAX_NETNS * (4 + 3 * (2 * k) + 2 * k + 2 * k + k + 2 * ERRNO_SLOTS) + 12
+    MAX_NETNS * (4 + 3 * (2 * k) + 2 * k + 2 * k + k + 2 * ERRNO_SLOTS) + 13
 }
 
 fn errno_slot(errno: u32) -> usize {
@@ -526,6 +526,13 @@ impl Exporter {
         dropped
             .series
             .push((Vec::new(), Value::Counter(snap.dropped_events)));
+        let mut skipped = Family::counter(
+            "portx_program_runs_skipped",
+            "Runs of portx's programs the kernel skipped because the program was already running on that CPU (nested in a softirq); their events are missing.",
+        );
+        skipped
+            .series
+            .push((Vec::new(), Value::Counter(snap.skipped_runs)));
         let mut drift = Family::counter(
             "portx_drift_corrections",
             "TIME_WAIT entries the model corrected after comparing with the kernel's sock_diag view (added plus removed).",
@@ -588,6 +595,7 @@ impl Exporter {
             workload_held,
             build,
             dropped,
+            skipped,
             drift,
             sockets,
             omitted,

@@ -880,7 +880,7 @@ pub fn draw(frame: &mut Frame, snap: &Snapshot, state: &TopState, clock: &Clock)
 
 fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState) {
     let dests: usize = snap.netns.iter().map(|ns| ns.destinations.len()).sum();
-    let dropped_style = if snap.dropped_events > 0 {
+    let dropped_style = if snap.dropped_events > 0 || snap.skipped_runs > 0 {
         Style::new()
             .fg(Color::White)
             .bg(Color::Red)
@@ -891,7 +891,17 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState)
     let mut spans = vec![
         Span::styled("portx top", Style::new().add_modifier(Modifier::BOLD)),
         Span::raw(format!("  {} netns  {dests} dests  ", snap.netns.len())),
-        Span::styled(format!(" dropped {} ", snap.dropped_events), dropped_style),
+        Span::styled(
+            if snap.skipped_runs > 0 {
+                format!(
+                    " dropped {} +{} skipped runs ",
+                    snap.dropped_events, snap.skipped_runs
+                )
+            } else {
+                format!(" dropped {} ", snap.dropped_events)
+            },
+            dropped_style,
+        ),
         Span::raw(format!(
             "  drift {} checks +{} -{}  view {}  sort {}{}",
             snap.drift.checks,
@@ -1357,6 +1367,7 @@ mod tests {
                 },
             ],
             dropped_events: 17,
+            skipped_runs: 0,
             drift: Drift {
                 checks: 5,
                 added: 2,
@@ -1505,6 +1516,16 @@ mod tests {
             lines[0]
         );
         assert!(lines[0].contains("sort % used"), "{}", lines[0]);
+        // Runs the kernel skipped are said beside the drops, only when there are some.
+        assert!(!lines[0].contains("skipped"), "{}", lines[0]);
+        let mut snap = sample();
+        snap.skipped_runs = 3;
+        let lines = render(&snap, &TopState::new(View::Destinations), 160, 30);
+        assert!(
+            lines[0].contains("dropped 17 +3 skipped runs"),
+            "{}",
+            lines[0]
+        );
     }
 
     #[test]

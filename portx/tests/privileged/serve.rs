@@ -304,7 +304,18 @@ pub fn prometheus_sees_exhaustion() -> Result<()> {
     let ns = Netns::new(Some((3306, 3309)))?;
     let serve = Serve::start(&[])?;
     // promtool on a real scrape.
-    promtool_check(&serve.metrics()?)?;
+    let first = serve.metrics()?;
+    promtool_check(&first)?;
+    // The exporter's own blind spots are exported from the start, read from the kernel.
+    for blind in [
+        "portx_events_dropped_total",
+        "portx_program_runs_skipped_total",
+    ] {
+        ensure!(
+            sample(&first, blind).is_some(),
+            "no {blind} in the scrape:\n{first}"
+        );
+    }
     let prom = Prometheus::start(serve.port)?;
     // HTTP/1.0: Prometheus then answers without chunked encoding.
     let q = |query: &str| -> Result<Vec<f64>> {

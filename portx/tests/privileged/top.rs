@@ -610,6 +610,14 @@ pub fn accounting_path_sends_what_the_model_counts(
         "every connection left its TIME_WAIT: {d}"
     );
     ensure!(last["dropped_events"] == 0, "{last}");
+    // Skipped runs are in the snapshot too, as many as the closing line says at most
+    // (read later, from the same per-program counters).
+    let skipped = number_before(" program runs skipped")?;
+    ensure!(
+        last["skipped_runs"].as_u64().is_some_and(|s| s <= skipped),
+        "snapshot skipped_runs {} against {skipped} at the end",
+        last["skipped_runs"]
+    );
     for path in paths {
         ensure!(
             startup.iter().any(|l| l.contains(path)),

@@ -59,6 +59,7 @@ fn snap(dests: Vec<DestUsage>) -> Snapshot {
         }],
         failures: Vec::new(),
         dropped_events: 2,
+        skipped_runs: 1,
         drift: Drift {
             checks: 3,
             added: 1,
