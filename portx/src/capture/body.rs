@@ -24,6 +24,27 @@ struct TimeWaitBody {
     tuples: Vec<(Tuple, u32)>,
 }
 
+/// A counters frame as format version 1 first defined it.
+#[derive(Deserialize)]
+struct CountersV1 {
+    at_ns: u64,
+    kernel_dropped: u64,
+    evicted_events: u64,
+    evicted_until_ns: u64,
+}
+
+impl CountersV1 {
+    fn into_counters(self) -> Counters {
+        Counters {
+            at_ns: self.at_ns,
+            kernel_dropped: self.kernel_dropped,
+            evicted_events: self.evicted_events,
+            evicted_until_ns: self.evicted_until_ns,
+            kernel_skipped_runs: 0,
+        }
+    }
+}
+
 fn to_vec<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing these plain structs into a Vec cannot fail (no maps, no
     // unknown-length sequences); an empty body would be caught by a reader.
@@ -87,7 +108,10 @@ pub fn decode(ty: FrameType, body: &[u8]) -> Result<Record, String> {
                 started_ns: t.started_ns,
             })
         }
-        FrameType::Counters => Record::Counters(de::<Counters>(body)?),
+        FrameType::Counters => Record::Counters(de::<Counters>(body).or_else(|_| {
+            // Written before `kernel_skipped_runs` was appended.
+            de::<CountersV1>(body).map(CountersV1::into_counters)
+        })?),
         FrameType::Trigger => Record::Trigger(de::<TriggerFired>(body)?),
         FrameType::End => Record::End(de::<EndSummary>(body)?),
         FrameType::Cgroups => Record::Cgroups(de(body)?),
@@ -117,16 +141,25 @@ mod tests {
             kernel_dropped: 1,
             evicted_events: 0,
             evicted_until_ns: 2,
+            kernel_skipped_runs: 3,
         };
         let (ty, b) = encode(&Record::Counters(c)).unwrap();
         assert_eq!(
             (ty, b.as_slice()),
-            (FrameType::Counters, &[0xac, 0x02, 1, 0, 2][..])
+            (FrameType::Counters, &[0xac, 0x02, 1, 0, 2, 3][..])
         );
         // Appended fields are ignored by this version: how the format grows.
         let mut longer = b.clone();
         longer.extend_from_slice(&[7, 7, 7]);
         assert_eq!(decode(ty, &longer).unwrap(), Record::Counters(c));
+        // A file from before `kernel_skipped_runs` was appended: read as 0.
+        assert_eq!(
+            decode(ty, &b[..5]).unwrap(),
+            Record::Counters(Counters {
+                kernel_skipped_runs: 0,
+                ..c
+            })
+        );
         assert!(decode(ty, &b[..4]).is_err());
         // TCP states are their variant index: the kernel's number minus one.
         assert_eq!(postcard::to_stdvec(&TcpState::Established).unwrap(), [0]);

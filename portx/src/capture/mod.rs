@@ -84,6 +84,10 @@ pub struct Counters {
     /// file was written, and the time of the newest one evicted.
     pub evicted_events: u64,
     pub evicted_until_ns: u64,
+    /// Runs of portx's programs the kernel skipped (the program already running on
+    /// that CPU) since the recording started: their events are missing too. Appended
+    /// after format version 1: absent (read as 0) in files of an older portx.
+    pub kernel_skipped_runs: u64,
 }
 
 /// A flight recorder's trigger that fired.

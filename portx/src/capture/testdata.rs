@@ -125,6 +125,7 @@ pub fn non_event_records() -> Vec<Record> {
             kernel_dropped: 3,
             evicted_events: u64::MAX,
             evicted_until_ns: 9,
+            kernel_skipped_runs: 4,
         }),
         Record::Trigger(TriggerFired {
             at_ns: 8,

@@ -112,6 +112,7 @@ struct Recorder {
     header: FileHeader,
     stats: Stats,
     kernel_dropped: u64,
+    kernel_skipped_runs: u64,
     /// Bytes encoded and not yet written.
     out: Vec<u8>,
     /// Events framed since the last hand-over to the flight ring.
@@ -238,16 +239,19 @@ impl Recorder {
                 kernel_dropped: self.kernel_dropped,
                 evicted_events: evicted.0,
                 evicted_until_ns: evicted.1,
+                kernel_skipped_runs: self.kernel_skipped_runs,
             }),
             out,
         );
     }
 
-    /// Frames buffered events (and a counters frame when drops changed).
-    fn flush(&mut self, dropped: u64, now_ns: u64) {
+    /// Frames buffered events (and a counters frame when drops or skipped runs
+    /// changed).
+    fn flush(&mut self, (dropped, skipped): Losses, now_ns: u64) {
         self.framed += self.encoder.flush_events(&mut self.out) as u64;
-        if dropped != self.kernel_dropped {
+        if (dropped, skipped) != (self.kernel_dropped, self.kernel_skipped_runs) {
             self.kernel_dropped = dropped;
+            self.kernel_skipped_runs = skipped;
             let mut b = std::mem::take(&mut self.out);
             self.counters_frame(now_ns, (0, 0), &mut b);
             self.out = b;
@@ -380,6 +384,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         },
         stats: Stats::default(),
         kernel_dropped: 0,
+        kernel_skipped_runs: 0,
         out: Vec::with_capacity(1 << 20),
         framed: 0,
         names: CgroupNames::new(HostRoot::current()),
@@ -503,7 +508,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                 for input in inputs.drain(..) {
                     // A rotation waits for the kernel's state: it starts the new file.
                     if matches!(input, Input::State(_)) && state_for == Some(StateFor::Rotation) {
-                        rotate(&mut sink, &mut rec, probes.dropped()?)?;
+                        rotate(&mut sink, &mut rec, losses(&probes)?)?;
                         state_for = Some(StateFor::Periodic);
                     }
                     let trig = match &mut sink {
@@ -518,7 +523,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                 if notes.state_done {
                     // No namespace answered: rotate all the same.
                     if state_for == Some(StateFor::Rotation) {
-                        rotate(&mut sink, &mut rec, probes.dropped()?)?;
+                        rotate(&mut sink, &mut rec, losses(&probes)?)?;
                     }
                     state_for = None;
                 }
@@ -559,7 +564,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
             ));
         }
         if flush_now || new_state || stop {
-            rec.flush(probes.dropped()?, now_ns);
+            rec.flush(losses(&probes)?, now_ns);
             let frames = std::mem::take(&mut rec.out);
             match &mut sink {
                 Sink::Flight(f) => {
@@ -623,7 +628,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         rec.take(input, None);
     }
     let now_ns = boottime_ns();
-    rec.flush(probes.dropped()?, now_ns);
+    rec.flush(losses(&probes)?, now_ns);
     rec.stats.dropped = rec.kernel_dropped;
     if !matches!(sink, Sink::Flight(_)) {
         let mut end = std::mem::take(&mut rec.out);
@@ -644,7 +649,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         Sink::Disk(disk) => disk.finish().map_err(anyhow::Error::msg)?,
         Sink::Flight(f) => Sink::Flight(f).describe(),
     };
-    let skipped = match probes.missed_runs() {
+    let skipped = match rec.kernel_skipped_runs {
         0 => String::new(),
         n => format!(", {n} program runs skipped by the kernel (nested on one CPU)"),
     };
@@ -664,13 +669,20 @@ enum StateFor {
     Periodic,
 }
 
+/// Events the kernel dropped and program runs it skipped, since start.
+type Losses = (u64, u64);
+
+fn losses(probes: &Probes) -> Result<Losses> {
+    Ok((probes.dropped()?, probes.missed_runs()))
+}
+
 /// Ends the current file of a rotating set and starts the next (its state follows).
-fn rotate(sink: &mut Sink, rec: &mut Recorder, dropped: u64) -> Result<()> {
+fn rotate(sink: &mut Sink, rec: &mut Recorder, losses: Losses) -> Result<()> {
     let Sink::Disk(disk) = sink else {
         return Ok(());
     };
     let now_ns = boottime_ns();
-    rec.flush(dropped, now_ns);
+    rec.flush(losses, now_ns);
     let mut end = std::mem::take(&mut rec.out);
     rec.record(
         &Record::End(EndSummary {

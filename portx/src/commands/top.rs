@@ -80,12 +80,11 @@ impl Source {
         }
     }
 
-    /// Program runs the kernel skipped; a recording does not keep them (`record`
-    /// says them when it ends).
+    /// Program runs the kernel skipped: now, or as the recording last counted them.
     fn skipped_runs(&self) -> u64 {
         match self {
             Self::Live { probes, .. } => probes.missed_runs(),
-            Self::Replay(_) => 0,
+            Self::Replay(r) => r.skipped_runs,
         }
     }
 
@@ -127,6 +126,7 @@ pub struct ReplaySource {
     /// Namespaces whose state is loaded: a later file of a rotated set repeats it.
     loaded: std::collections::HashSet<u32>,
     pub dropped: u64,
+    pub skipped_runs: u64,
     pub hooks: Vec<HookPath>,
     pub exact_timewait: bool,
     /// The recording's names of cgroup ids.
@@ -169,6 +169,7 @@ impl ReplaySource {
             pending: None,
             loaded: Default::default(),
             dropped: 0,
+            skipped_runs: 0,
             hooks: Vec::new(),
             exact_timewait: false,
             names: NameTable::new(),
@@ -204,7 +205,10 @@ impl ReplaySource {
                     self.hooks.clone_from(&h.hooks);
                     self.exact_timewait = h.exact_timewait;
                 }
-                Some(Ok(Record::Counters(c))) => self.dropped = c.kernel_dropped,
+                Some(Ok(Record::Counters(c))) => {
+                    self.dropped = c.kernel_dropped;
+                    self.skipped_runs = c.kernel_skipped_runs;
+                }
                 Some(Ok(Record::Input(Input::State(s)))) => {
                     // A continuing set repeats what the model already has.
                     if self.loaded.insert(s.netns) {

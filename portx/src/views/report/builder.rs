@@ -210,6 +210,7 @@ impl ReportBuilder {
                 self.saw(c.at_ns);
                 // Running totals since the recording started: the last is the total.
                 self.complete.dropped = c.kernel_dropped;
+                self.complete.skipped_runs = c.kernel_skipped_runs;
                 self.complete.evicted = self.complete.evicted.max(c.evicted_events);
             }
             Record::Trigger(t) => {
@@ -523,6 +524,7 @@ impl ReportBuilder {
         }
         let mut complete = self.complete;
         complete.ok = complete.dropped == 0
+            && complete.skipped_runs == 0
             && complete.evicted == 0
             && complete.torn_tail.is_empty()
             && complete.corrupt.is_empty()

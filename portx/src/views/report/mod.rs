@@ -106,6 +106,9 @@ pub struct FileReport {
 pub struct Completeness {
     /// Events the kernel dropped (ring buffer full), from the last counters.
     pub dropped: u64,
+    /// Runs of portx's programs the kernel skipped (their events are missing), from
+    /// the last counters; 0 in recordings of an older portx.
+    pub skipped_runs: u64,
     /// Events a flight recorder evicted from its window before writing.
     pub evicted: u64,
     /// Files whose last frame was cut short (what precedes it is reported).

@@ -104,6 +104,7 @@ fn json_span_host_files_complete() {
     assert_eq!(v["trigger"], Value::Null);
     for key in [
         "dropped",
+        "skipped_runs",
         "evicted",
         "torn_tail",
         "corrupt",
@@ -298,4 +299,24 @@ fn json_and_text_carry_the_diagnoses_at_the_end() {
     let t = super::text::render(&mysql_report());
     assert!(t.contains("Diagnoses (at the end of the recording)"), "{t}");
     assert!(t.contains("ip_local_port_range=\"1024 65535\""), "{t}");
+}
+
+#[test]
+fn skipped_program_runs_make_a_recording_incomplete() {
+    let mut records = mysql_incident();
+    let at_ns = START_NS + 4 * S;
+    records.push(Record::Counters(crate::capture::Counters {
+        at_ns,
+        kernel_skipped_runs: 2,
+        ..Default::default()
+    }));
+    let status = status_of(&records);
+    let r = report_of(&[("incident.portx", records, status)]);
+    assert!(!r.complete.ok);
+    assert_eq!(r.complete.skipped_runs, 2);
+    let line = text::completeness_line(&r.complete);
+    assert!(
+        line.contains("2 program runs skipped by the kernel"),
+        "{line}"
+    );
 }

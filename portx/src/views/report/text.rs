@@ -47,6 +47,12 @@ pub fn completeness_line(c: &Completeness) -> String {
     if c.dropped > 0 {
         parts.push(format!("{} events dropped by the kernel", c.dropped));
     }
+    if c.skipped_runs > 0 {
+        parts.push(format!(
+            "{} program runs skipped by the kernel",
+            c.skipped_runs
+        ));
+    }
     if c.evicted > 0 {
         parts.push(format!(
             "{} events evicted from the flight recorder's window",
