@@ -736,42 +736,39 @@ pub fn bench_storm(quick: bool) {
             paired_ratio: None,
         });
     }
-    for (i, name) in [
-        (1, "portx trace CPU per 1000 connections (own process)"),
-        (2, "portx top CPU per 1000 connections (own process)"),
+    for (values, name) in [
         (
-            6,
+            &cpu[1],
+            "portx trace CPU per 1000 connections (own process)",
+        ),
+        (&cpu[2], "portx top CPU per 1000 connections (own process)"),
+        (
+            &top_warm_cpu,
+            "portx top CPU per 1000 connections (own process), a second storm under the same process",
+        ),
+        (
+            &cpu[6],
             "portx trace --errors CPU per 1000 connections (own process)",
         ),
         (
-            3,
+            &cpu[3],
             "bpftrace printing, CPU per 1000 connections (own process)",
         ),
-        (7, "portx record CPU per 1000 connections (own process)"),
         (
-            8,
+            &cpu[7],
+            "portx record CPU per 1000 connections (own process)",
+        ),
+        (
+            &cpu[8],
             "portx serve CPU per 1000 connections (own process, scrapes included)",
         ),
     ] {
-        if cpu[i].is_empty() {
+        if values.is_empty() {
             continue;
         }
-        let (v, spread) = median(cpu[i].clone());
+        let (v, spread) = median(values.clone());
         report(Figure {
             figure: name,
-            value: v,
-            unit: "ms",
-            baseline: None,
-            target: "reported",
-            pass: None,
-            spread,
-            paired_ratio: None,
-        });
-    }
-    if !top_warm_cpu.is_empty() {
-        let (v, spread) = median(top_warm_cpu);
-        report(Figure {
-            figure: "portx top CPU per 1000 connections (own process), a second storm under the same process",
             value: v,
             unit: "ms",
             baseline: None,

@@ -20,6 +20,8 @@ pub struct Reorder<T> {
     /// keys, an unstable sort without scratch allocation, and the index keeps equal
     /// stamps in arrival order. Packed into one u64 where they fit (`packed`).
     order: Vec<(u64, u32)>,
+    /// The same keys packed into one u64 where they fit; once sorted, the held items'
+    /// indices in time order (from either sort).
     packed: Vec<u64>,
     /// The items kept back by the last release (reused allocation).
     spare: Vec<(u64, T)>,
@@ -51,7 +53,7 @@ impl<T: Copy> Reorder<T> {
             .held
             .iter()
             .fold((u64::MAX, 0), |(lo, hi), &(ts, _)| (lo.min(ts), hi.max(ts)));
-        if hi - lo < 1 << (64 - INDEX_BITS) && self.held.len() < 1 << INDEX_BITS {
+        let n = if hi - lo < 1 << (64 - INDEX_BITS) && self.held.len() < 1 << INDEX_BITS {
             // (stamp - lo, index) in one u64: the same order, and an unstable sort of
             // plain integers takes half the time of one of pairs.
             self.packed.clear();
@@ -62,7 +64,6 @@ impl<T: Copy> Reorder<T> {
                     .map(|(i, &(ts, _))| ((ts - lo) << INDEX_BITS) | i as u64),
             );
             self.packed.sort_unstable();
-            let index = |k: u64| (k & ((1 << INDEX_BITS) - 1)) as usize;
             let n = match upto.checked_sub(lo) {
                 Some(rel) if rel < 1 << (64 - INDEX_BITS) => {
                     self.packed.partition_point(|&k| k >> INDEX_BITS <= rel)
@@ -70,12 +71,11 @@ impl<T: Copy> Reorder<T> {
                 Some(_) => self.packed.len(),
                 None => 0,
             };
-            for &k in &self.packed[..n] {
-                out(self.held[index(k)].1);
+            // Keys to indices, in place: what the hand-out below reads.
+            for k in &mut self.packed {
+                *k &= (1 << INDEX_BITS) - 1;
             }
-            self.spare.clear();
-            self.spare
-                .extend(self.packed[n..].iter().map(|&k| self.held[index(k)]));
+            n
         } else {
             self.order.clear();
             self.order.extend(
@@ -85,14 +85,19 @@ impl<T: Copy> Reorder<T> {
                     .map(|(i, &(ts, _))| (ts, i as u32)),
             );
             self.order.sort_unstable();
-            let n = self.order.partition_point(|&(ts, _)| ts <= upto);
-            for &(_, i) in &self.order[..n] {
-                out(self.held[i as usize].1);
-            }
-            self.spare.clear();
-            self.spare
-                .extend(self.order[n..].iter().map(|&(_, i)| self.held[i as usize]));
+            self.packed.clear();
+            self.packed
+                .extend(self.order.iter().map(|&(_, i)| u64::from(i)));
+            self.order.partition_point(|&(ts, _)| ts <= upto)
+        };
+        // `packed` now holds the held items' indices in time order, the first `n`
+        // due now.
+        for &i in &self.packed[..n] {
+            out(self.held[i as usize].1);
         }
+        self.spare.clear();
+        self.spare
+            .extend(self.packed[n..].iter().map(|&i| self.held[i as usize]));
         std::mem::swap(&mut self.held, &mut self.spare);
     }
 

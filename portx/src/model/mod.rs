@@ -265,6 +265,12 @@ fn reuse_applies(tw_reuse: Option<u32>, loopback: bool) -> bool {
     matches!(tw_reuse, Some(1)) || (tw_reuse == Some(2) && loopback)
 }
 
+/// Whether a socket (or TIME_WAIT entry) in `state` is counted in the aggregates: a
+/// client's, holding its port (not yet or no longer: CLOSE; a listener: LISTEN).
+fn holds_counted_port(active: bool, state: TcpState) -> bool {
+    active && state != TcpState::Close && state != TcpState::Listen
+}
+
 /// Milliseconds of event time, never 0 (0 means unknown in `Sock::born_ms`).
 fn ms_of(ts_ns: u64) -> u32 {
     ((ts_ns / 1_000_000) as u32).max(1)
@@ -555,7 +561,7 @@ impl Model {
         active: bool,
         sign: i32,
     ) {
-        if !active || state == TcpState::Close || state == TcpState::Listen {
+        if !holds_counted_port(active, state) {
             return;
         }
         let used = !explicit_bind && self.in_range(netns, sport);
@@ -612,13 +618,11 @@ impl Model {
     /// the namespace, owner and range lookups of an uncount and a count are skipped
     /// (the same result: the other aggregates would go down and back up by one).
     fn recount(&mut self, before: Option<&Sock>, after: &Sock) {
+        // TIME_WAIT also moves its client's count (`count`): not a plain shift.
         let counted = |s: &Sock| {
-            s.active
+            holds_counted_port(s.active, s.state)
                 && s.dest != NO_DEST
-                && !matches!(
-                    s.state,
-                    TcpState::Close | TcpState::Listen | TcpState::TimeWait
-                )
+                && s.state != TcpState::TimeWait
         };
         match before {
             Some(b)
