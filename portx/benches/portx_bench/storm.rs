@@ -446,7 +446,7 @@ struct Stopped {
     /// `record`: events written.
     written: Option<u64>,
     /// Events, bytes and records read from the ring buffer: "E events (B bytes) read
-    /// from the ring in R records" (top, serve), or "N events seen" (trace, whose
+    /// from the ring in R records: TALLY" (top, serve), or "N events seen" (trace, whose
     /// records are all one `Event`).
     ring: Option<(u64, u64, u64)>,
 }
@@ -463,7 +463,7 @@ fn stop(mut r: Running) -> Stopped {
         // "portx: N events seen, M shown, D dropped" or "portx: D events dropped, ..."
         if let Some(rest) = l.strip_prefix("portx: ") {
             let words: Vec<&str> = rest
-                .split([' ', ',', ';', '(', ')'])
+                .split([' ', ',', ';', ':', '(', ')'])
                 .filter(|w| !w.is_empty())
                 .collect();
             let number_before = |i: usize| words.get(i.checked_sub(1)?)?.parse::<u64>().ok();

@@ -220,10 +220,11 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
     if verbose {
         let (events, bytes, records) = live.ring_read();
         eprintln!(
-            "portx: stopping; {} events dropped, {} undecodable, {} program runs skipped by the kernel (nested on one CPU); {events} events ({bytes} bytes) read from the ring in {records} records",
+            "portx: stopping; {} events dropped, {} undecodable, {} program runs skipped by the kernel (nested on one CPU); {events} events ({bytes} bytes) read from the ring in {records} records: {}",
             served.dropped,
             live.undecodable,
-            probes.missed_runs()
+            probes.missed_runs(),
+            live.tally
         );
     }
     result

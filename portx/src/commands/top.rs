@@ -464,8 +464,8 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
             if dropped > 0 || missed > 0 || live.undecodable > 0 || verbose {
                 let (events, bytes, records) = live.ring_read();
                 eprintln!(
-                    "portx: {dropped} events dropped, {} undecodable, {missed} program runs skipped by the kernel (nested on one CPU); {events} events ({bytes} bytes) read from the ring in {records} records",
-                    live.undecodable
+                    "portx: {dropped} events dropped, {} undecodable, {missed} program runs skipped by the kernel (nested on one CPU); {events} events ({bytes} bytes) read from the ring in {records} records: {}",
+                    live.undecodable, live.tally
                 );
             }
         }

@@ -5,6 +5,7 @@
 pub mod filter;
 pub mod reorder;
 pub mod sock_owners;
+pub mod tally;
 
 use std::{
     fmt,
@@ -29,6 +30,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a record from the kernel.
+    pub const fn of(kind: EventKind) -> Self {
+        match kind {
+            EventKind::State => Self::State,
+            EventKind::Connect => Self::Connect,
+            EventKind::ConnectError => Self::ConnectError,
+            EventKind::Bind => Self::Bind,
+            EventKind::BindError => Self::BindError,
+            EventKind::TimewaitEnd => Self::TimewaitEnd,
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::State => "state",
@@ -311,14 +324,7 @@ pub fn raw_event(bytes: &[u8]) -> Option<Event> {
 /// Decodes an already-copied record.
 pub fn decode_event(raw: &Event) -> Result<TraceEvent, DecodeError> {
     let h = &raw.header;
-    let kind = match EventKind::from_u32(h.kind).ok_or(DecodeError::Kind(h.kind))? {
-        EventKind::State => Kind::State,
-        EventKind::Connect => Kind::Connect,
-        EventKind::ConnectError => Kind::ConnectError,
-        EventKind::Bind => Kind::Bind,
-        EventKind::BindError => Kind::BindError,
-        EventKind::TimewaitEnd => Kind::TimewaitEnd,
-    };
+    let kind = Kind::of(EventKind::from_u32(h.kind).ok_or(DecodeError::Kind(h.kind))?);
     let family = match raw.family {
         AF_INET => Family::Ipv4,
         AF_INET6 => Family::Ipv6,

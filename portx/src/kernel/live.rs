@@ -18,7 +18,7 @@ use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 
 use crate::{
-    events::{TraceEvent, decode, decode_event, raw_event, reorder::Reorder},
+    events::{TraceEvent, decode, decode_event, raw_event, reorder::Reorder, tally::Tally},
     kernel::{
         batches::Flushed,
         loader::{EventReader, Probes},
@@ -105,6 +105,8 @@ pub struct LiveSource {
     warnings: Vec<String>,
     /// Records that could not be decoded.
     pub undecodable: u64,
+    /// The decoded events, by kind and move (for `-v`'s closing line).
+    pub tally: Tally,
 }
 
 impl LiveSource {
@@ -131,6 +133,7 @@ impl LiveSource {
             flush_failed: false,
             warnings: Vec::new(),
             undecodable: 0,
+            tally: Tally::default(),
         })
     }
 
@@ -215,9 +218,11 @@ impl LiveSource {
             held,
             undecodable,
             reorder,
+            tally,
             ..
         } = self;
         let mut route = |ev: TraceEvent| {
+            tally.add(&ev);
             if ev.netns != 0 && ev.pid != 0 && known_netns.insert(ev.netns) && *baseline_done {
                 let _ = requests.send(ProbeReq::Discover {
                     inode: ev.netns,

@@ -553,8 +553,9 @@ pub fn drift_check_corrects_timewait() -> Result<()> {
 /// client's four that change its accounting (CLOSE -> SYN_SENT names the owner,
 /// SYN_SENT -> ESTABLISHED the port, ESTABLISHED -> FIN_WAIT1 the close, FIN_WAIT2 ->
 /// CLOSE the TIME_WAIT); none of the accepted socket's, no move between two closing
-/// states, no connect event. Counted from top's own closing line, with its model's
-/// answer checked too. `env` picks the attach path; `connect` is how top's `-v` must
+/// states, no connect event. Counted, by kind and by move, from top's `-v` closing
+/// line (so a count that is off says which event it was), with its model's answer
+/// checked too. `env` picks the attach path; `connect` is how top's `-v` must
 /// say connect() is served.
 pub fn accounting_path_sends_what_the_model_counts(
     env: &[(&str, &str)],
@@ -593,6 +594,16 @@ pub fn accounting_path_sends_what_the_model_counts(
     ensure!(
         events == want,
         "{events} events from the ring for {N} connections, want {want} (4 each and the listener's 3); stderr: {stderr:?}"
+    );
+    // Which ones, by kind and move (`-v`'s tally, in state order).
+    let tally = closing.rsplit_once(" records: ").map_or("", |(_, t)| t);
+    let want_tally = format!(
+        "{} state (ESTABLISHED>FIN_WAIT1 {N}, SYN_SENT>ESTABLISHED {N}, FIN_WAIT2>CLOSE {N}, CLOSE>SYN_SENT {N}, CLOSE>LISTEN 1, LISTEN>CLOSE 1), 1 bind",
+        4 * N + 2
+    );
+    ensure!(
+        tally == want_tally,
+        "events by kind and move: {tally}\nwant: {want_tally}"
     );
     // One by one, a record per event; batched, fewer.
     ensure!(
