@@ -10,47 +10,76 @@ use std::hash::{BuildHasher as _, Hash};
 
 use rustc_hash::FxBuildHasher;
 
-/// Slots of the filter: 512 KiB, a few percent false "maybe" at 20k keys and about
-/// a fifth at 100k.
-const SLOTS: usize = 1 << 19;
+/// Slots of the filter at its smallest: 512 KiB, a few percent false "maybe" at 20k
+/// keys. It grows as keys come (see [`MaybeSet::wants_resize`]), so the false
+/// "maybe"s stay between about a tenth and a fifth however large the TIME_WAIT table
+/// gets, at a byte per eight to four entries.
+const MIN_SLOTS: usize = 1 << 19;
 
 /// Counts of keys per slot. A slot that reached `u8::MAX` stays there: it says "maybe"
-/// for ever, which is only slower, never wrong.
+/// for ever, which is only slower, never wrong (at a quarter of a key per slot at
+/// most, a slot practically never gets there).
 pub struct MaybeSet {
     counts: Box<[u8]>,
+    /// Keys in the set.
+    len: usize,
 }
 
 impl Default for MaybeSet {
     fn default() -> Self {
         Self {
-            counts: vec![0; SLOTS].into_boxed_slice(),
+            counts: vec![0; MIN_SLOTS].into_boxed_slice(),
+            len: 0,
         }
     }
 }
 
 impl MaybeSet {
-    fn slot<K: Hash>(key: &K) -> usize {
+    fn slot<K: Hash>(&self, key: &K) -> usize {
         // The high bits: the table's own hash uses the low ones for its buckets.
-        (FxBuildHasher.hash_one(key) >> (64 - SLOTS.trailing_zeros())) as usize
+        let bits = self.counts.len().trailing_zeros();
+        (FxBuildHasher.hash_one(key) >> (64 - bits)) as usize
     }
 
     /// A key was added to the set.
     pub fn added<K: Hash>(&mut self, key: &K) {
-        let c = &mut self.counts[Self::slot(key)];
-        *c = c.saturating_add(1);
+        let i = self.slot(key);
+        self.counts[i] = self.counts[i].saturating_add(1);
+        self.len += 1;
     }
 
     /// A key was removed from the set.
     pub fn removed<K: Hash>(&mut self, key: &K) {
-        let c = &mut self.counts[Self::slot(key)];
-        if *c != u8::MAX {
-            *c -= 1;
+        let i = self.slot(key);
+        if self.counts[i] != u8::MAX {
+            self.counts[i] -= 1;
         }
+        self.len -= 1;
     }
 
     /// False when the key is certainly not in the set.
     pub fn may_hold<K: Hash>(&self, key: &K) -> bool {
-        self.counts[Self::slot(key)] != 0
+        self.counts[self.slot(key)] != 0
+    }
+
+    /// Whether the filter should be rebuilt at another size ([`Self::rebuild`]): above
+    /// a key per four slots it grows, below one per 32 it shrinks back (not below its
+    /// smallest), so rebuilds, each a pass over the keys, stay rare.
+    pub fn wants_resize(&self) -> bool {
+        let slots = self.counts.len();
+        self.len > slots / 4 || (slots > MIN_SLOTS && self.len < slots / 32)
+    }
+
+    /// Refills the filter from every key of the set, at eight slots a key.
+    pub fn rebuild<'a, K: Hash + 'a>(&mut self, keys: impl ExactSizeIterator<Item = &'a K>) {
+        let slots = (keys.len() * 8).next_power_of_two().max(MIN_SLOTS);
+        *self = Self {
+            counts: vec![0; slots].into_boxed_slice(),
+            len: 0,
+        };
+        for k in keys {
+            self.added(k);
+        }
     }
 }
 
@@ -77,6 +106,39 @@ mod tests {
             s.removed(k);
         }
         assert!(keys.iter().all(|k| !s.may_hold(k)));
+    }
+
+    #[test]
+    fn grows_with_its_keys_and_shrinks_back() {
+        let mut s = MaybeSet::default();
+        let mut held = std::collections::HashSet::new();
+        let mut rebuilds = 0;
+        // A million keys: the filter grows and still says "absent" for most others.
+        for k in 0..1_000_000u64 {
+            held.insert(k * 7919);
+            s.added(&(k * 7919));
+            if s.wants_resize() {
+                s.rebuild(held.iter());
+                rebuilds += 1;
+            }
+        }
+        // 128k keys grow it to 2M slots, 512k to 8M.
+        assert_eq!((rebuilds, s.counts.len()), (2, 8 << 20));
+        assert!(held.iter().all(|k| s.may_hold(k)));
+        let absent = (1..=10_000u64)
+            .filter(|k| !s.may_hold(&(k * 7919 + 1)))
+            .count();
+        assert!(absent > 8_500, "{absent} of 10000 unseen keys said absent");
+        // All but a few removed: back to its smallest, still right about those held.
+        for k in 100..1_000_000u64 {
+            held.remove(&(k * 7919));
+            s.removed(&(k * 7919));
+            if s.wants_resize() {
+                s.rebuild(held.iter());
+            }
+        }
+        assert_eq!(s.counts.len(), MIN_SLOTS);
+        assert!(held.iter().all(|k| s.may_hold(k)));
     }
 
     #[test]

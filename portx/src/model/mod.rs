@@ -721,7 +721,12 @@ impl Model {
                 // The old entry's references.
                 self.quad_release(key.quad);
             }
-            None => self.timewait_maybe.added(&key),
+            None => {
+                self.timewait_maybe.added(&key);
+                if self.timewait_maybe.wants_resize() {
+                    self.timewait_maybe.rebuild(self.timewait.keys());
+                }
+            }
         }
         self.count_tw(&key, &tw, 1);
         self.tw_queue.push_back((tw.expires_ns, key));
@@ -734,6 +739,9 @@ impl Model {
         match self.timewait.remove(key) {
             Some(tw) => {
                 self.timewait_maybe.removed(key);
+                if self.timewait_maybe.wants_resize() {
+                    self.timewait_maybe.rebuild(self.timewait.keys());
+                }
                 self.count_tw(key, &tw, -1);
                 self.quad_release(key.quad);
                 true
