@@ -17,8 +17,8 @@ use crate::support::{Netns, Peer, wait};
 fn state_name(ss: &str) -> String {
     match ss {
         "ESTAB" => "ESTABLISHED".into(),
-        "FIN-wait()-1" => "FIN_WAIT1".into(),
-        "FIN-wait()-2" => "FIN_WAIT2".into(),
+        "FIN-WAIT-1" => "FIN_WAIT1".into(),
+        "FIN-WAIT-2" => "FIN_WAIT2".into(),
         "SYN-RECV" => "SYN_RECV".into(),
         other => other.replace('-', "_"),
     }
