@@ -899,9 +899,18 @@ fn report_result(p: Pending, ret: i64, is_connect: bool) -> Option<()> {
         (p.local_addr, p.local_port)
     } else {
         // The ephemeral port is set inside inet_hash_connect, so a socket still
-        // connecting has it by now.
+        // connecting has it by now. A socket refused or timed out has released it
+        // (inet_put_port zeroes skc_num) but keeps inet_sport: a failure with a port
+        // is one whose SYN went out, which `serve` counts at its SYN_SENT -> CLOSE.
         // SAFETY: probe reads at BTF offsets.
-        unsafe { read_local(sk, p.family) }
+        let (addr, port) = unsafe { read_local(sk, p.family) };
+        let port = if port == 0 && !ok {
+            // SAFETY: as above; a full TCP socket is an inet_sock.
+            unsafe { read_at::<u16>(sk, conf!(kernel.inet_sport)) }.map_or(0, u16::from_be)
+        } else {
+            port
+        };
+        (addr, port)
     };
     let (daddr, dport) = if is_connect {
         (p.addr, p.port)

@@ -23,7 +23,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    events::{Kind, TraceEvent},
+    events::{Kind, TcpState, TraceEvent},
     kernel::loader::HookPath,
     model::snapshot::Snapshot,
 };
@@ -98,14 +98,20 @@ impl Counters {
     pub fn on_event(&mut self, e: &TraceEvent) {
         let slot = || errno_slot(e.errno.unwrap_or(0));
         match e.kind {
-            // A port allocated, told by the socket's transition out of SYN_SENT:
-            // the accounting path serve runs on sends no `connect` events.
-            Kind::State if e.allocated_port() => {
+            // A port allocated, told by the socket's transition out of SYN_SENT (the
+            // accounting path serve runs on sends no `connect` events), whatever the
+            // answer: a non-blocking connect() refused or timed out returned
+            // EINPROGRESS, and its socket's move to CLOSE is all there is of it.
+            Kind::State if e.old_state == Some(TcpState::SynSent) && e.sport != 0 => {
                 self.per_ns.entry(e.netns).or_default().connects += 1;
             }
+            // A failure with a local port had its SYN out and was counted at that
+            // move; one without never got that far.
             Kind::ConnectError => {
                 let c = self.per_ns.entry(e.netns).or_default();
-                c.connects += 1;
+                if e.sport == 0 {
+                    c.connects += 1;
+                }
                 c.connect_errors[slot()] += 1;
             }
             Kind::Bind => self.per_ns.entry(e.netns).or_default().binds += 1,

@@ -164,6 +164,10 @@ fn main() {
             serve::capabilities_dropped_after_start,
         ),
         (
+            "serve_refused_connects_count_once",
+            serve::refused_connects_count_once,
+        ),
+        (
             "serve_bad_listen_and_port_in_use_are_one_line",
             serve::bad_listen_and_port_in_use_are_one_line,
         ),

@@ -83,6 +83,23 @@ pub fn run_if_peer() -> bool {
             say("done");
             wait_for_eof();
         }
+        // connect()s B times blocking, then N times non-blocking, to ADDR where nothing
+        // listens (IPv4); says `done R S`: R blocking calls refused, S non-blocking
+        // ones that returned EINPROGRESS and were then refused.
+        "refused" => {
+            let target = addr(arg(&args, 0));
+            let blocking: usize = arg(&args, 1).parse().unwrap_or(0).min(MAX_CONNECTIONS);
+            let nonblocking: usize = arg(&args, 2).parse().unwrap_or(0).min(MAX_CONNECTIONS);
+            let refused = (0..blocking)
+                .filter(|_| {
+                    TcpStream::connect(target).is_err_and(|e| errno(&e) == libc::ECONNREFUSED)
+                })
+                .count();
+            let later = (0..nonblocking)
+                .filter(|_| nonblocking_refused(target))
+                .count();
+            say(&format!("done {refused} {later}"));
+        }
         // bind()s ADDR and reports the result.
         "bind" => {
             match TcpListener::bind(addr(arg(&args, 0))) {
@@ -301,4 +318,57 @@ fn requests(args: &[String]) {
     ));
     wait_for_eof();
     drop(kept);
+}
+
+/// One non-blocking connect() to `target` (IPv4): whether it returned EINPROGRESS and
+/// the socket then reported ECONNREFUSED (SO_ERROR, after waiting up to a second).
+fn nonblocking_refused(target: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = target else {
+        return false;
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: plain syscalls on a socket this function owns and closes; the pointers
+    // are to locals that outlive the calls.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return false;
+        }
+        let ret = libc::connect(
+            fd,
+            std::ptr::from_ref(&sin).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let in_progress = ret < 0 && *libc::__errno_location() == libc::EINPROGRESS;
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let mut err: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        let refused = in_progress
+            && libc::poll(&mut pfd, 1, 1000) == 1
+            && libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                std::ptr::from_mut(&mut err).cast(),
+                &mut len,
+            ) == 0
+            && err == libc::ECONNREFUSED;
+        libc::close(fd);
+        refused
+    }
 }

@@ -592,6 +592,54 @@ pub fn capabilities_dropped_after_start() -> Result<()> {
     serve.stop()
 }
 
+/// Refused connect()s count once each in `portx_connects_total`, blocking or not: a
+/// non-blocking one returns EINPROGRESS, so its socket's move out of SYN_SENT is all
+/// the kernel says of it; a blocking one makes the same move and then fails, and only
+/// that failure is a `portx_connect_errors_total{errno="ECONNREFUSED"}`.
+pub fn refused_connects_count_once() -> Result<()> {
+    const BLOCKING: u64 = 3;
+    const NONBLOCKING: u64 = 4;
+    let ns = Netns::new(Some((20000, 29999)))?;
+    let serve = Serve::start(&["--netns", &ns.name])?;
+    let connects = format!("portx_connects_total{{netns=\"{}\"}}", ns.inode);
+    let refused = format!(
+        "portx_connect_errors_total{{netns=\"{}\",errno=\"ECONNREFUSED\"}}",
+        ns.inode
+    );
+    // Nothing listens on 127.0.0.1:9 in a new namespace.
+    let mut peer = Peer::spawn(
+        &ns,
+        "refused",
+        &[
+            "127.0.0.1:9",
+            &BLOCKING.to_string(),
+            &NONBLOCKING.to_string(),
+        ],
+    )?;
+    peer.go()?;
+    ensure!(
+        peer.expect("done")? == format!("{BLOCKING} {NONBLOCKING}"),
+        "the peer's connects were not all refused"
+    );
+    let counted = |text: &str| (sample(text, &connects), sample(text, &refused));
+    let want = (Some((BLOCKING + NONBLOCKING) as f64), Some(BLOCKING as f64));
+    let last = std::cell::RefCell::new(String::new());
+    poll("the refused connects in the metrics", wait(), || {
+        *last.borrow_mut() = serve.metrics()?;
+        Ok((counted(&last.borrow()) == want).then_some(()))
+    })
+    .with_context(|| format!("(connects, refused): {:?}", counted(&last.borrow())))?;
+    // And no more later (the ring drains every 10 ms; a scrape a second on).
+    thread::sleep(Duration::from_secs(1));
+    let later = counted(&serve.metrics()?);
+    ensure!(
+        later == want,
+        "(connects, refused) then {later:?}, want {want:?}"
+    );
+    peer.finish()?;
+    serve.stop()
+}
+
 pub fn bad_listen_and_port_in_use_are_one_line() -> Result<()> {
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = taken.local_addr()?.to_string();

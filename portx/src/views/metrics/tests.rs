@@ -117,6 +117,18 @@ fn state(old: TcpState, new: TcpState, sport: u16) -> TraceEvent {
     }
 }
 
+/// connect() failures, with the local port the kernel reported (0: none).
+struct ConnectError;
+
+impl ConnectError {
+    fn with_port(errno: i32, sport: u16) -> TraceEvent {
+        TraceEvent {
+            sport,
+            ..event(Kind::ConnectError, Some(errno as u32))
+        }
+    }
+}
+
 fn fixed_counters() -> Counters {
     use TcpState::*;
     let mut c = Counters::default();
@@ -126,12 +138,13 @@ fn fixed_counters() -> Counters {
         c.on_event(&state(Close, SynSent, 0));
         c.on_event(&state(SynSent, Established, 3306));
     }
-    // Where `connect` events do come (the full path), they are not counted twice; nor
-    // is a connection refused in SYN_SENT (its connect() error is).
+    // Where `connect` events do come (the full path), they are not counted twice. A
+    // connection that failed in SYN_SENT counts at that move, and its connect() error
+    // (with the port) only as an error; a failure that got no port counts as a call.
     c.on_event(&event(Kind::Connect, None));
     c.on_event(&state(SynSent, Close, 3307));
-    c.on_event(&event(Kind::ConnectError, Some(libc::EADDRNOTAVAIL as u32)));
-    c.on_event(&event(Kind::ConnectError, Some(libc::ENOBUFS as u32)));
+    c.on_event(&ConnectError::with_port(libc::ENOBUFS, 3307));
+    c.on_event(&ConnectError::with_port(libc::EADDRNOTAVAIL, 0));
     c.on_event(&event(Kind::Bind, None));
     c.on_event(&event(Kind::BindError, Some(libc::EADDRINUSE as u32)));
     c.on_event(&event(Kind::State, None));
@@ -191,6 +204,26 @@ fn encoding_matches_the_golden_file() {
     let want = std::fs::read_to_string(golden_path())
         .expect("tests/data/metrics.golden (PORTX_BLESS=1 writes it)");
     assert_eq!(got, want, "metrics differ from the golden file");
+}
+
+#[test]
+fn refused_connects_count_once_blocking_or_not() {
+    use TcpState::*;
+    let mut c = Counters::default();
+    // Non-blocking: connect() returned EINPROGRESS; only the socket's move says it.
+    c.on_event(&state(Close, SynSent, 0));
+    c.on_event(&state(SynSent, Close, 40000));
+    // Blocking: the same move, then the call's error with the port.
+    c.on_event(&state(Close, SynSent, 0));
+    c.on_event(&state(SynSent, Close, 40002));
+    c.on_event(&ConnectError::with_port(libc::ECONNREFUSED, 40002));
+    // No port to be had: the move carries none, the error counts the call.
+    c.on_event(&state(Close, SynSent, 0));
+    c.on_event(&state(SynSent, Close, 0));
+    c.on_event(&ConnectError::with_port(libc::EADDRNOTAVAIL, 0));
+    let n = &c.per_ns[&NS];
+    assert_eq!(n.connects, 3);
+    assert_eq!((n.connect_errors[0], n.connect_errors[2]), (1, 1));
 }
 
 #[test]
