@@ -198,14 +198,18 @@ impl TraceEvent {
         self.errno.and_then(errno_name)
     }
 
-    /// Whether this is a socket's move out of SYN_SENT into anything but CLOSE: its
-    /// source port was allocated and the peer answered. Allocations are counted here,
-    /// by the model and by `serve` (the accounting path sends no `connect` events).
+    /// Whether this is a socket's move out of SYN_SENT with a source port, whatever
+    /// the answer: its SYN went out. `serve` counts connection attempts here (the
+    /// accounting path sends no `connect` events, and a non-blocking connect() that
+    /// is refused or times out leaves nothing else).
+    pub fn left_syn_sent_with_port(&self) -> bool {
+        self.kind == Kind::State && self.old_state == Some(TcpState::SynSent) && self.sport != 0
+    }
+
+    /// [`Self::left_syn_sent_with_port`] into anything but CLOSE: the peer answered
+    /// and the port stays held. The model's allocation rate counts these.
     pub fn allocated_port(&self) -> bool {
-        self.kind == Kind::State
-            && self.old_state == Some(TcpState::SynSent)
-            && self.new_state != Some(TcpState::Close)
-            && self.sport != 0
+        self.left_syn_sent_with_port() && self.new_state != Some(TcpState::Close)
     }
 }
 

@@ -23,7 +23,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    events::{Kind, TcpState, TraceEvent},
+    events::{Kind, TraceEvent},
     kernel::loader::HookPath,
     model::snapshot::Snapshot,
 };
@@ -102,7 +102,7 @@ impl Counters {
             // accounting path serve runs on sends no `connect` events), whatever the
             // answer: a non-blocking connect() refused or timed out returned
             // EINPROGRESS, and its socket's move to CLOSE is all there is of it.
-            Kind::State if e.old_state == Some(TcpState::SynSent) && e.sport != 0 => {
+            Kind::State if e.left_syn_sent_with_port() => {
                 self.per_ns.entry(e.netns).or_default().connects += 1;
             }
             // A failure with a local port had its SYN out and was counted at that
