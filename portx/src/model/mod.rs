@@ -723,13 +723,19 @@ impl Model {
             }
             None => {
                 self.timewait_maybe.added(&key);
-                if self.timewait_maybe.wants_resize() {
-                    self.timewait_maybe.rebuild(self.timewait.keys());
-                }
+                self.fit_timewait_filter();
             }
         }
         self.count_tw(&key, &tw, 1);
         self.tw_queue.push_back((tw.expires_ns, key));
+    }
+
+    /// Resizes the TIME_WAIT table's filter when its keys call for it (rarely: see
+    /// `MaybeSet::wants_resize`), from the table's keys.
+    fn fit_timewait_filter(&mut self) {
+        if self.timewait_maybe.wants_resize() {
+            self.timewait_maybe.rebuild(self.timewait.keys());
+        }
     }
 
     fn remove_timewait(&mut self, key: &TwKey) -> bool {
@@ -739,9 +745,7 @@ impl Model {
         match self.timewait.remove(key) {
             Some(tw) => {
                 self.timewait_maybe.removed(key);
-                if self.timewait_maybe.wants_resize() {
-                    self.timewait_maybe.rebuild(self.timewait.keys());
-                }
+                self.fit_timewait_filter();
                 self.count_tw(key, &tw, -1);
                 self.quad_release(key.quad);
                 true

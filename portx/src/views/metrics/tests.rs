@@ -117,15 +117,11 @@ fn state(old: TcpState, new: TcpState, sport: u16) -> TraceEvent {
     }
 }
 
-/// connect() failures, with the local port the kernel reported (0: none).
-struct ConnectError;
-
-impl ConnectError {
-    fn with_port(errno: i32, sport: u16) -> TraceEvent {
-        TraceEvent {
-            sport,
-            ..event(Kind::ConnectError, Some(errno as u32))
-        }
+/// A connect() failure, with the local port the kernel reported (0: none).
+fn connect_error(errno: i32, sport: u16) -> TraceEvent {
+    TraceEvent {
+        sport,
+        ..event(Kind::ConnectError, Some(errno as u32))
     }
 }
 
@@ -143,8 +139,8 @@ fn fixed_counters() -> Counters {
     // (with the port) only as an error; a failure that got no port counts as a call.
     c.on_event(&event(Kind::Connect, None));
     c.on_event(&state(SynSent, Close, 3307));
-    c.on_event(&ConnectError::with_port(libc::ENOBUFS, 3307));
-    c.on_event(&ConnectError::with_port(libc::EADDRNOTAVAIL, 0));
+    c.on_event(&connect_error(libc::ENOBUFS, 3307));
+    c.on_event(&connect_error(libc::EADDRNOTAVAIL, 0));
     c.on_event(&event(Kind::Bind, None));
     c.on_event(&event(Kind::BindError, Some(libc::EADDRINUSE as u32)));
     c.on_event(&event(Kind::State, None));
@@ -216,11 +212,11 @@ fn refused_connects_count_once_blocking_or_not() {
     // Blocking: the same move, then the call's error with the port.
     c.on_event(&state(Close, SynSent, 0));
     c.on_event(&state(SynSent, Close, 40002));
-    c.on_event(&ConnectError::with_port(libc::ECONNREFUSED, 40002));
+    c.on_event(&connect_error(libc::ECONNREFUSED, 40002));
     // No port to be had: the move carries none, the error counts the call.
     c.on_event(&state(Close, SynSent, 0));
     c.on_event(&state(SynSent, Close, 0));
-    c.on_event(&ConnectError::with_port(libc::EADDRNOTAVAIL, 0));
+    c.on_event(&connect_error(libc::EADDRNOTAVAIL, 0));
     let n = &c.per_ns[&NS];
     assert_eq!(n.connects, 3);
     assert_eq!((n.connect_errors[0], n.connect_errors[2]), (1, 1));
