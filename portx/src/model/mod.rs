@@ -190,6 +190,22 @@ struct TwKey {
     quad: Quad,
 }
 
+/// In the TIME_WAIT filter a destination's source ports sit side by side.
+impl maybe_set::Grouped for TwKey {
+    type Group = (u32, u32, u32, u16);
+    fn group(&self) -> Self::Group {
+        (
+            self.netns,
+            self.quad.saddr,
+            self.quad.daddr,
+            self.quad.dport,
+        )
+    }
+    fn index(&self) -> u16 {
+        self.quad.sport
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct DestKey {
     netns: u32,
