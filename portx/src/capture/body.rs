@@ -24,6 +24,13 @@ struct TimeWaitBody {
     tuples: Vec<(Tuple, u32)>,
 }
 
+/// The body of a baseline-gone frame.
+#[derive(Serialize, Deserialize)]
+struct BaselineGoneBody {
+    netns: u32,
+    tuples: Vec<Tuple>,
+}
+
 /// A counters frame as format version 1 first defined it.
 #[derive(Deserialize)]
 struct CountersV1 {
@@ -81,6 +88,13 @@ pub fn encode(r: &Record) -> Option<(FrameType, Vec<u8>)> {
                 tuples: tuples.clone(),
             }),
         ),
+        Record::Input(Input::BaselineGone { netns, tuples }) => (
+            FrameType::BaselineGone,
+            to_vec(&BaselineGoneBody {
+                netns: *netns,
+                tuples: tuples.clone(),
+            }),
+        ),
     })
 }
 
@@ -106,6 +120,13 @@ pub fn decode(ty: FrameType, body: &[u8]) -> Result<Record, String> {
                 netns: t.netns,
                 tuples: t.tuples,
                 started_ns: t.started_ns,
+            })
+        }
+        FrameType::BaselineGone => {
+            let g: BaselineGoneBody = de(body)?;
+            Record::Input(Input::BaselineGone {
+                netns: g.netns,
+                tuples: g.tuples,
             })
         }
         FrameType::Counters => Record::Counters(de::<Counters>(body).or_else(|_| {

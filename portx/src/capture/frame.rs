@@ -34,6 +34,7 @@ pub enum FrameType {
     Trigger = 7,
     End = 8,
     Cgroups = 9,
+    BaselineGone = 10,
 }
 
 impl FrameType {
@@ -48,6 +49,7 @@ impl FrameType {
             7 => Self::Trigger,
             8 => Self::End,
             9 => Self::Cgroups,
+            10 => Self::BaselineGone,
             _ => return None,
         })
     }
@@ -178,10 +180,10 @@ mod tests {
 
     #[test]
     fn frame_types_are_numbered_as_documented() {
-        for v in 1..=9 {
+        for v in 1..=10 {
             assert_eq!(FrameType::from_u16(v).map(|t| t as u16), Some(v));
         }
         assert_eq!(FrameType::from_u16(0), None);
-        assert_eq!(FrameType::from_u16(10), None);
+        assert_eq!(FrameType::from_u16(11), None);
     }
 }

@@ -120,6 +120,10 @@ pub fn non_event_records() -> Vec<Record> {
             tuples: vec![],
             started_ns: 0,
         }),
+        Record::Input(Input::BaselineGone {
+            netns: 4026531840,
+            tuples: vec![tuple(false, 3306), tuple(true, 65_535)],
+        }),
         Record::Counters(Counters {
             at_ns: 7,
             kernel_dropped: 3,

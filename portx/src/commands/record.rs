@@ -263,7 +263,9 @@ fn input_netns(i: &Input) -> u32 {
     match i {
         Input::Event(e) => e.netns,
         Input::State(s) => s.netns,
-        Input::Settings { netns, .. } | Input::TimeWait { netns, .. } => *netns,
+        Input::Settings { netns, .. }
+        | Input::TimeWait { netns, .. }
+        | Input::BaselineGone { netns, .. } => *netns,
     }
 }
 

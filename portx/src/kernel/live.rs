@@ -18,7 +18,9 @@ use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 
 use crate::{
-    events::{TraceEvent, decode, decode_event, raw_event, reorder::Reorder, tally::Tally},
+    events::{
+        TcpState, TraceEvent, decode, decode_event, raw_event, reorder::Reorder, tally::Tally,
+    },
     kernel::{
         batches::Flushed,
         loader::{EventReader, Probes},
@@ -339,6 +341,81 @@ fn baseline(
     })))
 }
 
+/// A namespace the prober watches.
+struct Watched {
+    probe: NetnsProbe,
+    name: Option<String>,
+    /// Its settings as last sent.
+    config: NetnsConfig,
+    /// Sockets of its baselines whose close may never come as an event (accepted
+    /// connections: [`crate::model::baseline_without_close`]), until a drift check
+    /// finds them gone.
+    unclosed: FxHashSet<Tuple>,
+}
+
+impl Watched {
+    /// Takes note of a baseline it sent.
+    fn sent(&mut self, msg: &ProbeMsg) {
+        if let ProbeMsg::Input(Input::State(s)) = msg {
+            self.config.clone_from(&s.config);
+            self.unclosed
+                .extend(crate::model::baseline_without_close(&s.sockets, &s.config));
+        }
+    }
+
+    /// The drift check: the kernel's TIME_WAIT set, and which sockets of `unclosed`
+    /// it no longer has. One dump serves both; while nothing is unclosed it asks for
+    /// TIME_WAIT sockets only.
+    fn drift_check(&mut self) -> Vec<ProbeMsg> {
+        let started_ns = boottime_ns();
+        let states = if self.unclosed.is_empty() {
+            sockdiag::TIME_WAIT_ONLY
+        } else {
+            sockdiag::ALL_STATES & !sockdiag::state_bit(TcpState::Listen)
+        };
+        let netns = self.probe.inode;
+        let socks = match self.probe.dump_tcp(states) {
+            Ok(socks) => socks,
+            Err(e) => {
+                return vec![ProbeMsg::Warning(format!(
+                    "drift check, netns {netns}: {e:#}"
+                ))];
+            }
+        };
+        let tuple = |s: &DiagSocket| Tuple::new(s.saddr, s.sport, s.daddr, s.dport);
+        let mut out = vec![ProbeMsg::Input(Input::TimeWait {
+            netns,
+            tuples: socks
+                .iter()
+                .filter(|s| s.state == TcpState::TimeWait)
+                .map(|s| (tuple(s), s.expires_ms))
+                .collect(),
+            started_ns,
+        })];
+        if !self.unclosed.is_empty() {
+            let alive: FxHashSet<Tuple> = socks
+                .iter()
+                .filter(|s| s.state != TcpState::TimeWait)
+                .map(tuple)
+                .collect();
+            let gone: Vec<Tuple> = self
+                .unclosed
+                .iter()
+                .filter(|t| !alive.contains(t))
+                .copied()
+                .collect();
+            if !gone.is_empty() {
+                self.unclosed.retain(|t| alive.contains(t));
+                out.push(ProbeMsg::Input(Input::BaselineGone {
+                    netns,
+                    tuples: gone,
+                }));
+            }
+        }
+        out
+    }
+}
+
 /// The prober thread: owns every namespace's handles (they are not `Sync`).
 fn prober(
     out: mpsc::UnboundedSender<ProbeMsg>,
@@ -346,21 +423,28 @@ fn prober(
     drift_every: Option<Duration>,
 ) {
     let send = |m| out.send(m).is_ok();
-    let mut probes: Vec<(NetnsProbe, Option<String>, NetnsConfig)> = Vec::new();
-    let mut open = |ns: &NetnsRef, owners: &HashMap<u64, ProcOwner>| match NetnsProbe::open(ns)
-        .and_then(|p| {
+    let mut watched: Vec<Watched> = Vec::new();
+    // Opens a namespace and sends its baseline (or a warning); false when the
+    // receiver is gone.
+    let open = |watched: &mut Vec<Watched>, ns: &NetnsRef, owners: &HashMap<u64, ProcOwner>| {
+        let msg = NetnsProbe::open(ns).and_then(|p| {
             let msg = baseline(&p, ns.name.clone(), owners)?;
             Ok((p, msg))
-        }) {
-        Ok((p, msg)) => {
-            let config = match &msg {
-                ProbeMsg::Input(Input::State(s)) => s.config.clone(),
-                _ => NetnsConfig::default(),
-            };
-            probes.push((p, ns.name.clone(), config));
-            send(msg)
+        });
+        match msg {
+            Ok((probe, msg)) => {
+                let mut w = Watched {
+                    probe,
+                    name: ns.name.clone(),
+                    config: NetnsConfig::default(),
+                    unclosed: FxHashSet::default(),
+                };
+                w.sent(&msg);
+                watched.push(w);
+                send(msg)
+            }
+            Err(e) => send(ProbeMsg::Warning(format!("{ns}: {e:#}"))),
         }
-        Err(e) => send(ProbeMsg::Warning(format!("{ns}: {e:#}"))),
     };
     let namespaces = sockdiag::list_netns().unwrap_or_else(|e| {
         send(ProbeMsg::Warning(format!(
@@ -371,7 +455,7 @@ fn prober(
     // Attribute sockets to processes once, at start-up.
     let owners = proc_owners::socket_owners();
     for ns in &namespaces {
-        if !open(ns, &owners) {
+        if !open(&mut watched, ns, &owners) {
             return;
         }
     }
@@ -384,7 +468,7 @@ fn prober(
         let wake = next_drift.map_or(next_settings, |d| d.min(next_settings));
         match requests.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(ProbeReq::Discover { inode, pid }) => {
-                if probes.iter().any(|(p, ..)| p.inode == inode) {
+                if watched.iter().any(|w| w.probe.inode == inode) {
                     continue;
                 }
                 let ns = NetnsRef {
@@ -394,37 +478,19 @@ fn prober(
                 };
                 // A namespace born after start-up: its sockets are all new, so its
                 // baseline only needs settings and whatever exists already.
-                let owners = proc_owners::socket_owners();
-                let msg = NetnsProbe::open(&ns).and_then(|p| {
-                    let msg = baseline(&p, None, &owners)?;
-                    Ok((p, msg))
-                });
-                let ok = match msg {
-                    Ok((p, msg)) => {
-                        let config = match &msg {
-                            ProbeMsg::Input(Input::State(s)) => s.config.clone(),
-                            _ => NetnsConfig::default(),
-                        };
-                        probes.push((p, None, config));
-                        send(msg)
-                    }
-                    Err(e) => send(ProbeMsg::Warning(format!("{ns}: {e:#}"))),
-                };
-                if !ok {
+                if !open(&mut watched, &ns, &proc_owners::socket_owners()) {
                     return;
                 }
             }
             Ok(ProbeReq::State) => {
                 let owners = proc_owners::socket_owners();
-                for (p, name, last) in &mut probes {
-                    let msg = match baseline(p, name.clone(), &owners) {
+                for w in &mut watched {
+                    let msg = match baseline(&w.probe, w.name.clone(), &owners) {
                         Ok(msg) => {
-                            if let ProbeMsg::Input(Input::State(s)) = &msg {
-                                last.clone_from(&s.config);
-                            }
+                            w.sent(&msg);
                             msg
                         }
-                        Err(e) => ProbeMsg::Warning(format!("netns {}: {e:#}", p.inode)),
+                        Err(e) => ProbeMsg::Warning(format!("netns {}: {e:#}", w.probe.inode)),
                     };
                     if !send(msg) {
                         return;
@@ -448,18 +514,18 @@ fn prober(
         let now = Instant::now();
         if now >= next_settings {
             next_settings = now + SETTINGS_EVERY;
-            for (p, name, last) in &mut probes {
-                let msg = match settings(p, name.clone()) {
+            for w in &mut watched {
+                let msg = match settings(&w.probe, w.name.clone()) {
                     // Only changes: a recording then says when a setting changed.
-                    Ok(config) if config == *last => continue,
+                    Ok(config) if config == w.config => continue,
                     Ok(config) => {
-                        last.clone_from(&config);
+                        w.config.clone_from(&config);
                         ProbeMsg::Input(Input::Settings {
-                            netns: p.inode,
+                            netns: w.probe.inode,
                             config,
                         })
                     }
-                    Err(e) => ProbeMsg::Warning(format!("netns {}: {e:#}", p.inode)),
+                    Err(e) => ProbeMsg::Warning(format!("netns {}: {e:#}", w.probe.inode)),
                 };
                 if !send(msg) {
                     return;
@@ -470,21 +536,11 @@ fn prober(
             && now >= d
         {
             next_drift = drift_every.map(|e| now + e);
-            for (p, ..) in &probes {
-                let started_ns = boottime_ns();
-                let msg = match p.dump_tcp(sockdiag::TIME_WAIT_ONLY) {
-                    Ok(socks) => ProbeMsg::Input(Input::TimeWait {
-                        netns: p.inode,
-                        tuples: socks
-                            .iter()
-                            .map(|s| (Tuple::new(s.saddr, s.sport, s.daddr, s.dport), s.expires_ms))
-                            .collect(),
-                        started_ns,
-                    }),
-                    Err(e) => ProbeMsg::Warning(format!("drift check, netns {}: {e:#}", p.inode)),
-                };
-                if !send(msg) {
-                    return;
+            for w in &mut watched {
+                for msg in w.drift_check() {
+                    if !send(msg) {
+                        return;
+                    }
                 }
             }
         }

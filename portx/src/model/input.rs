@@ -25,6 +25,9 @@ pub enum Input {
         tuples: Vec<(Tuple, u32)>,
         started_ns: u64,
     },
+    /// Sockets of a namespace's start-up baseline that the kernel no longer has, by
+    /// 4-tuple (the drift check; see [`super::baseline_without_close`]).
+    BaselineGone { netns: u32, tuples: Vec<Tuple> },
 }
 
 /// A namespace's sockets and settings at `at_ns` (boot-time clock).
@@ -42,7 +45,7 @@ impl Input {
         match self {
             Self::Event(e) => Some(e.ts_ns),
             Self::State(s) => Some(s.at_ns),
-            Self::Settings { .. } => None,
+            Self::Settings { .. } | Self::BaselineGone { .. } => None,
             Self::TimeWait { started_ns, .. } => Some(*started_ns),
         }
     }
@@ -63,6 +66,9 @@ impl Model {
                 started_ns,
             } => {
                 self.reconcile_timewait(*netns, tuples, *started_ns);
+            }
+            Input::BaselineGone { netns, tuples } => {
+                self.forget_baseline(*netns, tuples);
             }
         }
     }

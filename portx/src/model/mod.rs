@@ -21,7 +21,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
     events::{Kind, TcpState, TraceEvent},
@@ -355,6 +355,51 @@ pub struct BaselineSocket {
     pub orphan: bool,
 }
 
+impl BaselineSocket {
+    /// Whether this is a client's socket, counted toward its destination: connecting
+    /// or connected, from a port in the ephemeral range that no listener of the dump
+    /// (`listening`) holds. Such a socket's own changes reach the model on every path;
+    /// the others' (accepted connections above all) may not, see
+    /// [`baseline_without_close`].
+    pub fn is_client(&self, listening: &FxHashSet<u16>, config: &NetnsConfig) -> bool {
+        let (lo, hi) = config.port_range;
+        self.state != TcpState::Listen
+            && !listening.contains(&self.tuple.sport)
+            && self.tuple.sport != 0
+            && capacity::is_ephemeral(self.tuple.sport, lo, hi, &config.reserved)
+    }
+}
+
+/// The ports listened on in a dump.
+pub fn listening_ports(sockets: &[BaselineSocket]) -> FxHashSet<u16> {
+    sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Listen)
+        .map(|s| s.tuple.sport)
+        .collect()
+}
+
+/// The full sockets of a start-up dump whose close the accounting path may never
+/// send: those of accepted connections (it leaves their changes out, told by the
+/// backlog they inherit, see `portx_common::accounting_leaves_out`) and any other
+/// socket that is not a client's. The prober watches these in its drift check and
+/// reports the ones the kernel no longer has ([`input::Input::BaselineGone`]).
+pub fn baseline_without_close(sockets: &[BaselineSocket], config: &NetnsConfig) -> Vec<Tuple> {
+    let listening = listening_ports(sockets);
+    sockets
+        .iter()
+        .filter(|s| {
+            !matches!(
+                s.state,
+                TcpState::Listen | TcpState::TimeWait | TcpState::Close
+            ) && !s.orphan
+                && s.tuple.complete()
+                && !s.is_client(&listening, config)
+        })
+        .map(|s| s.tuple)
+        .collect()
+}
+
 /// Which part of the model a snapshot shows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct View {
@@ -369,6 +414,10 @@ pub struct Model {
     sockets: FxHashMap<u64, Sock>,
     /// Baseline sockets not yet named by an event, by 4-tuple.
     baseline: FxHashMap<TupleKey, u64>,
+    /// Baseline listeners not yet named by an event, by address and port (several
+    /// with SO_REUSEPORT). Their tuple is not a complete one, so `baseline` cannot
+    /// hold them; their close (LISTEN -> CLOSE, on every path) finds them here.
+    baseline_listeners: FxHashMap<TupleKey, Vec<u64>>,
     next_synthetic: u64,
     timewait: FxHashMap<TwKey, TimeWait>,
     /// Which keys `timewait` certainly lacks, without a look into it.
@@ -880,6 +929,27 @@ impl Model {
         }
         let key = e.sock;
         let mut existing = self.sockets.get(&key).copied();
+        if existing.is_none()
+            && old == TcpState::Listen
+            && let Some(ids) = self.baseline_listeners.get_mut(&TupleKey {
+                netns: e.netns,
+                tuple,
+            })
+        {
+            // A listener from the baseline, closing.
+            if let Some(synthetic) = ids.pop()
+                && let Some(s) = self.sockets.remove(&synthetic)
+            {
+                self.sockets.insert(key, s);
+                existing = Some(s);
+            }
+            if ids.is_empty() {
+                self.baseline_listeners.remove(&TupleKey {
+                    netns: e.netns,
+                    tuple,
+                });
+            }
+        }
         if existing.is_none() && tuple.complete() && !self.baseline.is_empty() {
             // A socket from the baseline, named by an event for the first time.
             if let Some(synthetic) = self.baseline.remove(&TupleKey {
@@ -1294,11 +1364,8 @@ impl Model {
     /// afterwards: they name baseline sockets by 4-tuple and supersede them.
     pub fn load_baseline(&mut self, netns: u32, sockets: &[BaselineSocket], now_ns: u64) {
         self.tick(now_ns);
-        let listening: rustc_hash::FxHashSet<u16> = sockets
-            .iter()
-            .filter(|s| s.state == TcpState::Listen)
-            .map(|s| s.tuple.sport)
-            .collect();
+        let listening = listening_ports(sockets);
+        let config = self.netns.get(&netns).cloned().unwrap_or_default();
         // A namespace found after start-up is dumped while its events keep coming:
         // sockets those events already made are in the dump too, and count once.
         let known: rustc_hash::FxHashSet<Tuple> = self
@@ -1315,9 +1382,7 @@ impl Model {
                 Some((pid, comm, cg)) => self.intern_owner(*pid, comm, *cg),
                 None => NO_OWNER,
             };
-            let active = b.state != TcpState::Listen
-                && !listening.contains(&b.tuple.sport)
-                && self.in_range(netns, b.tuple.sport);
+            let active = b.is_client(&listening, &config);
             let key = TupleKey {
                 netns,
                 tuple: b.tuple,
@@ -1376,8 +1441,30 @@ impl Model {
             self.sockets.insert(id, s);
             if b.sock == 0 && b.tuple.complete() {
                 self.baseline.insert(key, id);
+            } else if b.sock == 0 && b.state == TcpState::Listen {
+                self.baseline_listeners.entry(key).or_default().push(id);
             }
         }
+    }
+
+    /// Forgets the baseline sockets of `netns` that the kernel no longer has (the
+    /// drift check's finding, [`input::Input::BaselineGone`]). On the accounting path
+    /// an accepted connection sends no close, so one that was open at start-up would
+    /// otherwise stay in the model for good. A socket that an event has named since is
+    /// no longer a baseline one and is left to its events. Returns how many went.
+    pub fn forget_baseline(&mut self, netns: u32, gone: &[Tuple]) -> u64 {
+        let mut forgotten = 0;
+        for &tuple in gone {
+            if let Some(id) = self.baseline.remove(&TupleKey { netns, tuple })
+                && let Some(s) = self.sockets.remove(&id)
+            {
+                self.count_sock(&s, -1);
+                self.quad_release(s.quad);
+                forgotten += 1;
+            }
+        }
+        self.drift.baseline_gone += forgotten;
+        forgotten
     }
 
     /// Who holds ports toward a destination, most first.

@@ -62,6 +62,10 @@ pub struct Drift {
     pub checks: u64,
     pub added: u64,
     pub removed: u64,
+    /// Sockets of the start-up baseline forgotten because the kernel no longer had
+    /// them ([`super::Model::forget_baseline`]).
+    #[serde(default)]
+    pub baseline_gone: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -430,6 +430,82 @@ fn baseline_then_buffered_events_without_double_counting() {
     assert_eq!(m.timewait_count(), 0);
 }
 
+/// The MySQL-on-3306 outage after a restart: accepted connections of the old
+/// listener were open when portx started and closed since (the accounting path sent
+/// no close for them), then a client took 3306 and the new listener's bind() failed.
+/// Once the drift check reports them gone (and the baseline listener's close found
+/// it by address and port), the holder named is the client, not a stale listener or
+/// accepted connection of mysqld.
+#[test]
+fn baseline_accepted_connections_are_forgotten_when_gone() {
+    use TcpState::*;
+    let mut m = model();
+    let config = NetnsConfig {
+        name: None,
+        port_range: (3306, 3310),
+        reserved: vec![],
+        ..Default::default()
+    };
+    m.set_netns_config(NS, config.clone());
+    let accepted = |peer: u16| BaselineSocket {
+        sock: 0,
+        tuple: Tuple::new(ip("127.0.0.1"), 3306, ip("127.0.0.1"), peer),
+        state: Established,
+        owner: Some((200, "mysqld".into(), 3)),
+        expires_ms: 0,
+        orphan: false,
+    };
+    let base = [
+        BaselineSocket {
+            sock: 0,
+            tuple: Tuple::new(ip("0.0.0.0"), 3306, ip("0.0.0.0"), 0),
+            state: Listen,
+            owner: Some((200, "mysqld".into(), 3)),
+            expires_ms: 0,
+            orphan: false,
+        },
+        accepted(3307),
+        accepted(3308),
+        // A client of the range (its own events close it) and a TIME_WAIT entry.
+        baseline_sock(3309, 80, Established, 300),
+        baseline_sock(3310, 80, TimeWait, 0),
+    ];
+    // What the prober watches: the accepted connections only.
+    let unclosed = baseline_without_close(&base, &config);
+    assert_eq!(unclosed, [accepted(3307).tuple, accepted(3308).tuple]);
+    m.load_baseline(NS, &base, S);
+    assert_eq!(m.socket_count(), 4);
+
+    // mysqld restarts: its listener closes (an event), the accepted connections go
+    // without one. A client gets 3306 from the range.
+    let listener = Sk {
+        sock: 2,
+        pid: 200,
+        comm: "mysqld",
+        saddr: ip("0.0.0.0"),
+        sport: 3306,
+        daddr: ip("0.0.0.0"),
+        dport: 0,
+    };
+    m.apply(&listener.ev(Kind::State, 2 * S, 3306, Some(Listen), Some(Close)));
+    m.feed(&input::Input::BaselineGone {
+        netns: NS,
+        tuples: unclosed.clone(),
+    });
+    // Again (a later check): nothing more to forget.
+    assert_eq!(m.forget_baseline(NS, &unclosed), 0);
+    assert_eq!(m.socket_count(), 1, "only the client of the range is left");
+    Sk::client(1, 100, 3306, "127.0.0.1", 9000).open(&mut m, 3 * S);
+
+    let mut fail = listener.ev(Kind::BindError, 4 * S, 3306, None, None);
+    fail.errno = Some(98);
+    m.apply(&fail);
+    let snap = m.snapshot(View::default());
+    assert_eq!(snap.drift.baseline_gone, 2);
+    let h = snap.failures[0].holder.as_ref().expect("holder");
+    assert_eq!((h.pid, h.sport, h.dport), (100, 3306, 9000), "{h:?}");
+}
+
 #[test]
 fn rate_and_eta_per_destination() {
     let mut m = model();
@@ -701,7 +777,8 @@ fn drift_check_corrects_both_ways() {
         Drift {
             checks: 1,
             added: 1,
-            removed: 1
+            removed: 1,
+            baseline_gone: 0,
         }
     );
     assert_eq!(dest(&snap, "10.0.0.5", 80).used, 1);

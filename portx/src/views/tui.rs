@@ -1372,6 +1372,7 @@ mod tests {
                 checks: 5,
                 added: 2,
                 removed: 1,
+                baseline_gone: 0,
             },
             hooks: vec![
                 crate::kernel::loader::HookPath {

@@ -453,6 +453,74 @@ pub fn bind_conflict_names_holder() -> Result<()> {
     Ok(())
 }
 
+/// The same outage after a restart, with mysqld's connections open when `top`
+/// started: the clients close first (so the accounting path sends nothing of mysqld's
+/// accepted sockets closing), mysqld stops, a client takes 3306 from the range and
+/// the new listener's bind() fails. The holder named is that client, not a baseline
+/// socket of the old mysqld: the drift check found the accepted connections gone,
+/// and the listener's close found the baseline listener by address and port.
+pub fn bind_conflict_after_restart_names_holder() -> Result<()> {
+    let ns = Netns::new(Some((3306, 3309)))?;
+    let mut mysqld = Peer::spawn(&ns, "serve", &["0.0.0.0:3306"])?;
+    mysqld.go()?;
+    mysqld.expect("listening")?;
+    // Three connections from the rest of the range (the listener keeps 3306 out).
+    let mut clients = Peer::spawn(&ns, "hold", &["127.0.0.1:3306", "3", "0"])?;
+    clients.go()?;
+    clients.expect("done")?;
+    let top = TopOnce::start(&[
+        "--netns",
+        &ns.name,
+        "--interval",
+        "8",
+        "--drift-interval",
+        "0.5",
+    ])?;
+    clients.finish()?;
+    mysqld.finish()?;
+    let deadline = Instant::now() + wait();
+    while ss(&ns)?.iter().any(|s| s.lport == 3306) {
+        ensure!(Instant::now() < deadline, "mysqld's sockets did not close");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Two drift checks.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut holder = Peer::spawn(&ns, "exhaust", &["127.0.0.1:9000", "64"])?;
+    holder.go()?;
+    let mut ports = Vec::new();
+    loop {
+        let l = holder.line()?;
+        if let Some(p) = l.strip_prefix("port ") {
+            ports.push(p.parse::<u16>()?);
+        } else if l == "done" {
+            break;
+        }
+    }
+    ensure!(ports.contains(&3306), "the client got ports {ports:?}");
+    let mut restarted = Peer::spawn(&ns, "bind", &["0.0.0.0:3306"])?;
+    restarted.go()?;
+    ensure!(
+        restarted.line()? == format!("error {}", libc::EADDRINUSE),
+        "bind did not fail with EADDRINUSE"
+    );
+    let snap = top.snapshot()?;
+    restarted.finish()?;
+    holder.finish()?;
+    ensure!(snap["drift"]["baseline_gone"] == 3, "{}", snap["drift"]);
+    let f = snap["failures"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["event"] == "bind_error"))
+        .with_context(|| format!("no bind failure in {snap}"))?;
+    ensure!(f["pid"] == restarted.pid, "{f}");
+    let h = &f["holder"];
+    ensure!(
+        h["pid"] == holder.pid && h["sport"] == 3306 && h["dport"] == 9000,
+        "{f}"
+    );
+    ensure!(h["ephemeral"] == true && h["state"] == "ESTABLISHED", "{f}");
+    Ok(())
+}
+
 /// The capacity rule against the kernel: connects until EADDRNOTAVAIL.
 pub fn capacity_matches_kernel() -> Result<()> {
     use portx::model::capacity::capacity;

@@ -64,6 +64,7 @@ fn snap(dests: Vec<DestUsage>) -> Snapshot {
             checks: 3,
             added: 1,
             removed: 1,
+            baseline_gone: 0,
         },
         hooks: [
             "state:tp_btf/inet_sock_set_state",

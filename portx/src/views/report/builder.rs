@@ -312,7 +312,9 @@ impl ReportBuilder {
                 }
                 self.sample(e);
             }
-            Input::Settings { .. } | Input::TimeWait { .. } => self.model.feed(input),
+            Input::Settings { .. } | Input::TimeWait { .. } | Input::BaselineGone { .. } => {
+                self.model.feed(input)
+            }
         }
     }
 
