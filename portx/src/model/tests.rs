@@ -382,6 +382,18 @@ fn baseline_sock(sport: u16, dport: u16, state: TcpState, pid: u32) -> BaselineS
     }
 }
 
+/// A listener of the start-up dump on 0.0.0.0:`port`.
+fn baseline_listener(port: u16, pid: u32, comm: &str) -> BaselineSocket {
+    BaselineSocket {
+        sock: 0,
+        tuple: Tuple::new(ip("0.0.0.0"), port, ip("0.0.0.0"), 0),
+        state: TcpState::Listen,
+        owner: Some((pid, comm.into(), 3)),
+        expires_ms: 0,
+        orphan: false,
+    }
+}
+
 #[test]
 fn baseline_then_buffered_events_without_double_counting() {
     use TcpState::*;
@@ -391,14 +403,7 @@ fn baseline_then_buffered_events_without_double_counting() {
         baseline_sock(20002, 80, Established, 300),
         baseline_sock(20003, 80, TimeWait, 0),
         // A listener and one of its accepted sockets are not destinations.
-        BaselineSocket {
-            sock: 0,
-            tuple: Tuple::new(ip("0.0.0.0"), 8080, ip("0.0.0.0"), 0),
-            state: Listen,
-            owner: Some((301, "svc".into(), 3)),
-            expires_ms: 0,
-            orphan: false,
-        },
+        baseline_listener(8080, 301, "svc"),
         BaselineSocket {
             sock: 0,
             tuple: Tuple::new(ip("127.0.0.1"), 8080, ip("127.0.0.1"), 20009),
@@ -456,14 +461,7 @@ fn baseline_accepted_connections_are_forgotten_when_gone() {
         orphan: false,
     };
     let base = [
-        BaselineSocket {
-            sock: 0,
-            tuple: Tuple::new(ip("0.0.0.0"), 3306, ip("0.0.0.0"), 0),
-            state: Listen,
-            owner: Some((200, "mysqld".into(), 3)),
-            expires_ms: 0,
-            orphan: false,
-        },
+        baseline_listener(3306, 200, "mysqld"),
         accepted(3307),
         accepted(3308),
         // A client of the range (its own events close it) and a TIME_WAIT entry.

@@ -453,6 +453,22 @@ pub fn bind_conflict_names_holder() -> Result<()> {
     Ok(())
 }
 
+/// An `exhaust` peer in `ns` connecting to its own listener on 127.0.0.1:9000 until
+/// connect() fails (64 at most), holding what it got: the peer and its local ports.
+fn exhaust(ns: &Netns) -> Result<(Peer, Vec<u16>)> {
+    let mut peer = Peer::spawn(ns, "exhaust", &["127.0.0.1:9000", "64"])?;
+    peer.go()?;
+    let mut ports = Vec::new();
+    loop {
+        let l = peer.line()?;
+        if let Some(p) = l.strip_prefix("port ") {
+            ports.push(p.parse::<u16>()?);
+        } else if l == "done" {
+            return Ok((peer, ports));
+        }
+    }
+}
+
 /// The same outage after a restart, with mysqld's connections open when `top`
 /// started: the clients close first (so the accounting path sends nothing of mysqld's
 /// accepted sockets closing), mysqld stops, a client takes 3306 from the range and
@@ -485,17 +501,7 @@ pub fn bind_conflict_after_restart_names_holder() -> Result<()> {
     }
     // Two drift checks.
     std::thread::sleep(Duration::from_millis(1200));
-    let mut holder = Peer::spawn(&ns, "exhaust", &["127.0.0.1:9000", "64"])?;
-    holder.go()?;
-    let mut ports = Vec::new();
-    loop {
-        let l = holder.line()?;
-        if let Some(p) = l.strip_prefix("port ") {
-            ports.push(p.parse::<u16>()?);
-        } else if l == "done" {
-            break;
-        }
-    }
+    let (mut holder, ports) = exhaust(&ns)?;
     ensure!(ports.contains(&3306), "the client got ports {ports:?}");
     let mut restarted = Peer::spawn(&ns, "bind", &["0.0.0.0:3306"])?;
     restarted.go()?;
@@ -539,17 +545,7 @@ pub fn capacity_matches_kernel() -> Result<()> {
         if let Some((a, b)) = reserved {
             ns.sysctl("net/ipv4/ip_local_reserved_ports", &format!("{a}-{b}"))?;
         }
-        let mut peer = Peer::spawn(&ns, "exhaust", &["127.0.0.1:9000", "64"])?;
-        peer.go()?;
-        let mut got = Vec::new();
-        loop {
-            let l = peer.line()?;
-            if let Some(p) = l.strip_prefix("port ") {
-                got.push(p.parse::<u16>()?);
-            } else if l == "done" {
-                break;
-            }
-        }
+        let (mut peer, got) = exhaust(&ns)?;
         peer.finish()?;
         let res: Vec<(u16, u16)> = reserved.into_iter().collect();
         let cap = capacity(lo, hi, &res) as usize;
