@@ -406,6 +406,10 @@ impl Watched {
                 .collect();
             if !gone.is_empty() {
                 self.unclosed.retain(|t| alive.contains(t));
+                if self.unclosed.is_empty() {
+                    // Its memory too (a busy server's dump may have listed 100k).
+                    self.unclosed = FxHashSet::default();
+                }
                 out.push(ProbeMsg::Input(Input::BaselineGone {
                     netns,
                     tuples: gone,
