@@ -49,13 +49,11 @@ struct Served {
 }
 
 impl Served {
-    fn feed(&mut self, inputs: &mut Vec<Input>) {
-        for input in inputs.drain(..) {
-            if let Input::Event(e) = &input {
-                self.counters.on_event(e);
-            }
-            self.model.feed(&input);
+    fn feed(&mut self, input: &Input) {
+        if let Input::Event(e) = input {
+            self.counters.on_event(e);
         }
+        self.model.feed(input);
     }
 
     fn body(&mut self, probes: &Probes) -> String {
@@ -162,7 +160,6 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     // TIME_WAIT expiry and rates move with time even without events.
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut inputs = Vec::with_capacity(1024);
     let answer = |served: &mut Served, req: ScrapeRequest| {
         let _ = req.send(served.body(&probes));
     };
@@ -170,7 +167,8 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
         tokio::select! {
             // The ring first: scrapes wait behind the events.
             biased;
-            r = live.next(&mut inputs) => {
+            // Inputs go to the model as they are decoded (LiveSource::next_with).
+            r = live.next_with(|input| served.feed(&input)) => {
                 let notes = match r {
                     Ok(n) => n,
                     Err(e) => break Err(e),
@@ -178,7 +176,6 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
                 for w in &notes.warnings {
                     eprintln!("portx: warning: {w}");
                 }
-                served.feed(&mut inputs);
                 if notes.baseline_done && !ready.load(Ordering::Relaxed) {
                     if let Err(e) = drop_privileges(&mut kept, &probes, &live, verbose) {
                         break Err(e);

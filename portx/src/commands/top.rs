@@ -44,6 +44,18 @@ fn print_snapshot(snap: &Snapshot, json: bool, view: tui::View, clock: &Clock) -
     Ok(())
 }
 
+/// Feeds one input to the model (`-v`: says what each baseline held).
+fn feed(model: &mut Model, verbose: bool, input: &Input) {
+    if verbose && let Input::State(s) = input {
+        eprintln!(
+            "portx: baseline of netns {}: {} sockets",
+            s.netns,
+            s.sockets.len()
+        );
+    }
+    model.feed(input);
+}
+
 /// Where the inputs come from.
 // One per run, never moved about: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
@@ -57,10 +69,16 @@ enum Source {
 }
 
 impl Source {
-    /// Waits for the next inputs; `None` when a recording has ended.
-    async fn next(&mut self, out: &mut Vec<Input>) -> Result<Option<Notes>> {
+    /// Waits for the next inputs; `None` when a recording has ended. Live inputs go
+    /// to `feed` as they are decoded (see [`LiveSource::next_with`]); a recording's
+    /// are staged in `out`, so that what its header says applies before they do.
+    async fn next(
+        &mut self,
+        out: &mut Vec<Input>,
+        feed: impl FnMut(Input),
+    ) -> Result<Option<Notes>> {
         match self {
-            Self::Live { live, .. } => live.next(out).await.map(Some),
+            Self::Live { live, .. } => live.next_with(feed).await.map(Some),
             Self::Replay(r) => r.next(out).await,
         }
     }
@@ -380,7 +398,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
 
     loop {
         tokio::select! {
-            r = source.next(&mut inputs), if !ended => {
+            r = source.next(&mut inputs, |input| feed(&mut model, verbose, &input)), if !ended => {
                 let Some(notes) = r? else {
                     // The recording is over: show where it ended.
                     ended = true;
@@ -402,10 +420,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                     model.set_exact_timewait(r.exact_timewait);
                 }
                 for input in inputs.drain(..) {
-                    if verbose && let Input::State(s) = &input {
-                        eprintln!("portx: baseline of netns {}: {} sockets", s.netns, s.sockets.len());
-                    }
-                    model.feed(&input);
+                    feed(&mut model, verbose, &input);
                 }
                 if notes.baseline_done && !baseline_done {
                     baseline_done = true;

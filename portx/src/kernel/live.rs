@@ -142,21 +142,29 @@ impl LiveSource {
     /// Waits for inputs and appends them to `out` in order. Cancel-safe (it only
     /// awaits readiness; the work is done after), so it can sit in a `select!`.
     pub async fn next(&mut self, out: &mut Vec<Input>) -> Result<Notes> {
+        self.next_with(|input| out.push(input)).await
+    }
+
+    /// As [`Self::next`], handing each input to `sink` as it is decoded. A consumer
+    /// that feeds a model this way reads each event while it is still in the cache:
+    /// staged in a `Vec` first, a drain's events (100-odd bytes each, thousands in a
+    /// storm) are written out and read back cold.
+    pub async fn next_with(&mut self, mut sink: impl FnMut(Input)) -> Result<Notes> {
         let mut notes = Notes::default();
         if !self.more {
             tokio::select! {
                 r = self.reader.readable() => r?,
                 m = self.msgs.recv() => match m {
-                    Some(m) => self.on_msg(m, out, &mut notes),
+                    Some(m) => self.on_msg(m, &mut sink, &mut notes),
                     None => anyhow::bail!("the prober thread stopped"),
                 },
             }
         }
         // Whatever else the prober has sent, then the ring.
         while let Ok(m) = self.msgs.try_recv() {
-            self.on_msg(m, out, &mut notes);
+            self.on_msg(m, &mut sink, &mut notes);
         }
-        self.drain(out);
+        self.drain_with(&mut sink);
         notes.warnings.append(&mut self.warnings);
         Ok(notes)
     }
@@ -191,6 +199,10 @@ impl LiveSource {
 
     /// Drains the ring once more (at stop: what the kernel wrote still counts).
     pub fn drain(&mut self, out: &mut Vec<Input>) {
+        self.drain_with(&mut |input| out.push(input));
+    }
+
+    fn drain_with(&mut self, sink: &mut impl FnMut(Input)) {
         // Per-CPU batches first, so what the ring then holds is complete up to the
         // flush (less a slack); without batches the ring is in order.
         let flushed = match self.reader.flush_batches() {
@@ -209,7 +221,7 @@ impl LiveSource {
                 })
             }
         };
-        // Straight into `out` (or `held`): a batch in between cost an allocation per
+        // Straight to `sink` (or `held`): a batch in between cost an allocation per
         // drain, and a copy of each event.
         let Self {
             reader,
@@ -232,7 +244,7 @@ impl LiveSource {
                 });
             }
             if *baseline_done && !*state_pending {
-                out.push(Input::Event(ev));
+                sink(Input::Event(ev));
             } else {
                 held.push(ev);
             }
@@ -275,24 +287,24 @@ impl LiveSource {
         self.more = more;
     }
 
-    fn on_msg(&mut self, m: ProbeMsg, out: &mut Vec<Input>, notes: &mut Notes) {
+    fn on_msg(&mut self, m: ProbeMsg, sink: &mut impl FnMut(Input), notes: &mut Notes) {
         match m {
             ProbeMsg::Input(input) => {
                 if let Input::State(s) = &input {
                     self.known_netns.insert(s.netns);
                 }
-                out.push(input);
+                sink(input);
             }
             ProbeMsg::BaselineDone => {
                 self.baseline_done = true;
                 notes.baseline_done = true;
-                out.extend(self.held.drain(..).map(Input::Event));
+                self.held.drain(..).map(Input::Event).for_each(&mut *sink);
                 self.held.shrink_to_fit();
             }
             ProbeMsg::StateDone => {
                 self.state_pending = false;
                 notes.state_done = true;
-                out.extend(self.held.drain(..).map(Input::Event));
+                self.held.drain(..).map(Input::Event).for_each(&mut *sink);
             }
             ProbeMsg::Warning(w) => notes.warnings.push(w),
         }

@@ -605,8 +605,13 @@ pub fn drift_check_corrects_timewait() -> Result<()> {
     );
     let drift = &snap["drift"];
     ensure!(drift["checks"].as_u64() >= Some(1), "{drift}");
+    // The check removed what the kernel refused. Where portx sees timewait sockets
+    // die (fentry inet_twsk_kill, on the 6.12 VM), one the kernel kept and then freed
+    // leaves the model through that event instead (seen once: removed 3 with one
+    // TIME_WAIT left in the kernel and in the model), so the count is a bound.
+    let removed = drift["removed"].as_u64().unwrap_or(0);
     ensure!(
-        drift["removed"] == 5 - kernel_tw && drift["added"] == 0,
+        (1..=5 - kernel_tw).contains(&removed) && drift["added"] == 0,
         "{drift}"
     );
     Ok(())
