@@ -410,14 +410,8 @@ impl Watched {
                 .filter(|s| s.state != TcpState::TimeWait)
                 .map(tuple)
                 .collect();
-            let gone: Vec<Tuple> = self
-                .unclosed
-                .iter()
-                .filter(|t| !alive.contains(t))
-                .copied()
-                .collect();
+            let gone: Vec<Tuple> = self.unclosed.extract_if(|t| !alive.contains(t)).collect();
             if !gone.is_empty() {
-                self.unclosed.retain(|t| alive.contains(t));
                 if self.unclosed.is_empty() {
                     // Its memory too (a busy server's dump may have listed 100k).
                     self.unclosed = FxHashSet::default();

@@ -25,9 +25,6 @@ use rustc_hash::FxBuildHasher;
 /// gets, at a byte per eight to four entries.
 const MIN_SLOTS: usize = 1 << 19;
 
-/// Counts of keys per slot. A slot that reached `u8::MAX` stays there: it says "maybe"
-/// for ever, which is only slower, never wrong (at a quarter of a key per slot at
-/// most, a slot practically never gets there).
 /// What the filter needs of a key: the part that its neighbours share, and its place
 /// among them.
 pub trait Grouped {
@@ -36,6 +33,9 @@ pub trait Grouped {
     fn index(&self) -> u16;
 }
 
+/// Counts of keys per slot. A slot that reached `u8::MAX` stays there: it says "maybe"
+/// for ever, which is only slower, never wrong (at a quarter of a key per slot at
+/// most, a slot practically never gets there).
 pub struct MaybeSet {
     counts: Box<[u8]>,
     /// Keys in the set.

@@ -929,34 +929,22 @@ impl Model {
         }
         let key = e.sock;
         let mut existing = self.sockets.get(&key).copied();
-        if existing.is_none()
-            && old == TcpState::Listen
-            && let Some(ids) = self.baseline_listeners.get_mut(&TupleKey {
+        if existing.is_none() {
+            // A socket from the baseline, named by an event for the first time: by its
+            // 4-tuple, or a listener (no peer, so no complete tuple) by address and
+            // port as it closes.
+            let tkey = TupleKey {
                 netns: e.netns,
                 tuple,
-            })
-        {
-            // A listener from the baseline, closing.
-            if let Some(synthetic) = ids.pop()
-                && let Some(s) = self.sockets.remove(&synthetic)
-            {
-                self.sockets.insert(key, s);
-                existing = Some(s);
-            }
-            if ids.is_empty() {
-                self.baseline_listeners.remove(&TupleKey {
-                    netns: e.netns,
-                    tuple,
-                });
-            }
-        }
-        if existing.is_none() && tuple.complete() && !self.baseline.is_empty() {
-            // A socket from the baseline, named by an event for the first time.
-            if let Some(synthetic) = self.baseline.remove(&TupleKey {
-                netns: e.netns,
-                tuple,
-            }) && let Some(s) = self.sockets.remove(&synthetic)
-            {
+            };
+            let synthetic = if tuple.complete() && !self.baseline.is_empty() {
+                self.baseline.remove(&tkey)
+            } else if old == TcpState::Listen && !self.baseline_listeners.is_empty() {
+                self.take_baseline_listener(&tkey)
+            } else {
+                None
+            };
+            if let Some(s) = synthetic.and_then(|id| self.sockets.remove(&id)) {
                 self.sockets.insert(key, s);
                 existing = Some(s);
             }
@@ -1091,6 +1079,17 @@ impl Model {
             self.on_allocation(&s, e.ts_ns);
         }
         self.sockets.insert(key, s);
+    }
+
+    /// One of the baseline listeners at `key` (several with SO_REUSEPORT), no longer
+    /// listed.
+    fn take_baseline_listener(&mut self, key: &TupleKey) -> Option<u64> {
+        let ids = self.baseline_listeners.get_mut(key)?;
+        let id = ids.pop();
+        if ids.is_empty() {
+            self.baseline_listeners.remove(key);
+        }
+        id
     }
 
     /// A socket first seen through buffered events (created while the baseline was

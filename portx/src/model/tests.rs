@@ -43,6 +43,19 @@ impl Sk {
         }
     }
 
+    /// A listener on 0.0.0.0:`port` (its events carry no peer).
+    fn listener(sock: u64, pid: u32, comm: &'static str, port: u16) -> Self {
+        Self {
+            sock,
+            pid,
+            comm,
+            saddr: ip("0.0.0.0"),
+            sport: port,
+            daddr: ip("0.0.0.0"),
+            dport: 0,
+        }
+    }
+
     fn ev(
         &self,
         kind: Kind,
@@ -293,15 +306,7 @@ fn owners_survive_softirq_events() {
 fn accepted_sockets_and_listeners_are_not_destinations() {
     use TcpState::*;
     let mut m = model();
-    let listener = Sk {
-        sock: 9,
-        pid: 50,
-        comm: "nginx",
-        saddr: ip("0.0.0.0"),
-        sport: 80,
-        daddr: ip("0.0.0.0"),
-        dport: 0,
-    };
+    let listener = Sk::listener(9, 50, "nginx", 80);
     m.apply(&listener.state(S, Close, Listen));
     let child = Sk {
         sock: 10,
@@ -476,15 +481,7 @@ fn baseline_accepted_connections_are_forgotten_when_gone() {
 
     // mysqld restarts: its listener closes (an event), the accepted connections go
     // without one. A client gets 3306 from the range.
-    let listener = Sk {
-        sock: 2,
-        pid: 200,
-        comm: "mysqld",
-        saddr: ip("0.0.0.0"),
-        sport: 3306,
-        daddr: ip("0.0.0.0"),
-        dport: 0,
-    };
+    let listener = Sk::listener(2, 200, "mysqld", 3306);
     m.apply(&listener.ev(Kind::State, 2 * S, 3306, Some(Listen), Some(Close)));
     m.feed(&input::Input::BaselineGone {
         netns: NS,
@@ -577,15 +574,7 @@ fn bind_conflict_names_the_ephemeral_holder() {
         },
     );
     Sk::client(1, 100, 3306, "127.0.0.1", 9000).open(&mut m, S);
-    let mysqld = Sk {
-        sock: 2,
-        pid: 200,
-        comm: "mysqld",
-        saddr: ip("0.0.0.0"),
-        sport: 3306,
-        daddr: ip("0.0.0.0"),
-        dport: 0,
-    };
+    let mysqld = Sk::listener(2, 200, "mysqld", 3306);
     let mut fail = mysqld.ev(Kind::BindError, 2 * S, 3306, None, None);
     fail.errno = Some(98);
     m.apply(&fail);
@@ -610,15 +599,7 @@ fn bind_conflict_names_the_ephemeral_holder() {
     );
     assert_eq!(f.event.error.as_deref(), Some("EADDRINUSE"));
     // A fixed port that a listener holds is not called ephemeral.
-    let svc = Sk {
-        sock: 3,
-        pid: 300,
-        comm: "svc",
-        saddr: ip("0.0.0.0"),
-        sport: 8080,
-        daddr: ip("0.0.0.0"),
-        dport: 0,
-    };
+    let svc = Sk::listener(3, 300, "svc", 8080);
     m.apply(&svc.state(3 * S, TcpState::Close, TcpState::Listen));
     let mut fail = mysqld.ev(Kind::BindError, 4 * S, 8080, None, None);
     fail.errno = Some(98);
@@ -633,15 +614,7 @@ fn bind_conflict_names_the_ephemeral_holder() {
 
 /// A failed bind() of `port` by pid 200, from a new thread and socket each time.
 fn bind_failure(m: &mut Model, port: u16, ts: u64) {
-    let sk = Sk {
-        sock: ts,
-        pid: 200,
-        comm: "mysqld",
-        saddr: ip("0.0.0.0"),
-        sport: port,
-        daddr: ip("0.0.0.0"),
-        dport: 0,
-    };
+    let sk = Sk::listener(ts, 200, "mysqld", port);
     let mut e = sk.ev(Kind::BindError, ts, port, None, None);
     e.errno = Some(98);
     e.tid = (ts / S) as u32;
