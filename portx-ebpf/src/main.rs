@@ -501,7 +501,8 @@ fn state_needed(old: u8, new: u8) -> bool {
 /// a map (a map operation costs about as much as the rest of the program here): the
 /// child cloned from a listener keeps the listener's `sk_max_ack_backlog`, and a socket
 /// that connect()ed never listened, so its backlog is 0. A listener with a backlog of 0
-/// has its children reported, as without this filter.
+/// has its children reported, as without this filter; the model knows them as accepted
+/// by their first event, which leaves SYN_RECV.
 /// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_connection_sock.c (inet_csk_clone_lock)
 #[inline(always)]
 fn accounting_left_out<R: SockRead>(sk: u64, old: u8, new: u8) -> bool {

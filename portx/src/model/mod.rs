@@ -974,11 +974,20 @@ impl Model {
                     return;
                 }
                 // Client side if it is connecting, or (mid-life, unknown) if its local
-                // port looks ephemeral; accepted children and listeners are not.
+                // port looks ephemeral; accepted children and listeners are not. A
+                // socket first seen leaving SYN_RECV is a child whose clone the
+                // accounting path left out: one of a listener with backlog 0, which
+                // the kernel's test for an accepted socket (its inherited backlog)
+                // misses (`portx_common::accounting_leaves_out`). It takes the
+                // listener's owner, as at LISTEN -> SYN_RECV.
                 let active = match (old, new) {
                     (_, TcpState::SynSent) => true,
-                    (TcpState::Listen, _) | (_, TcpState::Listen) => false,
+                    (TcpState::Listen | TcpState::SynRecv, _) | (_, TcpState::Listen) => false,
                     _ => self.in_range(e.netns, tuple.sport),
+                };
+                let owner = match self.listeners.get(&listener) {
+                    Some(&o) if old == TcpState::SynRecv && owner == NO_OWNER => o,
+                    _ => owner,
                 };
                 let explicit_bind = self.pending_binds.remove(&key).is_some();
                 Sock {

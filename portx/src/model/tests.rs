@@ -325,6 +325,34 @@ fn accepted_sockets_and_listeners_are_not_destinations() {
     assert_eq!(m.socket_count(), 2);
 }
 
+/// The accounting path leaves out a child's clone (LISTEN -> SYN_RECV), but not the
+/// later changes of a child of a listener with backlog 0: its first event then leaves
+/// SYN_RECV. It holds the listener's port (here inside the range), not an ephemeral
+/// one, and belongs to the listener.
+#[test]
+fn children_first_seen_leaving_syn_recv_are_the_listeners() {
+    use TcpState::*;
+    let mut m = model();
+    m.apply(&Sk::listener(9, 50, "mysqld", 20005).state(S, Close, Listen));
+    let child = Sk {
+        sock: 10,
+        pid: 0,
+        comm: "",
+        saddr: ip("127.0.0.1"),
+        sport: 20005,
+        daddr: ip("127.0.0.1"),
+        dport: 20006,
+    };
+    m.apply(&child.state(S, SynRecv, Established));
+    let snap = m.snapshot(View::default());
+    assert!(snap.netns[0].destinations.is_empty(), "{snap:#?}");
+    assert!(snap.netns[0].processes.is_empty(), "{snap:#?}");
+    assert_eq!(m.owner_pid(10), Some(50));
+    m.apply(&child.state(S + 1, Established, CloseWait));
+    m.apply(&child.state(S + 2, LastAck, Close));
+    assert_eq!(m.socket_count(), 1);
+}
+
 #[test]
 fn accepted_sockets_belong_to_the_listener() {
     use TcpState::*;

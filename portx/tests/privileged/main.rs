@@ -133,6 +133,10 @@ fn main() {
             "top_bind_conflict_after_restart_names_holder",
             top::bind_conflict_after_restart_names_holder,
         ),
+        (
+            "top_backlog0_children_not_counted",
+            top::backlog0_children_not_counted,
+        ),
         ("capacity_rule_matches_kernel", top::capacity_matches_kernel),
         (
             "top_drift_check_corrects_timewait",

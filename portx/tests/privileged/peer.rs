@@ -152,6 +152,16 @@ pub fn run_if_peer() -> bool {
         "serve" => serve_each(&args, |mut conn| {
             let _ = conn.read_to_end(&mut Vec::new());
         }),
+        // `serve` on one ADDR, listening with a backlog of 0 (`listen(fd, 0)`), which
+        // its accepted sockets inherit.
+        "serve-backlog0" => {
+            let listener = listen_with_backlog(addr(arg(&args, 0)), 0);
+            serve_on(listener, |mut conn| {
+                let _ = conn.read_to_end(&mut Vec::new());
+            });
+            say("listening");
+            wait_for_eof();
+        }
         // Accepts connections on ADDR and keeps them open, unread, until stdin closes:
         // its clients' active closes end as orphans in FIN_WAIT2.
         "sink" => {
@@ -209,16 +219,46 @@ pub fn run_if_peer() -> bool {
 /// connection, says `listening`, and returns when stdin closes.
 fn serve_each(addrs: &[String], handle: fn(TcpStream)) {
     for a in addrs {
-        let listener = TcpListener::bind(addr(a)).expect("listen");
-        std::thread::spawn(move || {
-            for conn in listener.incoming().take(MAX_CONNECTIONS) {
-                let Ok(conn) = conn else { break };
-                std::thread::spawn(move || handle(conn));
-            }
-        });
+        serve_on(TcpListener::bind(addr(a)).expect("listen"), handle);
     }
     say("listening");
     wait_for_eof();
+}
+
+/// Accepts connections on `listener` in a thread of its own, each handled in another.
+fn serve_on(listener: TcpListener, handle: fn(TcpStream)) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(MAX_CONNECTIONS) {
+            let Ok(conn) = conn else { break };
+            std::thread::spawn(move || handle(conn));
+        }
+    });
+}
+
+/// A listener on the IPv4 `at` with the given backlog (std's `bind` always asks 128).
+fn listen_with_backlog(at: SocketAddr, backlog: i32) -> TcpListener {
+    let SocketAddr::V4(v4) = at else {
+        panic!("listen_with_backlog: IPv4 only, got {at}")
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns until it hands it
+    // to TcpListener.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let sa = sockaddr_in(v4);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert!(
+            libc::bind(fd, (&raw const sa).cast(), len) == 0,
+            "bind {at}: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(
+            libc::listen(fd, backlog) == 0,
+            "listen: {}",
+            std::io::Error::last_os_error()
+        );
+        std::os::fd::FromRawFd::from_raw_fd(fd)
+    }
 }
 
 /// `requests ADDR RATE SECS WORKERS MODE`: RATE one-byte requests a second in all
@@ -320,20 +360,25 @@ fn requests(args: &[String]) {
     drop(kept);
 }
 
-/// One non-blocking connect() to `target` (IPv4): whether it returned EINPROGRESS and
-/// the socket then reported ECONNREFUSED (SO_ERROR, after waiting up to a second).
-fn nonblocking_refused(target: SocketAddr) -> bool {
-    let SocketAddr::V4(v4) = target else {
-        return false;
-    };
-    let sin = libc::sockaddr_in {
+/// `v4` as the kernel takes it.
+fn sockaddr_in(v4: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: v4.port().to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(*v4.ip()).to_be(),
         },
         sin_zero: [0; 8],
+    }
+}
+
+/// One non-blocking connect() to `target` (IPv4): whether it returned EINPROGRESS and
+/// the socket then reported ECONNREFUSED (SO_ERROR, after waiting up to a second).
+fn nonblocking_refused(target: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = target else {
+        return false;
     };
+    let sin = sockaddr_in(v4);
     // SAFETY: plain syscalls on a socket this function owns and closes; the pointers
     // are to locals that outlive the calls.
     unsafe {

@@ -526,6 +526,37 @@ pub fn bind_conflict_after_restart_names_holder() -> Result<()> {
     Ok(())
 }
 
+/// A listener with a backlog of 0 on a port inside the range. The accounting path
+/// tells an accepted socket apart in the kernel by the backlog it inherits, so this
+/// listener's children reach the model, first at SYN_RECV -> ESTABLISHED: they hold
+/// the listener's port, not one of the range, and are not counted.
+pub fn backlog0_children_not_counted() -> Result<()> {
+    let ns = Netns::new(Some((3306, 3309)))?;
+    let top = TopOnce::start(&["--netns", &ns.name, "--interval", "3"])?;
+    let mut server = Peer::spawn(&ns, "serve-backlog0", &["0.0.0.0:3307"])?;
+    server.go()?;
+    server.expect("listening")?;
+    let mut clients = Peer::spawn(&ns, "hold", &["127.0.0.1:3307", "2", "0"])?;
+    clients.go()?;
+    ensure!(clients.line()?.starts_with("done"), "hold did not finish");
+    let snap = top.snapshot()?;
+    clients.finish()?;
+    server.finish()?;
+    let entry = netns_entry(&snap, &ns)?;
+    let d = dest(entry, 3307)?;
+    ensure!(
+        d["used"] == 2 && d["owners"][0]["pid"] == clients.pid,
+        "{d}"
+    );
+    let dests = entry["destinations"].as_array().map_or(0, Vec::len);
+    ensure!(
+        dests == 1,
+        "only the clients' destination is counted: {entry}"
+    );
+    ensure!(process_ports(entry, server.pid) == 0, "{entry}");
+    Ok(())
+}
+
 /// The capacity rule against the kernel: connects until EADDRNOTAVAIL.
 pub fn capacity_matches_kernel() -> Result<()> {
     use portx::model::capacity::capacity;
