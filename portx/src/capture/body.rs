@@ -31,6 +31,12 @@ struct BaselineGoneBody {
     tuples: Vec<Tuple>,
 }
 
+/// The body of a namespace-gone frame.
+#[derive(Serialize, Deserialize)]
+struct NetnsGoneBody {
+    netns: u32,
+}
+
 /// A counters frame as format version 1 first defined it.
 #[derive(Deserialize)]
 struct CountersV1 {
@@ -95,6 +101,10 @@ pub fn encode(r: &Record) -> Option<(FrameType, Vec<u8>)> {
                 tuples: tuples.clone(),
             }),
         ),
+        Record::Input(Input::NetnsGone { netns }) => (
+            FrameType::NetnsGone,
+            to_vec(&NetnsGoneBody { netns: *netns }),
+        ),
     })
 }
 
@@ -128,6 +138,10 @@ pub fn decode(ty: FrameType, body: &[u8]) -> Result<Record, String> {
                 netns: g.netns,
                 tuples: g.tuples,
             })
+        }
+        FrameType::NetnsGone => {
+            let g: NetnsGoneBody = de(body)?;
+            Record::Input(Input::NetnsGone { netns: g.netns })
         }
         FrameType::Counters => Record::Counters(de::<Counters>(body).or_else(|_| {
             // Written before `kernel_skipped_runs` was appended.

@@ -35,6 +35,7 @@ pub enum FrameType {
     End = 8,
     Cgroups = 9,
     BaselineGone = 10,
+    NetnsGone = 11,
 }
 
 impl FrameType {
@@ -50,6 +51,7 @@ impl FrameType {
             8 => Self::End,
             9 => Self::Cgroups,
             10 => Self::BaselineGone,
+            11 => Self::NetnsGone,
             _ => return None,
         })
     }
@@ -180,10 +182,10 @@ mod tests {
 
     #[test]
     fn frame_types_are_numbered_as_documented() {
-        for v in 1..=10 {
+        for v in 1..=11 {
             assert_eq!(FrameType::from_u16(v).map(|t| t as u16), Some(v));
         }
         assert_eq!(FrameType::from_u16(0), None);
-        assert_eq!(FrameType::from_u16(11), None);
+        assert_eq!(FrameType::from_u16(12), None);
     }
 }

@@ -235,7 +235,7 @@ mod tests {
         let (recs, st) = read_all(&file).unwrap();
         let want: Vec<Record> = frames.into_iter().flat_map(|(_, r)| r).collect();
         assert_eq!(recs, want);
-        assert_eq!(st.frames, 13);
+        assert_eq!(st.frames, 14);
         assert_eq!(st.bytes, file.len() as u64);
         assert_eq!(
             (st.torn_tail, st.corrupt, st.unknown_frames),
@@ -321,7 +321,7 @@ mod tests {
         f.extend_from_slice(&file[frames[0].0..]);
         let (recs, st) = read_all(&f).unwrap();
         assert_eq!(recs, read_all(&file).unwrap().0);
-        assert_eq!((st.unknown_frames, st.frames), (2, 15));
+        assert_eq!((st.unknown_frames, st.frames), (2, 16));
         assert_eq!(st.corrupt, None);
     }
 

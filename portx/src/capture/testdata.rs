@@ -124,6 +124,7 @@ pub fn non_event_records() -> Vec<Record> {
             netns: 4026531840,
             tuples: vec![tuple(false, 3306), tuple(true, 65_535)],
         }),
+        Record::Input(Input::NetnsGone { netns: 4026532999 }),
         Record::Counters(Counters {
             at_ns: 7,
             kernel_dropped: 3,

@@ -265,7 +265,8 @@ fn input_netns(i: &Input) -> u32 {
         Input::State(s) => s.netns,
         Input::Settings { netns, .. }
         | Input::TimeWait { netns, .. }
-        | Input::BaselineGone { netns, .. } => *netns,
+        | Input::BaselineGone { netns, .. }
+        | Input::NetnsGone { netns } => *netns,
     }
 }
 

@@ -36,6 +36,11 @@ use crate::{
 /// How often the port range and reserved ports are re-read.
 const SETTINGS_EVERY: Duration = Duration::from_secs(2);
 
+/// How often the prober looks for namespaces that nothing but its own handles reach
+/// any more (`let_go_of_unreachable`: a walk of /proc, a readlink per process), with
+/// the drift check, or at this interval without one.
+const NETNS_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// Records drained from the ring buffer per call, so a flood of events cannot starve
 /// the terminal or the timers.
 pub const DRAIN_BATCH: usize = 65536;
@@ -290,8 +295,16 @@ impl LiveSource {
     fn on_msg(&mut self, m: ProbeMsg, sink: &mut impl FnMut(Input), notes: &mut Notes) {
         match m {
             ProbeMsg::Input(input) => {
-                if let Input::State(s) = &input {
-                    self.known_netns.insert(s.netns);
+                match &input {
+                    Input::State(s) => {
+                        self.known_netns.insert(s.netns);
+                    }
+                    // Let go of: should an event name it again, the prober is asked
+                    // to open it again.
+                    Input::NetnsGone { netns } => {
+                        self.known_netns.remove(netns);
+                    }
+                    _ => {}
                 }
                 sink(input);
             }
@@ -363,6 +376,8 @@ struct Watched {
     /// connections: [`crate::model::baseline_without_close`]), until a drift check
     /// finds them gone.
     unclosed: FxHashSet<Tuple>,
+    /// Sweeps in a row that found nothing but the prober reaching it.
+    unreachable: u8,
 }
 
 impl Watched {
@@ -426,6 +441,46 @@ impl Watched {
     }
 }
 
+/// Drops the namespaces that nothing reaches any more but the prober's own handles:
+/// no process is in them and no `ip netns` name is left (`sockdiag::list_netns`), in
+/// two sweeps in a row (a process seen exiting between two others' readlinks must not
+/// count). Its sock_diag socket (a user socket holds a reference on its namespace)
+/// would keep such a namespace alive for as long as portx runs, one per container a
+/// host ever started, each still probed every interval. The model is told to forget
+/// them (`Input::NetnsGone`). Only while the prober may read every process's
+/// namespace link (`CAP_SYS_PTRACE`, which `serve` drops with `--netns`): without it,
+/// another user's namespace would look unreachable.
+/// https://elixir.bootlin.com/linux/v6.12/source/net/core/sock.c (sk_alloc: get_net_track)
+fn let_go_of_unreachable(watched: &mut Vec<Watched>) -> Vec<ProbeMsg> {
+    use crate::kernel::privs::{CapSet, Capability};
+    if !caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_PTRACE).unwrap_or(false) {
+        return Vec::new();
+    }
+    let reachable: FxHashSet<u32> = match sockdiag::list_netns() {
+        Ok(list) => list.iter().map(|n| n.inode).collect(),
+        Err(e) => {
+            return vec![ProbeMsg::Warning(format!(
+                "listing network namespaces: {e:#}"
+            ))];
+        }
+    };
+    for w in watched.iter_mut() {
+        w.unreachable = if reachable.contains(&w.probe.inode) {
+            0
+        } else {
+            w.unreachable.saturating_add(1)
+        };
+    }
+    watched
+        .extract_if(.., |w| w.unreachable >= 2)
+        .map(|w| {
+            ProbeMsg::Input(Input::NetnsGone {
+                netns: w.probe.inode,
+            })
+        })
+        .collect()
+}
+
 /// The prober thread: owns every namespace's handles (they are not `Sync`).
 fn prober(
     out: mpsc::UnboundedSender<ProbeMsg>,
@@ -448,6 +503,7 @@ fn prober(
                     name: ns.name.clone(),
                     config: NetnsConfig::default(),
                     unclosed: FxHashSet::default(),
+                    unreachable: 0,
                 };
                 w.sent(&msg);
                 watched.push(w);
@@ -474,8 +530,12 @@ fn prober(
     }
     let mut next_settings = Instant::now() + SETTINGS_EVERY;
     let mut next_drift = drift_every.map(|d| Instant::now() + d);
+    let sweep_every = drift_every.unwrap_or(NETNS_SWEEP_EVERY);
+    let mut next_sweep = Instant::now() + sweep_every;
     loop {
-        let wake = next_drift.map_or(next_settings, |d| d.min(next_settings));
+        let wake = next_drift
+            .map_or(next_settings, |d| d.min(next_settings))
+            .min(next_sweep);
         match requests.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(ProbeReq::Discover { inode, pid }) => {
                 if watched.iter().any(|w| w.probe.inode == inode) {
@@ -522,6 +582,14 @@ fn prober(
             Err(std_mpsc::RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();
+        if now >= next_sweep {
+            next_sweep = now + sweep_every;
+            for msg in let_go_of_unreachable(&mut watched) {
+                if !send(msg) {
+                    return;
+                }
+            }
+        }
         if now >= next_settings {
             next_settings = now + SETTINGS_EVERY;
             for w in &mut watched {

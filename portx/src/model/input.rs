@@ -28,6 +28,10 @@ pub enum Input {
     /// Sockets of a namespace's start-up baseline that the kernel no longer has, by
     /// 4-tuple (the drift check; see [`super::baseline_without_close`]).
     BaselineGone { netns: u32, tuples: Vec<Tuple> },
+    /// A namespace nothing reaches any more (no process in it, no `ip netns` name):
+    /// the prober has let go of it, and the model forgets it
+    /// ([`super::Model::forget_netns`]).
+    NetnsGone { netns: u32 },
 }
 
 /// A namespace's sockets and settings at `at_ns` (boot-time clock).
@@ -45,7 +49,7 @@ impl Input {
         match self {
             Self::Event(e) => Some(e.ts_ns),
             Self::State(s) => Some(s.at_ns),
-            Self::Settings { .. } | Self::BaselineGone { .. } => None,
+            Self::Settings { .. } | Self::BaselineGone { .. } | Self::NetnsGone { .. } => None,
             Self::TimeWait { started_ns, .. } => Some(*started_ns),
         }
     }
@@ -70,6 +74,7 @@ impl Model {
             Input::BaselineGone { netns, tuples } => {
                 self.forget_baseline(*netns, tuples);
             }
+            Input::NetnsGone { netns } => self.forget_netns(*netns),
         }
     }
 

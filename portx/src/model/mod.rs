@@ -432,6 +432,11 @@ pub struct Model {
     procs: FxHashMap<(u32, u32), u32>,
     owners: Vec<OwnerInfo>,
     owner_index: FxHashMap<u32, Vec<u32>>,
+    /// Ids in `owners` that nothing refers to, for reuse (`forget_unreferenced_owners`).
+    owner_free: Vec<u32>,
+    /// Owners made since the last sweep, and how many the next one waits for.
+    owners_made: usize,
+    owner_sweep_after: usize,
     /// bind() of a fixed port seen before the socket's first state change.
     pending_binds: FxHashMap<u64, u16>,
     /// Owner of each listening (netns, port) seen going to LISTEN: accepted sockets
@@ -570,14 +575,84 @@ impl Model {
         {
             return id;
         }
-        let id = self.owners.len() as u32;
-        self.owners.push(OwnerInfo {
+        // Every caller has stored the ids it interned before (in a socket, a TIME_WAIT
+        // entry, a listener), so a sweep here sees all that are referred to.
+        self.owners_made += 1;
+        if self.owner_free.is_empty() && self.owners_made >= self.owner_sweep_after.max(1024) {
+            self.forget_unreferenced_owners();
+        }
+        let info = OwnerInfo {
             pid,
             comm: comm.into(),
             cgroup_id,
-        });
+        };
+        let id = match self.owner_free.pop() {
+            Some(id) => {
+                self.owners[id as usize] = info;
+                id
+            }
+            None => {
+                self.owners.push(info);
+                (self.owners.len() - 1) as u32
+            }
+        };
         self.owner_index.entry(pid).or_default().push(id);
         id
+    }
+
+    /// Frees the owners nothing refers to any more: processes whose sockets and
+    /// TIME_WAIT entries are all gone, and closers interned for an event that did not
+    /// keep them. Without this, a host where short-lived processes connect (a cron
+    /// job, `curl` in a loop) grows the table by one owner per process for as long as
+    /// `top` or `serve` runs. The next sweep waits for as many new owners as are in
+    /// use, and for a quarter of the sockets and TIME_WAIT entries it walks, so its
+    /// cost per new owner is a few entries.
+    fn forget_unreferenced_owners(&mut self) {
+        let mut used = vec![false; self.owners.len()];
+        let mut mark = |id: u32| {
+            if let Some(u) = used.get_mut(id as usize) {
+                *u = true;
+            }
+        };
+        mark(NO_OWNER);
+        self.sockets.values().for_each(|s| mark(s.owner));
+        self.timewait.values().for_each(|t| mark(t.owner));
+        self.listeners.values().for_each(|&o| mark(o));
+        self.procs.keys().for_each(|&(_, o)| mark(o));
+        for &i in self.dest_index.values() {
+            let d = &self.dests[i as usize];
+            d.owners.iter().for_each(|&(o, _)| mark(o));
+            d.clients.iter().for_each(|(o, _)| mark(*o));
+        }
+        self.owner_free.clear();
+        for (id, _) in used.iter().enumerate().filter(|(_, u)| !**u) {
+            let info = &mut self.owners[id];
+            if info.pid != 0 {
+                if let Some(ids) = self.owner_index.get_mut(&info.pid) {
+                    ids.retain(|&i| i as usize != id);
+                    if ids.is_empty() {
+                        self.owner_index.remove(&info.pid);
+                    }
+                }
+                *info = OwnerInfo {
+                    pid: 0,
+                    comm: "".into(),
+                    cgroup_id: 0,
+                };
+            }
+            self.owner_free.push(id as u32);
+        }
+        // Lowest ids last, so they are reused first.
+        self.owner_free.reverse();
+        let live = self.owners.len() - self.owner_free.len();
+        self.owners_made = 0;
+        self.owner_sweep_after = live.max((self.sockets.len() + self.timewait.len()) / 4);
+    }
+
+    /// Owners interned and not freed (id 0, "unknown", included).
+    #[cfg(test)]
+    fn owner_count(&self) -> usize {
+        self.owners.len() - self.owner_free.len()
     }
 
     fn dest_for(&mut self, netns: u32, tuple: &Tuple) -> u32 {
@@ -1473,6 +1548,53 @@ impl Model {
         }
         self.drift.baseline_gone += forgotten;
         forgotten
+    }
+
+    /// Forgets a namespace that is gone: the prober found no process in it and no
+    /// `ip netns` name for it, and let go of its handles (which kept it alive). Its
+    /// settings, sockets and TIME_WAIT entries go with it (the kernel purges a dead
+    /// namespace's TIME_WAIT sockets without an event), so a host that runs containers
+    /// does not list every one it ever ran. Should it be in use after all (a process
+    /// enters it), its next event makes the prober send a fresh baseline.
+    pub fn forget_netns(&mut self, netns: u32) {
+        self.netns.remove(&netns);
+        let socks: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, s)| s.netns == netns)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in socks {
+            if let Some(s) = self.sockets.remove(&k) {
+                self.count_sock(&s, -1);
+                self.quad_release(s.quad);
+            }
+        }
+        let tws: Vec<TwKey> = self
+            .timewait
+            .keys()
+            .filter(|k| k.netns == netns)
+            .copied()
+            .collect();
+        for k in &tws {
+            self.remove_timewait(k);
+        }
+        self.baseline.retain(|k, _| k.netns != netns);
+        self.baseline_listeners.retain(|k, _| k.netns != netns);
+        self.listeners.retain(|&(ns, _), _| ns != netns);
+        // Its destination rows, now empty, go at the next prune.
+        let rows: Vec<(DestKey, u32)> = self
+            .dest_index
+            .iter()
+            .filter(|(k, _)| k.netns == netns)
+            .map(|(k, &i)| (*k, i))
+            .collect();
+        for (key, i) in rows {
+            if self.dests[i as usize].total() == 0 {
+                self.dest_index.remove(&key);
+                self.dest_free.push(i);
+            }
+        }
     }
 
     /// Who holds ports toward a destination, most first.

@@ -1136,3 +1136,84 @@ fn the_accounting_path_gives_the_same_answers() {
     };
     assert_eq!(answer(&kept), answer(&full));
 }
+
+/// Short-lived processes, one connection each (a cron job, `curl` in a loop): their
+/// owners are forgotten once their sockets and TIME_WAIT entries are gone, so the
+/// table does not grow for as long as portx runs; live owners keep their names.
+#[test]
+fn owners_of_finished_processes_are_forgotten() {
+    let mut m = model();
+    let keeper = Sk::client(1, 99, 20009, "10.0.0.5", 80);
+    keeper.open(&mut m, S);
+    let mut ts = S + 1_000;
+    for i in 0..20_000u32 {
+        let c = Sk::client(
+            u64::from(i) + 2,
+            1_000 + i,
+            20000 + (i % 9) as u16,
+            "10.0.0.6",
+            443,
+        );
+        c.open(&mut m, ts);
+        c.active_close(&mut m, ts + 10);
+        // 10 ms apart: each TIME_WAIT (60 s) is gone 6,000 connections later.
+        ts += 10_000_000;
+    }
+    // A sweep runs once 1,024 new owners were made: what is left is those and the
+    // few still referred to.
+    assert!(
+        m.owner_count() < 1_100,
+        "{} owners for 20,000 finished processes",
+        m.owner_count()
+    );
+    assert_eq!(m.owner_pid(1), Some(99));
+    let snap = m.snapshot(View::default());
+    let d = snap.netns[0]
+        .destinations
+        .iter()
+        .find(|d| d.dport == 80)
+        .unwrap();
+    assert_eq!((d.owners[0].pid, d.owners[0].comm.as_str()), (99, "curl"));
+    // The TIME_WAIT entries still held name their processes.
+    let tw = snap.netns[0]
+        .destinations
+        .iter()
+        .find(|d| d.dport == 443)
+        .unwrap();
+    assert!(
+        tw.states.get("TIME_WAIT").copied().unwrap_or(0) > 0,
+        "{tw:?}"
+    );
+    assert!(
+        tw.owners.iter().all(|o| o.pid >= 1_000 && o.comm == "curl"),
+        "{:?}",
+        tw.owners
+    );
+}
+
+/// A namespace the prober let go of (deleted, a stopped container) leaves the model:
+/// its settings, sockets and TIME_WAIT entries; another namespace keeps its own.
+#[test]
+fn a_gone_namespace_is_forgotten() {
+    let mut m = model();
+    m.set_netns_config(NS + 1, NetnsConfig::default());
+    let open = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    open.open(&mut m, S);
+    let closed = Sk::client(2, 100, 20002, "10.0.0.5", 80);
+    closed.open(&mut m, S);
+    closed.active_close(&mut m, S + 10);
+    let other = Sk::client(3, 101, 40000, "10.0.0.5", 80);
+    let mut opened = other.state(S, TcpState::Close, TcpState::SynSent);
+    opened.netns = NS + 1;
+    m.apply(&opened);
+    let mut established = other.state(S + 1, TcpState::SynSent, TcpState::Established);
+    established.netns = NS + 1;
+    m.apply(&established);
+    m.feed(&input::Input::NetnsGone { netns: NS });
+    let snap = m.snapshot(View::default());
+    let inodes: Vec<u32> = snap.netns.iter().map(|n| n.inode).collect();
+    assert_eq!(inodes, vec![NS + 1], "{snap:#?}");
+    assert_eq!(m.socket_count(), 1);
+    assert_eq!(snap.netns[0].destinations[0].used, 1);
+    assert_eq!(snap.netns[0].processes[0].pid, 101);
+}

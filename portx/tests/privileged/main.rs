@@ -137,6 +137,10 @@ fn main() {
             "top_backlog0_children_not_counted",
             top::backlog0_children_not_counted,
         ),
+        (
+            "top_forgets_deleted_namespaces",
+            top::forgets_deleted_namespaces,
+        ),
         ("capacity_rule_matches_kernel", top::capacity_matches_kernel),
         (
             "top_drift_check_corrects_timewait",

@@ -205,6 +205,15 @@ impl TopStream {
         })
     }
 
+    /// The next snapshot it prints, within [`wait`].
+    pub fn next_snapshot(&self) -> Result<Value> {
+        let (_, snap) = self
+            .snapshots
+            .recv_timeout(wait())
+            .context("portx top printed no snapshot")?;
+        snap.map_err(|e| anyhow::anyhow!("portx top printed invalid JSON: {e}"))
+    }
+
     /// Stops it as Ctrl-C does and returns every snapshot it printed, and the lines it
     /// wrote on stderr after start-up.
     pub fn stop(mut self) -> Result<(Vec<Snapshot>, Vec<String>)> {
@@ -554,6 +563,66 @@ pub fn backlog0_children_not_counted() -> Result<()> {
         "only the clients' destination is counted: {entry}"
     );
     ensure!(process_ports(entry, server.pid) == 0, "{entry}");
+    Ok(())
+}
+
+/// Whether process `pid` holds open an `ip_local_port_range` file that reads `range`:
+/// the prober's handle on a namespace with that range, which keeps it alive.
+fn holds_port_range_file(pid: u32, range: &str) -> Result<bool> {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let path = fd?.path();
+        let is_range =
+            std::fs::read_link(&path).is_ok_and(|l| l.ends_with("net/ipv4/ip_local_port_range"));
+        if is_range && std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == range) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A namespace deleted while `top` runs (a container that stopped): the prober lets
+/// go of its handles, which kept it alive, and it leaves the snapshot.
+pub fn forgets_deleted_namespaces() -> Result<()> {
+    let top = TopStream::start(&["--interval", "0.5", "--drift-interval", "0.5"])?;
+    let ns = Netns::new(Some((40100, 40199)))?;
+    let inode = ns.inode;
+    // A process in it makes a connection: its events name the namespace, and the
+    // prober opens it.
+    let mut server = Peer::spawn(&ns, "serve", &["127.0.0.1:9000"])?;
+    server.go()?;
+    server.expect("listening")?;
+    let mut client = Peer::spawn(&ns, "hold", &["127.0.0.1:9000", "1", "0"])?;
+    client.go()?;
+    ensure!(client.line()?.starts_with("done"), "hold did not finish");
+    let listed = |snap: &Value| {
+        snap["netns"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n["inode"] == inode))
+    };
+    let deadline = Instant::now() + wait();
+    while !listed(&top.next_snapshot()?) {
+        ensure!(Instant::now() < deadline, "netns {inode} was never listed");
+    }
+    let pid = top.child.id();
+    ensure!(
+        holds_port_range_file(pid, "40100\t40199")?,
+        "the prober has no handle on netns {inode}"
+    );
+    client.finish()?;
+    server.finish()?;
+    drop(ns);
+    let deadline = Instant::now() + wait();
+    while listed(&top.next_snapshot()?) {
+        ensure!(
+            Instant::now() < deadline,
+            "netns {inode} is still listed after it was deleted"
+        );
+    }
+    ensure!(
+        !holds_port_range_file(pid, "40100\t40199")?,
+        "the prober still holds deleted netns {inode}"
+    );
+    top.stop()?;
     Ok(())
 }
 

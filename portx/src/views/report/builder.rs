@@ -312,9 +312,10 @@ impl ReportBuilder {
                 }
                 self.sample(e);
             }
-            Input::Settings { .. } | Input::TimeWait { .. } | Input::BaselineGone { .. } => {
-                self.model.feed(input)
-            }
+            Input::Settings { .. }
+            | Input::TimeWait { .. }
+            | Input::BaselineGone { .. }
+            | Input::NetnsGone { .. } => self.model.feed(input),
         }
     }
 
