@@ -252,6 +252,12 @@ pub struct LookupStats {
 }
 
 /// Names cgroup ids on this host, remembering each.
+/// Cgroup ids kept named at most. Ids are never reused, so a host that starts
+/// containers or transient units (a cron job's scope) would grow the cache for as
+/// long as `serve` runs; past this it starts again (the live ones are looked up
+/// again, a handle lookup each).
+const MAX_NAMED_IDS: usize = 8192;
+
 pub struct CgroupNames {
     host: HostRoot,
     tree: Option<Cgroup2Tree>,
@@ -451,6 +457,9 @@ impl Names for CgroupNames {
         let named = self
             .path_of_id(cgroup_id)
             .map(|p| Arc::new(self.name_path(&p)));
+        if self.by_id.len() >= MAX_NAMED_IDS {
+            self.by_id.clear();
+        }
         self.by_id.insert(cgroup_id, named.clone());
         named
     }
@@ -531,5 +540,11 @@ mod tests {
         assert_eq!(names.stats, before);
         // An id that is no cgroup stays unnamed.
         assert_eq!(names.name(u64::MAX - 7), None);
+        // The cache is bounded, and names the live cgroup again after it restarts.
+        for i in 0..MAX_NAMED_IDS as u64 + 10 {
+            let _ = names.name(u64::MAX - 100 - i);
+        }
+        assert!(names.by_id.len() <= MAX_NAMED_IDS, "{}", names.by_id.len());
+        assert_eq!(names.name(id).unwrap().cgroup, want);
     }
 }
