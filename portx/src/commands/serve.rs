@@ -50,9 +50,7 @@ struct Served {
 
 impl Served {
     fn feed(&mut self, input: &Input) {
-        if let Input::Event(e) = input {
-            self.counters.on_event(e);
-        }
+        self.counters.on_input(input);
         self.model.feed(input);
     }
 

@@ -95,6 +95,20 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Counts an event; a namespace the prober let go of (deleted: a stopped
+    /// container) takes its counters with it, so its series end rather than pile up,
+    /// one set per pod a node ever ran.
+    pub fn on_input(&mut self, input: &crate::model::input::Input) {
+        use crate::model::input::Input;
+        match input {
+            Input::Event(e) => self.on_event(e),
+            Input::NetnsGone { netns } => {
+                self.per_ns.remove(netns);
+            }
+            _ => {}
+        }
+    }
+
     pub fn on_event(&mut self, e: &TraceEvent) {
         let slot = || errno_slot(e.errno.unwrap_or(0));
         match e.kind {

@@ -249,6 +249,16 @@ fn counters_count_calls_and_errnos() {
     assert!(text.contains("portx_series_omitted{kind=\"destinations\"} 1\n"));
 }
 
+#[test]
+fn a_gone_namespace_takes_its_counters_with_it() {
+    use crate::model::input::Input;
+    let mut c = fixed_counters();
+    c.on_input(&Input::NetnsGone { netns: NS + 1 });
+    assert!(c.per_ns.contains_key(&NS));
+    c.on_input(&Input::NetnsGone { netns: NS });
+    assert!(c.per_ns.is_empty(), "{:?}", c.per_ns);
+}
+
 fn dports(text: &str) -> Vec<u16> {
     text.lines()
         .filter(|l| l.starts_with("portx_ephemeral_ports_used{"))
