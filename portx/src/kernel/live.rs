@@ -443,8 +443,8 @@ impl Watched {
 
 /// Drops the namespaces that nothing reaches any more but the prober's own handles:
 /// no process is in them and no `ip netns` name is left (`sockdiag::list_netns`), in
-/// two sweeps in a row (a process seen exiting between two others' readlinks must not
-/// count). Its sock_diag socket (a user socket holds a reference on its namespace)
+/// two sweeps in a row (once can be a container caught between its last process
+/// exiting and the next entering). Its sock_diag socket (a user socket holds a reference on its namespace)
 /// would keep such a namespace alive for as long as portx runs, one per container a
 /// host ever started, each still probed every interval. The model is told to forget
 /// them (`Input::NetnsGone`). Only while the prober may read every process's
