@@ -1582,7 +1582,8 @@ impl Model {
         self.baseline.retain(|k, _| k.netns != netns);
         self.baseline_listeners.retain(|k, _| k.netns != netns);
         self.listeners.retain(|&(ns, _), _| ns != netns);
-        // Its destination rows, now empty, go at the next prune.
+        // Its destination rows, empty now, go at once (a prune waits for their rate
+        // window to go idle).
         let rows: Vec<(DestKey, u32)> = self
             .dest_index
             .iter()
