@@ -314,6 +314,65 @@ fn bench_memory(n: u64) {
     drop(m);
 }
 
+/// What the model keeps of `n` processes that each made one connection and exited,
+/// once their TIME_WAIT entries have expired (a cron job, `curl` in a loop, a
+/// weeks-long `serve`): it should be bounded, not one owner per process.
+fn bench_churn_memory(n: u64) {
+    // Process `i`'s connection at `ts`, as the accounting path reports it.
+    fn one(m: &mut Model, i: u64, ts: u64) {
+        let ev = |ts, old, new, sport| {
+            let daddr = Ipv4Addr::new(10, 1, 0, 1);
+            let comm = "cronjob".into();
+            let mut e = conn_event(i, ts, Kind::State, sport, daddr, Some((old, new)), comm);
+            // A new process each time.
+            e.pid = 100_000 + i as u32;
+            e.tid = e.pid;
+            e
+        };
+        let sport = 1024 + (i % 60_000) as u16;
+        m.apply(&ev(ts, TcpState::Close, TcpState::SynSent, 0));
+        m.apply(&ev(ts + 1, TcpState::SynSent, TcpState::Established, sport));
+        m.apply(&ev(
+            ts + 2,
+            TcpState::Established,
+            TcpState::FinWait1,
+            sport,
+        ));
+        m.apply(&ev(ts + 3, TcpState::FinWait2, TcpState::Close, sport));
+    }
+    let mut m = model();
+    let mut ts = 1_000_000_000u64;
+    // 10 ms apart: 6,000 TIME_WAIT entries live at most. The first 20,000 (200 s)
+    // bring the tables to that steady state; what the next `n` add is measured.
+    let warm = 20_000;
+    for i in 0..warm {
+        one(&mut m, i, ts);
+        ts += 10_000_000;
+    }
+    let before = LIVE.load(Ordering::Relaxed);
+    for i in warm..warm + n {
+        one(&mut m, i, ts);
+        ts += 10_000_000;
+    }
+    m.tick(ts + portx::model::TIME_WAIT_NS);
+    let _ = m.snapshot(View::default());
+    let kept = LIVE.load(Ordering::Relaxed).saturating_sub(before) as f64;
+    let per = kept / n as f64;
+    report(Figure {
+        figure: &format!(
+            "model memory kept per finished one-connection process ({}k processes, TIME_WAIT expired)",
+            n / 1000
+        ),
+        value: per,
+        unit: "bytes",
+        baseline: None,
+        target: "<= 1 byte (bounded, not per process)",
+        pass: Some(per <= 1.0),
+        spread: 0.0,
+        paired_ratio: None,
+    });
+}
+
 /// A namespace the bench made, removed on drop.
 struct BenchNs(String);
 
@@ -540,6 +599,7 @@ fn main() {
         bench_ingest(quick);
     }
     if part("memory") {
+        bench_churn_memory(if quick { 100_000 } else { 500_000 });
         bench_memory(100_000);
         if !quick {
             bench_memory(1_000_000);
