@@ -251,13 +251,13 @@ pub struct LookupStats {
     pub kubelet_reads: u64,
 }
 
-/// Names cgroup ids on this host, remembering each.
 /// Cgroup ids kept named at most. Ids are never reused, so a host that starts
 /// containers or transient units (a cron job's scope) would grow the cache for as
 /// long as `serve` runs; past this it starts again (the live ones are looked up
 /// again, a handle lookup each).
 const MAX_NAMED_IDS: usize = 8192;
 
+/// Names cgroup ids on this host, remembering each.
 pub struct CgroupNames {
     host: HostRoot,
     tree: Option<Cgroup2Tree>,

@@ -444,9 +444,9 @@ impl Watched {
 /// Drops the namespaces that nothing reaches any more but the prober's own handles:
 /// no process is in them and no `ip netns` name is left (`sockdiag::list_netns`), in
 /// two sweeps in a row (once can be a container caught between its last process
-/// exiting and the next entering). Its sock_diag socket (a user socket holds a reference on its namespace)
-/// would keep such a namespace alive for as long as portx runs, one per container a
-/// host ever started, each still probed every interval. The model is told to forget
+/// exiting and the next entering). Its sock_diag socket (a user socket holds a
+/// reference on its namespace) would keep such a namespace alive for as long as portx
+/// runs, one per container a host ever started, each still probed every interval. The model is told to forget
 /// them (`Input::NetnsGone`). Only while the prober may read every process's
 /// namespace link (`CAP_SYS_PTRACE`, which `serve` drops with `--netns`): without it,
 /// another user's namespace would look unreachable.

@@ -292,6 +292,21 @@ fn ms_of(ts_ns: u64) -> u32 {
     ((ts_ns / 1_000_000) as u32).max(1)
 }
 
+/// Puts `item` in a slot of `slots` listed in `free` (freed before), or in a new one;
+/// its index.
+fn into_free_slot<T>(slots: &mut Vec<T>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            slots[i as usize] = item;
+            i
+        }
+        None => {
+            slots.push(item);
+            (slots.len() - 1) as u32
+        }
+    }
+}
+
 impl DestAgg {
     fn total(&self) -> u32 {
         self.states.iter().sum()
@@ -586,16 +601,7 @@ impl Model {
             comm: comm.into(),
             cgroup_id,
         };
-        let id = match self.owner_free.pop() {
-            Some(id) => {
-                self.owners[id as usize] = info;
-                id
-            }
-            None => {
-                self.owners.push(info);
-                (self.owners.len() - 1) as u32
-            }
-        };
+        let id = into_free_slot(&mut self.owners, &mut self.owner_free, info);
         self.owner_index.entry(pid).or_default().push(id);
         id
     }
@@ -671,16 +677,7 @@ impl Model {
             rate: RateWindow::default(),
             clients: Vec::new(),
         };
-        let i = match self.dest_free.pop() {
-            Some(i) => {
-                self.dests[i as usize] = agg;
-                i
-            }
-            None => {
-                self.dests.push(agg);
-                (self.dests.len() - 1) as u32
-            }
-        };
+        let i = into_free_slot(&mut self.dests, &mut self.dest_free, agg);
         self.dest_index.insert(key, i);
         i
     }

@@ -149,16 +149,12 @@ pub fn run_if_peer() -> bool {
         }
         // Serves every ADDR: accepts connections, reads each to EOF, then closes it
         // (so clients that close first end in TIME_WAIT). Runs until stdin closes.
-        "serve" => serve_each(&args, |mut conn| {
-            let _ = conn.read_to_end(&mut Vec::new());
-        }),
+        "serve" => serve_each(&args, read_to_eof),
         // `serve` on one ADDR, listening with a backlog of 0 (`listen(fd, 0)`), which
         // its accepted sockets inherit.
         "serve-backlog0" => {
             let listener = listen_with_backlog(addr(arg(&args, 0)), 0);
-            serve_on(listener, |mut conn| {
-                let _ = conn.read_to_end(&mut Vec::new());
-            });
+            serve_on(listener, read_to_eof);
             say("listening");
             wait_for_eof();
         }
@@ -223,6 +219,11 @@ fn serve_each(addrs: &[String], handle: fn(TcpStream)) {
     }
     say("listening");
     wait_for_eof();
+}
+
+/// Reads a connection to its end, then drops it (closes).
+fn read_to_eof(mut conn: TcpStream) {
+    let _ = conn.read_to_end(&mut Vec::new());
 }
 
 /// Accepts connections on `listener` in a thread of its own, each handled in another.

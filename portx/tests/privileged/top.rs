@@ -535,6 +535,24 @@ pub fn bind_conflict_after_restart_names_holder() -> Result<()> {
     Ok(())
 }
 
+/// A `server` peer of kind `kind` listening on `listen` in `ns`, and a `hold` peer
+/// holding `n` connections to `target`, both running.
+fn serve_and_hold(
+    ns: &Netns,
+    kind: &str,
+    listen: &str,
+    target: &str,
+    n: usize,
+) -> Result<(Peer, Peer)> {
+    let mut server = Peer::spawn(ns, kind, &[listen])?;
+    server.go()?;
+    server.expect("listening")?;
+    let mut clients = Peer::spawn(ns, "hold", &[target, &n.to_string(), "0"])?;
+    clients.go()?;
+    ensure!(clients.line()?.starts_with("done"), "hold did not finish");
+    Ok((server, clients))
+}
+
 /// A listener with a backlog of 0 on a port inside the range. The accounting path
 /// tells an accepted socket apart in the kernel by the backlog it inherits, so this
 /// listener's children reach the model, first at SYN_RECV -> ESTABLISHED: they hold
@@ -542,12 +560,8 @@ pub fn bind_conflict_after_restart_names_holder() -> Result<()> {
 pub fn backlog0_children_not_counted() -> Result<()> {
     let ns = Netns::new(Some((3306, 3309)))?;
     let top = TopOnce::start(&["--netns", &ns.name, "--interval", "3"])?;
-    let mut server = Peer::spawn(&ns, "serve-backlog0", &["0.0.0.0:3307"])?;
-    server.go()?;
-    server.expect("listening")?;
-    let mut clients = Peer::spawn(&ns, "hold", &["127.0.0.1:3307", "2", "0"])?;
-    clients.go()?;
-    ensure!(clients.line()?.starts_with("done"), "hold did not finish");
+    let (mut server, mut clients) =
+        serve_and_hold(&ns, "serve-backlog0", "0.0.0.0:3307", "127.0.0.1:3307", 2)?;
     let snap = top.snapshot()?;
     clients.finish()?;
     server.finish()?;
@@ -588,12 +602,8 @@ pub fn forgets_deleted_namespaces() -> Result<()> {
     let inode = ns.inode;
     // A process in it makes a connection: its events name the namespace, and the
     // prober opens it.
-    let mut server = Peer::spawn(&ns, "serve", &["127.0.0.1:9000"])?;
-    server.go()?;
-    server.expect("listening")?;
-    let mut client = Peer::spawn(&ns, "hold", &["127.0.0.1:9000", "1", "0"])?;
-    client.go()?;
-    ensure!(client.line()?.starts_with("done"), "hold did not finish");
+    let (mut server, mut client) =
+        serve_and_hold(&ns, "serve", "127.0.0.1:9000", "127.0.0.1:9000", 1)?;
     let listed = |snap: &Value| {
         snap["netns"]
             .as_array()
