@@ -537,6 +537,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
         saddr: [0; 16],
         daddr: [0; 16],
     };
+    if old == TCP_CLOSE && new == TCP_SYN_SENT && ep.sport != 0 {
+        // The tracepoint copies inet_sport, which a socket connect()ing again after a
+        // failure still holds from its last attempt; its port is inet_num (skc_num):
+        // 0 until this attempt picks one, or the port it bound.
+        // SAFETY: probe read at a BTF offset.
+        ep.sport = unsafe { read_at::<u16>(sk, conf!(kernel.sock_num)) }.unwrap_or(ep.sport);
+    }
     if ep.family == AF_INET6 {
         ep.saddr = tp_read(ctx, conf!(state_tp.saddr_v6))?;
         ep.daddr = tp_read(ctx, conf!(state_tp.daddr_v6))?;
@@ -572,9 +579,11 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     if let Some(mut ep) = sock_endpoints::<DirectLoad>(sk)
         && (ep.protocol == IPPROTO_TCP || ep.protocol == IPPROTO_MPTCP)
     {
-        if ep.sport == 0 {
+        if ep.sport == 0 && new as u8 == TCP_CLOSE {
             // The port as the plain tracepoint reports it (inet_sport): on a move to
             // CLOSE some kernels fire this after inet_put_port() has zeroed skc_num.
+            // Only there: before a connect() picks its port, inet_sport may still hold
+            // the port of a failed earlier attempt on the same socket.
             // inet_sport is in struct inet_sock, beyond the argument's BTF type
             // (struct sock), so it takes a probe read.
             // SAFETY: probe read at a BTF offset; a full socket is an inet_sock.

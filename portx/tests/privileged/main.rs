@@ -74,6 +74,13 @@ fn main() {
             cycle(false, Paths::Kprobes)
         }),
         ("bind_port_zero_reports_the_port_it_got", bind_port_zero),
+        ("reconnect_after_refusal_reports_its_new_port", || {
+            reconnect(Paths::Best)
+        }),
+        (
+            "reconnect_after_refusal_reports_its_new_port_tracepoints_only",
+            || reconnect(Paths::Tracepoints),
+        ),
         ("timewait_end_seen_where_hooked", timewait_end),
         ("check_flags_listener_in_range_then_clears", check_listener),
         (
@@ -860,6 +867,49 @@ fn bind_port_zero() -> Result<()> {
         "got {port}: {bind}"
     );
     ensure!(bind.n("pid") == u64::from(peer.pid), "{bind}");
+    Ok(())
+}
+
+/// A socket connect()ed again after a refusal: its move to SYN_SENT has no port yet
+/// (the kernel's inet_sport still holds the refused attempt's), and its move out of
+/// SYN_SENT has the new one.
+fn reconnect(paths: Paths) -> Result<()> {
+    let ns = Netns::new(None)?;
+    let mut peer = Peer::spawn(&ns, "reconnect", &["127.0.0.1:7000", "127.0.0.1:7001"])?;
+    let Some(tracer) = trace_ns(&ns, paths)? else {
+        return Ok(());
+    };
+    peer.go()?;
+    peer.expect("refused")?;
+    let port: u64 = peer.expect("port")?.parse()?;
+    let established = |evs: &[Value]| {
+        evs.iter()
+            .any(|e| e.transition() == "SYN_SENT->ESTABLISHED" && e.n("dport") == 7000)
+    };
+    tracer.wait_for("the second attempt", established)?;
+    let (events, _) = tracer.stop()?;
+    peer.finish()?;
+    let sockets = by_socket(&events);
+    let client = sockets
+        .values()
+        .find(|evs| evs.iter().any(|e| e.n("dport") == 7001))
+        .with_context(|| format!("no socket connecting to 7001: {sockets:#?}"))?;
+    let got: Vec<(String, u64, u64)> = client
+        .iter()
+        .map(|e| (e.transition(), e.n("sport"), e.n("dport")))
+        .collect();
+    let refused_port = client
+        .iter()
+        .find(|e| e.transition() == "SYN_SENT->CLOSE")
+        .map_or(0, |e| e.n("sport"));
+    ensure!(refused_port != 0 && refused_port != port, "{got:?}");
+    let want = vec![
+        ("CLOSE->SYN_SENT".to_owned(), 0, 7001),
+        ("SYN_SENT->CLOSE".to_owned(), refused_port, 7001),
+        ("CLOSE->SYN_SENT".to_owned(), 0, 7000),
+        ("SYN_SENT->ESTABLISHED".to_owned(), port, 7000),
+    ];
+    ensure!(got.starts_with(&want), "got {got:?}, want {want:?} first");
     Ok(())
 }
 

@@ -100,6 +100,22 @@ pub fn run_if_peer() -> bool {
                 .count();
             say(&format!("done {refused} {later}"));
         }
+        // Listens on OK, then connect()s one socket to REFUSED (nothing listens) and,
+        // refused, the same socket again to OK; says `refused`, then `port N` of the
+        // second attempt (IPv4).
+        "reconnect" => {
+            let ok = addr(arg(&args, 0));
+            let refused = addr(arg(&args, 1));
+            let _listener = TcpListener::bind(ok).expect("listen");
+            match reconnect(refused, ok) {
+                Some(port) => {
+                    say("refused");
+                    say(&format!("port {port}"));
+                }
+                None => say("error"),
+            }
+            wait_for_eof();
+        }
         // bind()s ADDR and reports the result.
         "bind" => {
             match TcpListener::bind(addr(arg(&args, 0))) {
@@ -370,6 +386,42 @@ fn sockaddr_in(v4: std::net::SocketAddrV4) -> libc::sockaddr_in {
             s_addr: u32::from(*v4.ip()).to_be(),
         },
         sin_zero: [0; 8],
+    }
+}
+
+/// One blocking socket connect()ed to `refused` (IPv4), which must refuse it, then
+/// to `ok`: the local port the second attempt got.
+fn reconnect(refused: SocketAddr, ok: SocketAddr) -> Option<u16> {
+    let (SocketAddr::V4(refused), SocketAddr::V4(ok)) = (refused, ok) else {
+        return None;
+    };
+    let connect = |fd: libc::c_int, to: &libc::sockaddr_in| {
+        // SAFETY: connect() on a socket this function owns; `to` outlives the call.
+        unsafe {
+            libc::connect(
+                fd,
+                std::ptr::from_ref(to).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
+    };
+    // SAFETY: plain syscalls on a socket this function owns and closes; the pointers
+    // are to locals that outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let first = connect(fd, &sockaddr_in(refused));
+        let was_refused = first < 0 && *libc::__errno_location() == libc::ECONNREFUSED;
+        let mut local = sockaddr_in(ok);
+        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let port = (was_refused
+            && connect(fd, &sockaddr_in(ok)) == 0
+            && libc::getsockname(fd, std::ptr::from_mut(&mut local).cast(), &mut len) == 0)
+            .then(|| u16::from_be(local.sin_port));
+        libc::close(fd);
+        port
     }
 }
 
