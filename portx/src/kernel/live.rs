@@ -444,7 +444,8 @@ impl Watched {
 /// Drops the namespaces that nothing reaches any more but the prober's own handles:
 /// no process is in them and no `ip netns` name is left (`sockdiag::list_netns`), in
 /// two sweeps in a row (once can be a container caught between its last process
-/// exiting and the next entering). Its sock_diag socket (a user socket holds a
+/// exiting and the next entering), and no TCP socket of its own ([`holds_sockets`]).
+/// Its sock_diag socket (a user socket holds a
 /// reference on its namespace) would keep such a namespace alive for as long as portx
 /// runs, one per container a host ever started, each still probed every interval. The model is told to forget
 /// them (`Input::NetnsGone`). Only while the prober may read every process's
@@ -472,13 +473,24 @@ fn let_go_of_unreachable(watched: &mut Vec<Watched>) -> Vec<ProbeMsg> {
         };
     }
     watched
-        .extract_if(.., |w| w.unreachable >= 2)
+        .extract_if(.., |w| w.unreachable >= 2 && !holds_sockets(&w.probe))
         .map(|w| {
             ProbeMsg::Input(Input::NetnsGone {
                 netns: w.probe.inode,
             })
         })
         .collect()
+}
+
+/// Whether a namespace has TCP sockets of its own, which keep it alive whoever holds
+/// them: a process elsewhere may have made them in it (setns, then back), and their
+/// events still come. TIME_WAIT sockets are left out: they hold no reference on the
+/// namespace (it purges them as it goes), so only the prober's handles would keep it.
+/// A dump that fails counts as none.
+/// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_timewait_sock.c (inet_twsk_purge)
+fn holds_sockets(probe: &NetnsProbe) -> bool {
+    let states = sockdiag::ALL_STATES & !sockdiag::state_bit(TcpState::TimeWait);
+    probe.dump_tcp(states).is_ok_and(|socks| !socks.is_empty())
 }
 
 /// The prober thread: owns every namespace's handles (they are not `Sync`).

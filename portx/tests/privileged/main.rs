@@ -148,6 +148,10 @@ fn main() {
             "top_forgets_deleted_namespaces",
             top::forgets_deleted_namespaces,
         ),
+        (
+            "top_keeps_namespaces_held_by_sockets",
+            top::keeps_namespaces_held_by_sockets,
+        ),
         ("capacity_rule_matches_kernel", top::capacity_matches_kernel),
         (
             "top_drift_check_corrects_timewait",

@@ -116,6 +116,55 @@ pub fn run_if_peer() -> bool {
             }
             wait_for_eof();
         }
+        // `elsewhere ADDR NETNS`: in its namespace, listens on ADDR, makes a socket it
+        // does not connect yet, and says `listening`; on the next line on stdin, moves
+        // to the namespace of the file NETNS and says `moved`, so that only its sockets
+        // keep the first one alive; on the next, connects that socket to ADDR (in the
+        // socket's own namespace) and says `port N` (IPv4).
+        "elsewhere" => {
+            let target = addr(arg(&args, 0));
+            let _listener = TcpListener::bind(target).expect("listen");
+            let SocketAddr::V4(v4) = target else {
+                eprintln!("peer: elsewhere takes an IPv4 address");
+                std::process::exit(2)
+            };
+            // SAFETY: socket() has no memory arguments; the fd is this role's.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            assert!(fd >= 0, "socket");
+            say("listening");
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            let host = std::fs::File::open(arg(&args, 1)).expect("open the other netns");
+            // SAFETY: setns() on an open namespace file.
+            let moved =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&host), libc::CLONE_NEWNET) };
+            assert_eq!(moved, 0, "setns");
+            say("moved");
+            line.clear();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            let sin = sockaddr_in(v4);
+            let mut local = sin;
+            let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            // SAFETY: connect() and getsockname() on this role's socket, with pointers
+            // to locals that outlive the calls.
+            let port = unsafe {
+                (libc::connect(
+                    fd,
+                    std::ptr::from_ref(&sin).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                ) == 0
+                    && libc::getsockname(fd, std::ptr::from_mut(&mut local).cast(), &mut len) == 0)
+                    .then(|| u16::from_be(local.sin_port))
+            };
+            match port {
+                Some(p) => say(&format!("port {p}")),
+                None => say("error"),
+            }
+            wait_for_eof();
+            // SAFETY: closing this role's own socket.
+            unsafe { libc::close(fd) };
+        }
         // bind()s ADDR and reports the result.
         "bind" => {
             match TcpListener::bind(addr(arg(&args, 0))) {

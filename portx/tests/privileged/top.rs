@@ -636,6 +636,79 @@ pub fn forgets_deleted_namespaces() -> Result<()> {
     Ok(())
 }
 
+/// A namespace with no process in it and no name, kept alive by the sockets a process
+/// made in it before it moved elsewhere: `top` keeps it (its sockets' events still
+/// come, and name a process of another namespace, which cannot lead back to it), and
+/// lets go of it once those sockets are closed.
+pub fn keeps_namespaces_held_by_sockets() -> Result<()> {
+    let top = TopStream::start(&["--interval", "0.5", "--drift-interval", "0.5"])?;
+    let ns = Netns::new(Some((40200, 40299)))?;
+    let inode = ns.inode;
+    // It moves to the test's own namespace.
+    let host = format!("/proc/{}/ns/net", std::process::id());
+    let mut peer = Peer::spawn(&ns, "elsewhere", &["127.0.0.1:7000", &host])?;
+    let netns_of = |snap: &Value| -> Option<Value> {
+        snap["netns"]
+            .as_array()?
+            .iter()
+            .find(|n| n["inode"] == inode)
+            .cloned()
+    };
+    // Its listen() names the namespace, and the prober opens it through the peer.
+    peer.go()?;
+    peer.expect("listening")?;
+    let deadline = Instant::now() + wait();
+    while netns_of(&top.next_snapshot()?).is_none() {
+        ensure!(Instant::now() < deadline, "netns {inode} was never listed");
+    }
+    peer.go()?;
+    peer.expect("moved")?;
+    drop(ns);
+    // Unreachable for two sweeps in a row is what lets a namespace go: wait for
+    // several (one per drift interval).
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        ensure!(
+            netns_of(&top.next_snapshot()?).is_some(),
+            "netns {inode} was let go of while sockets in it were open"
+        );
+    }
+    ensure!(
+        holds_port_range_file(top.child.id(), "40200\t40299")?,
+        "the prober let go of netns {inode}"
+    );
+    peer.go()?;
+    let port: u64 = peer.expect("port")?.parse()?;
+    let counted = |snap: &Value| {
+        netns_of(snap).is_some_and(|n| {
+            n["destinations"].as_array().is_some_and(|ds| {
+                ds.iter().any(|d| {
+                    d["dport"] == 7000
+                        && d["used"] == 1
+                        && d["owners"][0]["pid"] == u64::from(peer.pid)
+                })
+            })
+        })
+    };
+    let deadline = Instant::now() + wait();
+    while !counted(&top.next_snapshot()?) {
+        ensure!(
+            Instant::now() < deadline,
+            "port {port} toward 127.0.0.1:7000 never counted in netns {inode}"
+        );
+    }
+    peer.finish()?;
+    let deadline = Instant::now() + wait();
+    while netns_of(&top.next_snapshot()?).is_some() {
+        ensure!(
+            Instant::now() < deadline,
+            "netns {inode} still listed after its last socket closed"
+        );
+    }
+    top.stop()?;
+    Ok(())
+}
+
 /// The capacity rule against the kernel: connects until EADDRNOTAVAIL.
 pub fn capacity_matches_kernel() -> Result<()> {
     use portx::model::capacity::capacity;
