@@ -395,8 +395,12 @@ impl Watched {
     /// TIME_WAIT sockets only.
     fn drift_check(&mut self) -> Vec<ProbeMsg> {
         let started_ns = boottime_ns();
+        // Timewait sockets in FIN_WAIT2 hold their ports as TIME_WAIT does (the model
+        // makes one entry at the close that hands a socket's port to either): asking
+        // for TIME_WAIT alone would have the check remove the entries of every client
+        // whose server has not closed yet.
         let states = if self.unclosed.is_empty() {
-            sockdiag::TIME_WAIT_ONLY
+            sockdiag::TIMEWAIT_SOCKETS
         } else {
             sockdiag::ALL_STATES & !sockdiag::state_bit(TcpState::Listen)
         };
@@ -414,17 +418,13 @@ impl Watched {
             netns,
             tuples: socks
                 .iter()
-                .filter(|s| s.state == TcpState::TimeWait)
+                .filter(|s| s.timewait)
                 .map(|s| (tuple(s), s.expires_ms))
                 .collect(),
             started_ns,
         })];
         if !self.unclosed.is_empty() {
-            let alive: FxHashSet<Tuple> = socks
-                .iter()
-                .filter(|s| s.state != TcpState::TimeWait)
-                .map(tuple)
-                .collect();
+            let alive: FxHashSet<Tuple> = socks.iter().filter(|s| !s.timewait).map(tuple).collect();
             let gone: Vec<Tuple> = self.unclosed.extract_if(|t| !alive.contains(t)).collect();
             if !gone.is_empty() {
                 if self.unclosed.is_empty() {
@@ -484,13 +484,15 @@ fn let_go_of_unreachable(watched: &mut Vec<Watched>) -> Vec<ProbeMsg> {
 
 /// Whether a namespace has TCP sockets of its own, which keep it alive whoever holds
 /// them: a process elsewhere may have made them in it (setns, then back), and their
-/// events still come. TIME_WAIT sockets are left out: they hold no reference on the
+/// events still come. Timewait sockets are left out: they hold no reference on the
 /// namespace (it purges them as it goes), so only the prober's handles would keep it.
 /// A dump that fails counts as none.
 /// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_timewait_sock.c (inet_twsk_purge)
 fn holds_sockets(probe: &NetnsProbe) -> bool {
-    let states = sockdiag::ALL_STATES & !sockdiag::state_bit(TcpState::TimeWait);
-    probe.dump_tcp(states).is_ok_and(|socks| !socks.is_empty())
+    let states = sockdiag::ALL_STATES & !sockdiag::TIME_WAIT_ONLY;
+    probe
+        .dump_tcp(states)
+        .is_ok_and(|socks| socks.iter().any(|s| !s.timewait))
 }
 
 /// The prober thread: owns every namespace's handles (they are not `Sync`).

@@ -32,7 +32,7 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::{
     SOCK_DIAG_BY_FAMILY, SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags, Timer},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -48,6 +48,9 @@ use crate::{
 pub const ALL_STATES: u32 = 0x1ffe;
 /// Only TIME_WAIT (state 6).
 pub const TIME_WAIT_ONLY: u32 = state_bit(TcpState::TimeWait);
+/// Every timewait socket: TIME_WAIT, and FIN_WAIT2 (which also brings full sockets in
+/// FIN_WAIT2, told apart by [`DiagSocket::timewait`]).
+pub const TIMEWAIT_SOCKETS: u32 = TIME_WAIT_ONLY | state_bit(TcpState::FinWait2);
 
 /// The bit of one state in a `dump_tcp` mask.
 pub const fn state_bit(state: TcpState) -> u32 {
@@ -178,6 +181,11 @@ pub struct DiagSocket {
     pub daddr: IpAddr,
     pub dport: u16,
     pub state: TcpState,
+    /// A timewait socket (`struct inet_timewait_sock`, the kernel's TIME_WAIT timer):
+    /// state TIME_WAIT, or FIN_WAIT2 after an orphaned close (the client closed first
+    /// and the peer has not closed yet; it lives `tcp_fin_timeout`). Not a full socket.
+    /// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_diag.c (inet_twsk_diag_fill)
+    pub timewait: bool,
     /// 0 for TIME_WAIT and orphans (no `struct socket` left).
     pub inode: u64,
     pub uid: u32,
@@ -226,6 +234,7 @@ fn diag_socket_from_payload(payload: &[u8]) -> Result<Option<DiagSocket>> {
         daddr: h.socket_id.destination_address,
         dport: h.socket_id.destination_port,
         state,
+        timewait: matches!(h.timer, Some(Timer::TimeWait)),
         inode: u64::from(h.inode),
         uid: h.uid,
         cookie,
@@ -741,7 +750,8 @@ pub(crate) mod tests {
         assert_eq!(u32::from_ne_bytes(p[4..8].try_into().unwrap()), ALL_STATES);
     }
 
-    /// A hand-built `struct inet_diag_msg` plus one attribute (INET_DIAG_SHUTDOWN).
+    /// A hand-built `struct inet_diag_msg` plus one attribute (INET_DIAG_SHUTDOWN); its
+    /// timer is the TIME_WAIT one (3).
     #[expect(clippy::too_many_arguments, reason = "mirrors the C struct's fields")]
     fn diag_msg(
         family: u8,
@@ -813,6 +823,7 @@ pub(crate) mod tests {
                 daddr: v4("127.0.0.2"),
                 dport: 80,
                 state: TcpState::TimeWait,
+                timewait: true,
                 inode: 0,
                 uid: 0,
                 cookie: 0x1122_3344_5566_7788,
@@ -839,6 +850,27 @@ pub(crate) mod tests {
             (Family::Ipv6, TcpState::Listen, 123_456, 1000)
         );
         assert_eq!(s.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        // FIN_WAIT2: a timewait socket (idiag_timer 3) after an orphaned close, or a
+        // full socket (here its keepalive timer, 2).
+        let mut p = diag_msg(
+            AF_INET,
+            5,
+            v4("127.0.0.1"),
+            1,
+            v4("127.0.0.1"),
+            2,
+            0,
+            0,
+            0,
+            0,
+        );
+        let tw = diag_socket_from_payload(&p).unwrap().unwrap();
+        p[2] = 2;
+        let full = diag_socket_from_payload(&p).unwrap().unwrap();
+        assert_eq!(
+            (tw.state, tw.timewait, full.state, full.timewait),
+            (TcpState::FinWait2, true, TcpState::FinWait2, false)
+        );
         // Unknown states (e.g. 13, TCP_BOUND_INACTIVE) and families are skipped.
         let p = diag_msg(AF_INET, 13, v4("0.0.0.0"), 1, v4("0.0.0.0"), 0, 0, 0, 0, 1);
         assert_eq!(diag_socket_from_payload(&p).unwrap(), None);

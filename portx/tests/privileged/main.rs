@@ -157,6 +157,10 @@ fn main() {
             "top_drift_check_corrects_timewait",
             top::drift_check_corrects_timewait,
         ),
+        (
+            "top_drift_check_keeps_fin_wait2_timewait",
+            top::drift_check_keeps_fin_wait2_timewait,
+        ),
         ("record_survives_kill9", record::record_survives_kill9),
         (
             "record_replay_matches_live_top",

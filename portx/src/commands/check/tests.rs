@@ -13,6 +13,7 @@ fn sock(state: TcpState, sport: u16, daddr: &str, dport: u16, inode: u64) -> Dia
         daddr: daddr.parse::<IpAddr>().unwrap(),
         dport,
         state,
+        timewait: state == TcpState::TimeWait,
         inode,
         uid: 0,
         cookie: 0,
