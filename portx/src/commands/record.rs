@@ -339,6 +339,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let filter = filter_from(&args.filter)?;
+    let only_netns = (filter.kernel().netns != 0).then_some(filter.kernel().netns);
     let mut probes = Probes::load(LoadOptions {
         ring_bytes: args.ring_mib << 20,
         filter: filter.kernel(),
@@ -354,7 +355,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         );
     }
     let drift_every = (!args.no_drift_check).then(|| Duration::from_secs(10));
-    let mut live = LiveSource::start(&mut probes, drift_every)?;
+    let mut live = LiveSource::start(&mut probes, drift_every, only_netns)?;
     let clock = Clock::now();
     let mode = match &args.flight_recorder {
         Some(_) => Mode::FlightRecorder {

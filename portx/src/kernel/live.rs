@@ -119,13 +119,17 @@ pub struct LiveSource {
 impl LiveSource {
     /// Starts the prober thread (baseline now, then settings every few seconds and the
     /// drift check every `drift_every`) and takes the ring buffer's reader.
-    pub fn start(probes: &mut Probes, drift_every: Option<Duration>) -> Result<Self> {
+    pub fn start(
+        probes: &mut Probes,
+        drift_every: Option<Duration>,
+        only_netns: Option<u32>,
+    ) -> Result<Self> {
         let reader = probes.events()?;
         let (msg_tx, msgs) = mpsc::unbounded_channel();
         let (req_tx, req_rx) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("portx-prober".into())
-            .spawn(move || prober(msg_tx, req_rx, drift_every))
+            .spawn(move || prober(msg_tx, req_rx, drift_every, only_netns))
             .context("starting the prober thread")?;
         Ok(Self {
             reader,
@@ -496,10 +500,13 @@ fn holds_sockets(probe: &NetnsProbe) -> bool {
 }
 
 /// The prober thread: owns every namespace's handles (they are not `Sync`).
+/// `only_netns`: the one namespace the kernel filter lets events through for
+/// (`--netns`); the others are not opened, baselined or checked at all.
 fn prober(
     out: mpsc::UnboundedSender<ProbeMsg>,
     requests: std_mpsc::Receiver<ProbeReq>,
     drift_every: Option<Duration>,
+    only_netns: Option<u32>,
 ) {
     let send = |m| out.send(m).is_ok();
     let mut watched: Vec<Watched> = Vec::new();
@@ -526,12 +533,15 @@ fn prober(
             Err(e) => send(ProbeMsg::Warning(format!("{ns}: {e:#}"))),
         }
     };
-    let namespaces = sockdiag::list_netns().unwrap_or_else(|e| {
+    let mut namespaces = sockdiag::list_netns().unwrap_or_else(|e| {
         send(ProbeMsg::Warning(format!(
             "listing network namespaces: {e:#}"
         )));
         Vec::new()
     });
+    if let Some(only) = only_netns {
+        namespaces.retain(|n| n.inode == only);
+    }
     // Attribute sockets to processes once, at start-up.
     let owners = proc_owners::socket_owners();
     for ns in &namespaces {

@@ -152,6 +152,10 @@ fn main() {
             "top_keeps_namespaces_held_by_sockets",
             top::keeps_namespaces_held_by_sockets,
         ),
+        (
+            "top_netns_flag_opens_that_namespace_alone",
+            top::netns_flag_opens_that_namespace_alone,
+        ),
         ("capacity_rule_matches_kernel", top::capacity_matches_kernel),
         (
             "top_drift_check_corrects_timewait",

@@ -709,6 +709,32 @@ pub fn keeps_namespaces_held_by_sockets() -> Result<()> {
     Ok(())
 }
 
+/// `--netns`: the prober opens that namespace alone (the kernel filter sends no other
+/// namespace's events), holding no handle on the others and checking none of them.
+pub fn netns_flag_opens_that_namespace_alone() -> Result<()> {
+    let shown = Netns::new(Some((40300, 40399)))?;
+    let other = Netns::new(Some((40400, 40499)))?;
+    let top = TopStream::start(&["--netns", &shown.name, "--interval", "0.5"])?;
+    let snap = top.next_snapshot()?;
+    let listed: Vec<&Value> = snap["netns"].as_array().into_iter().flatten().collect();
+    ensure!(
+        listed.len() == 1 && listed[0]["inode"] == shown.inode,
+        "{snap}"
+    );
+    let pid = top.child.id();
+    ensure!(
+        holds_port_range_file(pid, "40300\t40399")?,
+        "no handle on the namespace shown"
+    );
+    ensure!(
+        !holds_port_range_file(pid, "40400\t40499")?,
+        "a handle on namespace {} besides the one shown",
+        other.inode
+    );
+    top.stop()?;
+    Ok(())
+}
+
 /// The capacity rule against the kernel: connects until EADDRNOTAVAIL.
 pub fn capacity_matches_kernel() -> Result<()> {
     use portx::model::capacity::capacity;
