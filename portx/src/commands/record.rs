@@ -339,10 +339,11 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let filter = filter_from(&args.filter)?;
-    let only_netns = (filter.kernel().netns != 0).then_some(filter.kernel().netns);
+    let kernel_filter = filter.kernel();
+    let only_netns = (kernel_filter.netns != 0).then_some(kernel_filter.netns);
     let mut probes = Probes::load(LoadOptions {
         ring_bytes: args.ring_mib << 20,
-        filter: filter.kernel(),
+        filter: kernel_filter,
         ..LoadOptions::default()
     })?;
     if verbose {

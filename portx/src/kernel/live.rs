@@ -394,9 +394,9 @@ impl Watched {
         }
     }
 
-    /// The drift check: the kernel's TIME_WAIT set, and which sockets of `unclosed`
-    /// it no longer has. One dump serves both; while nothing is unclosed it asks for
-    /// TIME_WAIT sockets only.
+    /// The drift check: the kernel's timewait sockets (TIME_WAIT, and FIN_WAIT2 after
+    /// an orphaned close), and which sockets of `unclosed` it no longer has. One dump
+    /// serves both; while nothing is unclosed it asks for timewait states only.
     fn drift_check(&mut self) -> Vec<ProbeMsg> {
         let started_ns = boottime_ns();
         // Timewait sockets in FIN_WAIT2 hold their ports as TIME_WAIT does (the model
@@ -449,10 +449,10 @@ impl Watched {
 /// no process is in them and no `ip netns` name is left (`sockdiag::list_netns`), in
 /// two sweeps in a row (once can be a container caught between its last process
 /// exiting and the next entering), and no TCP socket of its own ([`holds_sockets`]).
-/// Its sock_diag socket (a user socket holds a
-/// reference on its namespace) would keep such a namespace alive for as long as portx
-/// runs, one per container a host ever started, each still probed every interval. The model is told to forget
-/// them (`Input::NetnsGone`). Only while the prober may read every process's
+/// Its sock_diag socket (a user socket holds a reference on its namespace) would keep
+/// such a namespace alive for as long as portx runs, one per container a host ever
+/// started, each still probed every interval. The model is told to forget them
+/// (`Input::NetnsGone`). Only while the prober may read every process's
 /// namespace link (`CAP_SYS_PTRACE`, which `serve` drops with `--netns`): without it,
 /// another user's namespace would look unreachable.
 /// https://elixir.bootlin.com/linux/v6.12/source/net/core/sock.c (sk_alloc: get_net_track)
