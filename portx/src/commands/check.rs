@@ -268,11 +268,10 @@ pub fn findings(inputs: &Inputs) -> Vec<Finding> {
         .iter()
         .flat_map(|n| n.destinations.iter())
         .collect();
-    let tw_total = inputs
-        .sockets
-        .iter()
-        .filter(|s| s.state == TcpState::TimeWait)
-        .count() as u32;
+    // Every timewait socket counts toward tcp_max_tw_buckets, the FIN_WAIT2 ones of an
+    // orphaned close too (inet_twsk_alloc checks tw_refcount, which holds them all).
+    // https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_timewait_sock.c (inet_twsk_alloc)
+    let tw_total = inputs.sockets.iter().filter(|s| s.timewait).count() as u32;
     for d in &dests {
         // TIME_WAIT the kernel hands back to connect() (tcp_tw_reuse) is no limit.
         let held = d.used.saturating_sub(d.reusable);
@@ -389,7 +388,7 @@ pub fn findings(inputs: &Inputs) -> Vec<Finding> {
             id: "tcp-max-tw-buckets",
             severity: sev,
             title: format!("{tw_total} sockets in TIME_WAIT of net.ipv4.tcp_max_tw_buckets = {max}: {what}"),
-            detail: "tcp_max_tw_buckets caps how many TIME_WAIT sockets the namespace keeps; past it, closing sockets skip TIME_WAIT.".into(),
+            detail: "tcp_max_tw_buckets caps how many timewait sockets the namespace keeps (TIME_WAIT, and FIN_WAIT2 after an orphaned close, both counted here); past it, closing sockets skip TIME_WAIT.".into(),
             fix: if sev >= Severity::Warn {
                 vec![sysctl_w("net.ipv4.tcp_max_tw_buckets", &fix_value), persist("net.ipv4.tcp_max_tw_buckets", &fix_value)]
             } else {

@@ -169,8 +169,19 @@ fn destinations_near_capacity() {
 
 #[test]
 fn timewait_settings() {
+    // Nine in TIME_WAIT and one timewait socket still in FIN_WAIT2 (its server has not
+    // closed): the kernel's bucket count holds all ten.
     let tw: Vec<DiagSocket> = (20000..20010)
-        .map(|p| sock(TcpState::TimeWait, p, "10.0.0.5", 80, 0))
+        .map(|p| {
+            if p == 20009 {
+                DiagSocket {
+                    timewait: true,
+                    ..sock(TcpState::FinWait2, p, "10.0.0.5", 80, 0)
+                }
+            } else {
+                sock(TcpState::TimeWait, p, "10.0.0.5", 80, 0)
+            }
+        })
         .collect();
     let mut i = inputs((20000, 20019), tw);
     i.settings.tw_reuse = Some(0);
