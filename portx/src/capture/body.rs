@@ -22,6 +22,27 @@ struct TimeWaitBody {
     started_ns: u64,
     /// `(tuple, remaining ms)`.
     tuples: Vec<(Tuple, u32)>,
+    /// Of those, the ones still in FIN_WAIT2 (appended on 2026-12-03).
+    fin_wait2: Vec<Tuple>,
+}
+
+/// A TIME_WAIT frame as format version 1 first defined it.
+#[derive(Deserialize)]
+struct TimeWaitBodyV1 {
+    netns: u32,
+    started_ns: u64,
+    tuples: Vec<(Tuple, u32)>,
+}
+
+impl TimeWaitBodyV1 {
+    fn into_body(self) -> TimeWaitBody {
+        TimeWaitBody {
+            netns: self.netns,
+            started_ns: self.started_ns,
+            tuples: self.tuples,
+            fin_wait2: Vec::new(),
+        }
+    }
 }
 
 /// The body of a baseline-gone frame.
@@ -86,12 +107,14 @@ pub fn encode(r: &Record) -> Option<(FrameType, Vec<u8>)> {
             netns,
             tuples,
             started_ns,
+            fin_wait2,
         }) => (
             FrameType::TimeWait,
             to_vec(&TimeWaitBody {
                 netns: *netns,
                 started_ns: *started_ns,
                 tuples: tuples.clone(),
+                fin_wait2: fin_wait2.clone(),
             }),
         ),
         Record::Input(Input::BaselineGone { netns, tuples }) => (
@@ -125,11 +148,15 @@ pub fn decode(ty: FrameType, body: &[u8]) -> Result<Record, String> {
             })
         }
         FrameType::TimeWait => {
-            let t: TimeWaitBody = de(body)?;
+            let t = de::<TimeWaitBody>(body).or_else(|_| {
+                // Written before `fin_wait2` was appended.
+                de::<TimeWaitBodyV1>(body).map(TimeWaitBodyV1::into_body)
+            })?;
             Record::Input(Input::TimeWait {
                 netns: t.netns,
                 tuples: t.tuples,
                 started_ns: t.started_ns,
+                fin_wait2: t.fin_wait2,
             })
         }
         FrameType::BaselineGone => {
@@ -196,10 +223,29 @@ mod tests {
             })
         );
         assert!(decode(ty, &b[..4]).is_err());
+        // A TIME_WAIT frame from before `fin_wait2` was appended: read as none.
+        let t = testdata::tuple(false, 300);
+        let tw = Record::Input(Input::TimeWait {
+            netns: 9,
+            tuples: vec![(t, 5)],
+            started_ns: 1,
+            fin_wait2: vec![t],
+        });
+        let (ty, b) = encode(&tw).unwrap();
+        let before = postcard::to_stdvec(&(9u32, 1u64, vec![(t, 5u32)])).unwrap();
+        assert_eq!(&b[..before.len()], before.as_slice());
+        assert_eq!(
+            decode(ty, &before).unwrap(),
+            Record::Input(Input::TimeWait {
+                netns: 9,
+                tuples: vec![(t, 5)],
+                started_ns: 1,
+                fin_wait2: vec![],
+            })
+        );
         // TCP states are their variant index: the kernel's number minus one.
         assert_eq!(postcard::to_stdvec(&TcpState::Established).unwrap(), [0]);
         assert_eq!(postcard::to_stdvec(&TcpState::NewSynRecv).unwrap(), [11]);
-        let t = testdata::tuple(false, 300);
         let tb = postcard::to_stdvec(&t).unwrap();
         assert_eq!(tb.len(), 1 + 16 + 16 + 2 + 2, "arrays carry no length");
         assert_eq!(&tb[33..], &[0xac, 0x02, 0xbb, 0x03]);

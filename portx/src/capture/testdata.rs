@@ -114,11 +114,13 @@ pub fn non_event_records() -> Vec<Record> {
             netns: 4026531840,
             tuples: vec![(tuple(false, 1), 1), (tuple(true, 65_535), u32::MAX)],
             started_ns: 6_000_000_000,
+            fin_wait2: vec![tuple(true, 65_535)],
         }),
         Record::Input(Input::TimeWait {
             netns: 1,
             tuples: vec![],
             started_ns: 0,
+            fin_wait2: vec![],
         }),
         Record::Input(Input::BaselineGone {
             netns: 4026531840,

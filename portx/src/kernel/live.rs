@@ -426,6 +426,11 @@ impl Watched {
                 .map(|s| (tuple(s), s.expires_ms))
                 .collect(),
             started_ns,
+            fin_wait2: socks
+                .iter()
+                .filter(|s| s.timewait && s.state == TcpState::FinWait2)
+                .map(tuple)
+                .collect(),
         })];
         if !self.unclosed.is_empty() {
             let alive: FxHashSet<Tuple> = socks.iter().filter(|s| !s.timewait).map(tuple).collect();

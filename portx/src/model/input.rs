@@ -18,12 +18,14 @@ pub enum Input {
     State(NetnsState),
     /// A namespace's settings, re-read (written when they change).
     Settings { netns: u32, config: NetnsConfig },
-    /// The kernel's TIME_WAIT set of a namespace (the drift check), dumped from
-    /// `started_ns`: `(tuple, remaining ms)`.
+    /// The kernel's timewait sockets of a namespace (the drift check), dumped from
+    /// `started_ns`: `(tuple, remaining ms)`; `fin_wait2`, those of them still in
+    /// FIN_WAIT2 (their peer has not closed), which no new connection may take over.
     TimeWait {
         netns: u32,
         tuples: Vec<(Tuple, u32)>,
         started_ns: u64,
+        fin_wait2: Vec<Tuple>,
     },
     /// Sockets of a namespace's start-up baseline that the kernel no longer has, by
     /// 4-tuple (the drift check; see [`super::baseline_without_close`]).
@@ -68,8 +70,10 @@ impl Model {
                 netns,
                 tuples,
                 started_ns,
+                fin_wait2,
             } => {
                 self.reconcile_timewait(*netns, tuples, *started_ns);
+                self.mark_fin_wait2(*netns, fin_wait2);
             }
             Input::BaselineGone { netns, tuples } => {
                 self.forget_baseline(*netns, tuples);

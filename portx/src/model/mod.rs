@@ -254,6 +254,10 @@ struct TimeWait {
     owner: u32,
     active: bool,
     explicit_bind: bool,
+    /// The kernel's timewait socket was still in FIN_WAIT2 at the last drift check:
+    /// its peer has not closed, and connect() may not take it over whatever
+    /// `tcp_tw_reuse` says (`tcp_twsk_unique`).
+    fin_wait2: bool,
     dest: u32,
 }
 
@@ -1039,6 +1043,7 @@ impl Model {
                                 owner,
                                 active,
                                 explicit_bind: false,
+                                fin_wait2: false,
                                 dest: NO_DEST,
                             },
                         );
@@ -1096,6 +1101,7 @@ impl Model {
                         owner: s.owner,
                         active: s.active,
                         explicit_bind: s.explicit_bind,
+                        fin_wait2: false,
                         dest: NO_DEST,
                     };
                     if self.tuple_of(&s.quad) == full && (!s.active || s.dest != NO_DEST) {
@@ -1483,6 +1489,7 @@ impl Model {
                         owner,
                         active,
                         explicit_bind: false,
+                        fin_wait2: false,
                         dest: NO_DEST,
                     },
                 );
@@ -1734,6 +1741,7 @@ impl Model {
                             owner: NO_OWNER,
                             active,
                             explicit_bind: false,
+                            fin_wait2: false,
                             dest: NO_DEST,
                         },
                     );
@@ -1954,7 +1962,10 @@ impl Model {
     fn reusable_timewait(&self, now_ns: u64) -> FxHashMap<u32, u32> {
         let mut out: FxHashMap<u32, u32> = FxHashMap::default();
         for (k, t) in &self.timewait {
-            if t.dest == NO_DEST || now_ns.saturating_sub(t.since_ns) < diagnosis::REUSE_AFTER_NS {
+            if t.dest == NO_DEST
+                || t.fin_wait2
+                || now_ns.saturating_sub(t.since_ns) < diagnosis::REUSE_AFTER_NS
+            {
                 continue;
             }
             let tw_reuse = self.netns.get(&k.netns).and_then(|c| c.tcp.tw_reuse);
@@ -1965,6 +1976,20 @@ impl Model {
             }
         }
         out
+    }
+
+    /// Marks the TIME_WAIT entries of `netns` whose timewait socket the kernel still
+    /// has in FIN_WAIT2 (the drift check's dump), and unmarks the rest: a FIN from the
+    /// peer moves such a socket on to TIME_WAIT without any event.
+    /// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_ipv4.c (tcp_twsk_unique)
+    pub fn mark_fin_wait2(&mut self, netns: u32, kernel: &[Tuple]) {
+        let marked: rustc_hash::FxHashSet<Quad> =
+            kernel.iter().filter_map(|t| self.quad_find(t)).collect();
+        for (k, t) in &mut self.timewait {
+            if k.netns == netns {
+                t.fin_wait2 = marked.contains(&k.quad);
+            }
+        }
     }
 
     /// TIME_WAIT 4-tuples the model holds in `netns` (for tests and the drift check).

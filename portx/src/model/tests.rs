@@ -1034,6 +1034,42 @@ fn reusable_timewait_is_counted_apart_where_tw_reuse_applies() {
 }
 
 #[test]
+fn timewait_still_in_fin_wait2_is_not_reusable() {
+    // tw_reuse 1: any TIME_WAIT port over a second old may be taken over, but not one
+    // whose timewait socket is still in FIN_WAIT2 (the server has not closed).
+    let mut m = model_2000(1);
+    let tuples: Vec<Tuple> = [20001, 20002]
+        .into_iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let c = Sk::client(i as u64 + 1, 100, port, "10.0.0.5", 80);
+            c.open(&mut m, S);
+            c.active_close(&mut m, 2 * S);
+            Tuple::new(ip("127.0.0.1"), port, ip("10.0.0.5"), 80)
+        })
+        .collect();
+    m.tick(5 * S);
+    let reusable = |m: &mut Model| dest(&m.snapshot(View::default()), "10.0.0.5", 80).reusable;
+    assert_eq!(reusable(&mut m), 2);
+    m.feed(&input::Input::TimeWait {
+        netns: NS,
+        tuples: tuples.iter().map(|t| (*t, 50_000)).collect(),
+        started_ns: 5 * S,
+        fin_wait2: vec![tuples[0]],
+    });
+    assert_eq!(reusable(&mut m), 1);
+    assert_eq!(m.timewait_tuples(NS).len(), 2);
+    // The server closed: the next check finds it in TIME_WAIT.
+    m.feed(&input::Input::TimeWait {
+        netns: NS,
+        tuples: tuples.iter().map(|t| (*t, 50_000)).collect(),
+        started_ns: 6 * S,
+        fin_wait2: vec![],
+    });
+    assert_eq!(reusable(&mut m), 2);
+}
+
+#[test]
 fn a_pooled_client_is_not_short_lived() {
     // The same load over 20 kept-alive connections: opened once, never closed.
     let mut m = model_2000(0);
