@@ -339,11 +339,9 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let filter = filter_from(&args.filter)?;
-    let kernel_filter = filter.kernel();
-    let only_netns = (kernel_filter.netns != 0).then_some(kernel_filter.netns);
     let mut probes = Probes::load(LoadOptions {
         ring_bytes: args.ring_mib << 20,
-        filter: kernel_filter,
+        filter: filter.kernel(),
         ..LoadOptions::default()
     })?;
     if verbose {
@@ -356,7 +354,7 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
         );
     }
     let drift_every = (!args.no_drift_check).then(|| Duration::from_secs(10));
-    let mut live = LiveSource::start(&mut probes, drift_every, only_netns)?;
+    let mut live = LiveSource::start(&mut probes, drift_every)?;
     let clock = Clock::now();
     let mode = match &args.flight_recorder {
         Some(_) => Mode::FlightRecorder {

@@ -290,7 +290,6 @@ pub fn start_live(
 ) -> Result<(Probes, LiveSource)> {
     preflight::check_privileges()?;
     preflight::check_btf()?;
-    let only_netns = (filter.netns != 0).then_some(filter.netns);
     let mut probes = Probes::load(LoadOptions {
         ring_bytes: ring_mib << 20,
         filter,
@@ -310,11 +309,7 @@ pub fn start_live(
             drift_secs.map_or("off".to_owned(), |s| format!("every {s} s"))
         );
     }
-    let live = LiveSource::start(
-        &mut probes,
-        drift_secs.map(Duration::from_secs_f64),
-        only_netns,
-    )?;
+    let live = LiveSource::start(&mut probes, drift_secs.map(Duration::from_secs_f64))?;
     Ok((probes, live))
 }
 

@@ -118,12 +118,11 @@ pub struct LiveSource {
 
 impl LiveSource {
     /// Starts the prober thread (baseline now, then settings every few seconds and the
-    /// drift check every `drift_every`) and takes the ring buffer's reader.
-    pub fn start(
-        probes: &mut Probes,
-        drift_every: Option<Duration>,
-        only_netns: Option<u32>,
-    ) -> Result<Self> {
+    /// drift check every `drift_every`) and takes the ring buffer's reader. Where the
+    /// programs were loaded for one namespace (`--netns`), the prober opens that one.
+    pub fn start(probes: &mut Probes, drift_every: Option<Duration>) -> Result<Self> {
+        let netns = probes.setup.config.filter.netns;
+        let only_netns = (netns != 0).then_some(netns);
         let reader = probes.events()?;
         let (msg_tx, msgs) = mpsc::unbounded_channel();
         let (req_tx, req_rx) = std_mpsc::channel();
