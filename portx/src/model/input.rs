@@ -72,8 +72,7 @@ impl Model {
                 started_ns,
                 fin_wait2,
             } => {
-                self.reconcile_timewait(*netns, tuples, *started_ns);
-                self.mark_fin_wait2(*netns, fin_wait2);
+                self.reconcile_timewait(*netns, tuples, *started_ns, fin_wait2);
             }
             Input::BaselineGone { netns, tuples } => {
                 self.forget_baseline(*netns, tuples);

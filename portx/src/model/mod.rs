@@ -1693,13 +1693,20 @@ impl Model {
 
     /// Compares the model's TIME_WAIT entries in `netns` with the kernel's (a sock_diag
     /// dump that started at `dump_started_ns`) and corrects the model. Entries the model
-    /// created after the dump started are left alone. Returns (added, removed).
+    /// created after the dump started are left alone. Each entry the dump lists is
+    /// marked as in FIN_WAIT2 or not (`fin_wait2`, those of `kernel` the kernel still
+    /// has in FIN_WAIT2: a FIN from the peer moves one on to TIME_WAIT without any
+    /// event, and until then connect() may not take it over whatever `tcp_tw_reuse`
+    /// says). Returns (added, removed).
+    /// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_ipv4.c (tcp_twsk_unique)
     pub fn reconcile_timewait(
         &mut self,
         netns: u32,
         kernel: &[(Tuple, u32)],
         dump_started_ns: u64,
+        fin_wait2: &[Tuple],
     ) -> (u64, u64) {
+        let in_fin_wait2: rustc_hash::FxHashSet<&Tuple> = fin_wait2.iter().collect();
         // Kernel tuples whose addresses are not interned match no model entry.
         let in_kernel: rustc_hash::FxHashSet<Quad> = kernel
             .iter()
@@ -1720,10 +1727,12 @@ impl Model {
         let mut added = 0;
         for (tuple, expires_ms) in kernel {
             let expires_ns = dump_started_ns + u64::from(*expires_ms) * 1_000_000;
+            let fin_wait2 = in_fin_wait2.contains(tuple);
             let key = self.quad_find(tuple).map(|quad| TwKey { netns, quad });
             match key.and_then(|k| self.timewait.get_mut(&k).map(|t| (k, t))) {
                 // Known: take the kernel's expiry, which is exact.
                 Some((key, t)) => {
+                    t.fin_wait2 = fin_wait2;
                     if t.expires_ns != expires_ns {
                         t.expires_ns = expires_ns;
                         self.tw_queue.push_back((expires_ns, key));
@@ -1741,7 +1750,7 @@ impl Model {
                             owner: NO_OWNER,
                             active,
                             explicit_bind: false,
-                            fin_wait2: false,
+                            fin_wait2,
                             dest: NO_DEST,
                         },
                     );
@@ -1976,20 +1985,6 @@ impl Model {
             }
         }
         out
-    }
-
-    /// Marks the TIME_WAIT entries of `netns` whose timewait socket the kernel still
-    /// has in FIN_WAIT2 (the drift check's dump), and unmarks the rest: a FIN from the
-    /// peer moves such a socket on to TIME_WAIT without any event.
-    /// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_ipv4.c (tcp_twsk_unique)
-    pub fn mark_fin_wait2(&mut self, netns: u32, kernel: &[Tuple]) {
-        let marked: rustc_hash::FxHashSet<Quad> =
-            kernel.iter().filter_map(|t| self.quad_find(t)).collect();
-        for (k, t) in &mut self.timewait {
-            if k.netns == netns {
-                t.fin_wait2 = marked.contains(&k.quad);
-            }
-        }
     }
 
     /// TIME_WAIT 4-tuples the model holds in `netns` (for tests and the drift check).

@@ -767,7 +767,7 @@ fn drift_check_corrects_both_ways() {
     a.active_close(&mut m, 2 * S);
     let missed = Tuple::new(ip("127.0.0.1"), 20007, ip("10.0.0.5"), 80);
     // The kernel no longer has 20001 (e.g. killed by a RST) but has one portx missed.
-    let (added, removed) = m.reconcile_timewait(NS, &[(missed, 5_000)], 5 * S);
+    let (added, removed) = m.reconcile_timewait(NS, &[(missed, 5_000)], 5 * S, &[]);
     assert_eq!((added, removed), (1, 1));
     assert_eq!(m.timewait_tuples(NS), vec![missed]);
     let snap = m.snapshot(View::default());
@@ -785,7 +785,7 @@ fn drift_check_corrects_both_ways() {
     let b = Sk::client(2, 100, 20002, "10.0.0.5", 80);
     b.open(&mut m, 6 * S);
     b.active_close(&mut m, 7 * S);
-    let (_, removed) = m.reconcile_timewait(NS, &[(missed, 1_000)], 6 * S);
+    let (_, removed) = m.reconcile_timewait(NS, &[(missed, 1_000)], 6 * S, &[]);
     assert_eq!(removed, 0);
     // The kernel's expiry is exact: 1 s after 6 s.
     m.tick(7 * S + 1);
