@@ -143,20 +143,7 @@ pub fn run_if_peer() -> bool {
             say("moved");
             line.clear();
             let _ = std::io::stdin().lock().read_line(&mut line);
-            let sin = sockaddr_in(v4);
-            let mut local = sin;
-            let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            // SAFETY: connect() and getsockname() on this role's socket, with pointers
-            // to locals that outlive the calls.
-            let port = unsafe {
-                (libc::connect(
-                    fd,
-                    std::ptr::from_ref(&sin).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                ) == 0
-                    && libc::getsockname(fd, std::ptr::from_mut(&mut local).cast(), &mut len) == 0)
-                    .then(|| u16::from_be(local.sin_port))
-            };
+            let port = connect_v4(fd, v4).ok().and_then(|()| local_port(fd));
             match port {
                 Some(p) => say(&format!("port {p}")),
                 None => say("error"),
@@ -438,40 +425,50 @@ fn sockaddr_in(v4: std::net::SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
+/// connect() of the raw socket `fd` to `to`: the errno on failure.
+fn connect_v4(fd: libc::c_int, to: std::net::SocketAddrV4) -> Result<(), i32> {
+    let sin = sockaddr_in(to);
+    // SAFETY: connect() with a pointer to a local that outlives the call.
+    let ret = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::from_ref(&sin).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    }
+}
+
+/// The local port of the IPv4 socket `fd` (getsockname).
+fn local_port(fd: libc::c_int) -> Option<u16> {
+    let mut local = sockaddr_in(std::net::SocketAddrV4::new([0, 0, 0, 0].into(), 0));
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: getsockname() into a local of the size it is told.
+    let ret = unsafe { libc::getsockname(fd, std::ptr::from_mut(&mut local).cast(), &mut len) };
+    (ret == 0).then(|| u16::from_be(local.sin_port))
+}
+
 /// One blocking socket connect()ed to `refused` (IPv4), which must refuse it, then
 /// to `ok`: the local port the second attempt got.
 fn reconnect(refused: SocketAddr, ok: SocketAddr) -> Option<u16> {
     let (SocketAddr::V4(refused), SocketAddr::V4(ok)) = (refused, ok) else {
         return None;
     };
-    let connect = |fd: libc::c_int, to: &libc::sockaddr_in| {
-        // SAFETY: connect() on a socket this function owns; `to` outlives the call.
-        unsafe {
-            libc::connect(
-                fd,
-                std::ptr::from_ref(to).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        }
-    };
-    // SAFETY: plain syscalls on a socket this function owns and closes; the pointers
-    // are to locals that outlive the calls.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return None;
-        }
-        let first = connect(fd, &sockaddr_in(refused));
-        let was_refused = first < 0 && *libc::__errno_location() == libc::ECONNREFUSED;
-        let mut local = sockaddr_in(ok);
-        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let port = (was_refused
-            && connect(fd, &sockaddr_in(ok)) == 0
-            && libc::getsockname(fd, std::ptr::from_mut(&mut local).cast(), &mut len) == 0)
-            .then(|| u16::from_be(local.sin_port));
-        libc::close(fd);
-        port
+    // SAFETY: socket() has no memory arguments; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
     }
+    let port = (connect_v4(fd, refused) == Err(libc::ECONNREFUSED) && connect_v4(fd, ok).is_ok())
+        .then(|| local_port(fd))
+        .flatten();
+    // SAFETY: closing this function's own socket.
+    unsafe { libc::close(fd) };
+    port
 }
 
 /// One non-blocking connect() to `target` (IPv4): whether it returned EINPROGRESS and
@@ -480,7 +477,6 @@ fn nonblocking_refused(target: SocketAddr) -> bool {
     let SocketAddr::V4(v4) = target else {
         return false;
     };
-    let sin = sockaddr_in(v4);
     // SAFETY: plain syscalls on a socket this function owns and closes; the pointers
     // are to locals that outlive the calls.
     unsafe {
@@ -492,12 +488,7 @@ fn nonblocking_refused(target: SocketAddr) -> bool {
         if fd < 0 {
             return false;
         }
-        let ret = libc::connect(
-            fd,
-            std::ptr::from_ref(&sin).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        let in_progress = ret < 0 && *libc::__errno_location() == libc::EINPROGRESS;
+        let in_progress = connect_v4(fd, v4) == Err(libc::EINPROGRESS);
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLOUT,
