@@ -536,18 +536,20 @@ pub fn bind_conflict_after_restart_names_holder() -> Result<()> {
 }
 
 /// A `server` peer of kind `kind` listening on `listen` in `ns`, and a `hold` peer
-/// holding `n` connections to `target`, both running.
+/// that opened `n` connections to `target` and closed the first `close` of them (the
+/// rest held), both running.
 fn serve_and_hold(
     ns: &Netns,
     kind: &str,
     listen: &str,
     target: &str,
     n: usize,
+    close: usize,
 ) -> Result<(Peer, Peer)> {
     let mut server = Peer::spawn(ns, kind, &[listen])?;
     server.go()?;
     server.expect("listening")?;
-    let mut clients = Peer::spawn(ns, "hold", &[target, &n.to_string(), "0"])?;
+    let mut clients = Peer::spawn(ns, "hold", &[target, &n.to_string(), &close.to_string()])?;
     clients.go()?;
     ensure!(clients.line()?.starts_with("done"), "hold did not finish");
     Ok((server, clients))
@@ -560,8 +562,14 @@ fn serve_and_hold(
 pub fn backlog0_children_not_counted() -> Result<()> {
     let ns = Netns::new(Some((3306, 3309)))?;
     let top = TopOnce::start(&["--netns", &ns.name, "--interval", "3"])?;
-    let (mut server, mut clients) =
-        serve_and_hold(&ns, "serve-backlog0", "0.0.0.0:3307", "127.0.0.1:3307", 2)?;
+    let (mut server, mut clients) = serve_and_hold(
+        &ns,
+        "serve-backlog0",
+        "0.0.0.0:3307",
+        "127.0.0.1:3307",
+        2,
+        0,
+    )?;
     let snap = top.snapshot()?;
     clients.finish()?;
     server.finish()?;
@@ -603,7 +611,7 @@ pub fn forgets_deleted_namespaces() -> Result<()> {
     // A process in it makes a connection: its events name the namespace, and the
     // prober opens it.
     let (mut server, mut client) =
-        serve_and_hold(&ns, "serve", "127.0.0.1:9000", "127.0.0.1:9000", 1)?;
+        serve_and_hold(&ns, "serve", "127.0.0.1:9000", "127.0.0.1:9000", 1, 0)?;
     let listed = |snap: &Value| {
         snap["netns"]
             .as_array()
@@ -784,11 +792,6 @@ fn closes_under_drift_checks(
     addr: &str,
     count: usize,
 ) -> Result<(Value, Vec<SsSocket>)> {
-    let mut server = Peer::spawn(ns, server_role, &[addr])?;
-    server.go()?;
-    server.expect("listening")?;
-    let n = count.to_string();
-    let mut client = Peer::spawn(ns, "hold", &[addr, &n, &n])?;
     let top = TopOnce::start(&[
         "--netns",
         &ns.name,
@@ -797,8 +800,7 @@ fn closes_under_drift_checks(
         "--drift-interval",
         "0.5",
     ])?;
-    client.go()?;
-    client.expect("done")?;
+    let (mut server, mut client) = serve_and_hold(ns, server_role, addr, addr, count, count)?;
     if server_role != "sink" {
         settle(ns)?;
     }
