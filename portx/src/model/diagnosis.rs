@@ -29,8 +29,8 @@ const DEFAULT_RANGE_SIZE: u32 = 28232;
 /// One diagnosis. Field names are part of portx's interface (README).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Diagnosis {
-    /// `short-lived-connections`, `timewait-dominated`, `concurrency-at-capacity`,
-    /// `range-too-small`, `leak`.
+    /// `short-lived-connections`, `timewait-dominated`, `server-not-closing`,
+    /// `concurrency-at-capacity`, `range-too-small`, `leak`.
     pub id: String,
     /// `warning` or `critical`.
     pub severity: String,
@@ -63,10 +63,16 @@ pub struct DestFacts<'a> {
     pub used: u32,
     pub capacity: u32,
     pub established: u32,
+    /// TIME_WAIT ports, those in FIN_WAIT2 left out.
     pub time_wait: u32,
+    /// Ports held by timewait sockets still in FIN_WAIT2 (this side closed, the server
+    /// has not), as of the last drift check.
+    pub fin_wait2: u32,
     /// TIME_WAIT ports a new connect() may take over (tcp_tw_reuse applies, over 1 s old).
     pub reusable: u32,
     pub tw_reuse: Option<u32>,
+    /// `net.ipv4.tcp_fin_timeout`: how long an orphaned FIN_WAIT2 keeps its port.
+    pub fin_timeout: Option<u32>,
     /// `tcp_tw_reuse` applies to this destination (1, or 2 and loopback).
     pub reuse_applies: bool,
     pub range: (u16, u16),
@@ -306,6 +312,34 @@ pub fn diagnose_with(
             ),
         ));
     }
+    // Connections this side closed and the server never did: each keeps its port in
+    // FIN_WAIT2 until tcp_fin_timeout, and no tcp_tw_reuse setting frees it
+    // (tcp_close -> tcp_time_wait(sk, TCP_FIN_WAIT2, tcp_fin_time(sk)),
+    // https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp.c).
+    let fw2 = f64::from(dest.fin_wait2);
+    if used >= 0.5 * cap && fw2 >= 0.5 * used {
+        let timeout = dest
+            .fin_timeout
+            .map_or("unknown".to_owned(), |v| format!("{v} s"));
+        out.push(mk(
+            "server-not-closing",
+            util >= 0.9,
+            None,
+            vec![
+                ("fin_wait2", fw2),
+                ("used", used),
+                ("capacity", cap),
+                ("fin_timeout_s", dest.fin_timeout.map_or(f64::NAN, f64::from)),
+            ],
+            format!(
+                "{fw2:.0} of the {used:.0} ports used toward {target} ({:.0}%; capacity {cap:.0}) are held by connections this side closed and {target} has not (FIN_WAIT2, each for up to tcp_fin_timeout, {timeout}); tcp_tw_reuse does not free them",
+                pct(fw2, used)
+            ),
+            format!(
+                "find why {target} does not close connections its clients closed (on that host, `ss -tn state close-wait` lists them: a server that waits for more data or never calls close()); meanwhile a lower net.ipv4.tcp_fin_timeout (now {timeout}) shortens how long each port is held"
+            ),
+        ));
+    }
     // Established connections alone fill the range: no setting frees a port.
     let est = f64::from(dest.established);
     if est >= 0.8 * cap {
@@ -364,8 +398,10 @@ mod tests {
             capacity,
             established,
             time_wait,
+            fin_wait2: 0,
             reusable: 0,
             tw_reuse: Some(0),
+            fin_timeout: Some(60),
             reuse_applies: false,
             range: (32768, 60999),
             listeners: &[22, 443, 3306],
@@ -474,6 +510,38 @@ mod tests {
         // Growth that follows closes and opens (a busy pool warming up) is not a leak.
         c.view.closes = 100;
         assert!(diagnose(&dest(500, 28_232, 500, 0), &[c]).is_empty());
+    }
+
+    #[test]
+    fn a_server_that_never_closes_is_named_not_timewait() {
+        // 6 of 10 ports wait for the server's FIN; TIME_WAIT holds none of them, so
+        // neither tw_reuse advice nor timewait-dominated applies.
+        let mut d = dest(6, 10, 0, 0);
+        d.fin_wait2 = 6;
+        let out = diagnose(&d, &[]);
+        assert_eq!(ids(&out), ["server-not-closing"]);
+        let s = &out[0];
+        assert_eq!(s.severity, "warning");
+        assert_eq!(s.numbers["fin_wait2"], 6.0);
+        assert_eq!(s.numbers["fin_timeout_s"], 60.0);
+        assert!(
+            s.explanation.starts_with("6 of the 6 ports used toward 10.0.0.5:443 (100%; capacity 10) are held by connections this side closed and 10.0.0.5:443 has not (FIN_WAIT2, each for up to tcp_fin_timeout, 60 s)"),
+            "{}",
+            s.explanation
+        );
+        assert!(
+            s.advice.contains("net.ipv4.tcp_fin_timeout (now 60 s)"),
+            "{}",
+            s.advice
+        );
+        // Full: critical.
+        d.used = 10;
+        d.fin_wait2 = 9;
+        assert_eq!(diagnose(&d, &[])[0].severity, "critical");
+        // A few among many TIME_WAIT ports: the TIME_WAIT rule speaks, not this one.
+        let mut d = dest(20_000, 28_232, 0, 19_000);
+        d.fin_wait2 = 1000;
+        assert_eq!(ids(&diagnose(&d, &[])), ["timewait-dominated"]);
     }
 
     #[test]

@@ -246,6 +246,14 @@ struct Sock {
 }
 const _: () = assert!(size_of::<Sock>() == 32);
 
+/// Of a destination's TIME_WAIT entries, those a new connect() may take over and those
+/// still in FIN_WAIT2 (`Model::timewait_marks`).
+#[derive(Clone, Copy, Debug, Default)]
+struct TimeWaitMarks {
+    reusable: u32,
+    fin_wait2: u32,
+}
+
 /// A 4-tuple held after the full socket closed.
 #[derive(Clone, Copy, Debug)]
 struct TimeWait {
@@ -1790,7 +1798,7 @@ impl Model {
                 per_ns.insert(inode, ns_entry(self, inode));
             }
         }
-        let reusable = self.reusable_timewait(now);
+        let marks = self.timewait_marks(now);
         let mut listeners: FxHashMap<u32, Vec<u16>> = FxHashMap::default();
         for &(ns, port) in self.listeners.keys() {
             listeners.entry(ns).or_default().push(port);
@@ -1826,8 +1834,14 @@ impl Model {
                 dport: d.key.dport,
             };
             let mut owners = self.dest_owners_by_id(d);
-            let states = d
-                .states
+            let tw = marks.get(&i).copied().unwrap_or_default();
+            // Timewait sockets still in FIN_WAIT2 are shown as the kernel (and ss) shows
+            // them, not as TIME_WAIT: their server has not closed.
+            let mut counts = d.states;
+            let moved = tw.fin_wait2.min(counts[TcpState::TimeWait as usize]);
+            counts[TcpState::TimeWait as usize] -= moved;
+            counts[TcpState::FinWait2 as usize] += moved;
+            let states = counts
                 .iter()
                 .enumerate()
                 .filter(|(_, n)| **n > 0)
@@ -1844,9 +1858,11 @@ impl Model {
                 used,
                 capacity,
                 established: d.states[TcpState::Established as usize],
-                time_wait: d.states[TcpState::TimeWait as usize],
-                reusable: reusable.get(&i).copied().unwrap_or(0),
+                time_wait: counts[TcpState::TimeWait as usize],
+                fin_wait2: moved,
+                reusable: tw.reusable,
                 tw_reuse,
+                fin_timeout: self.netns.get(&netns).and_then(|c| c.tcp.fin_timeout),
                 reuse_applies: reuse_applies(tw_reuse, loopback),
                 range: {
                     let (lo, hi, _) = self.cfg(netns);
@@ -1966,22 +1982,28 @@ impl Model {
         }
     }
 
-    /// TIME_WAIT entries per destination that a new connect() may take over: over a
-    /// second old, in a namespace where tcp_tw_reuse applies to them.
-    fn reusable_timewait(&self, now_ns: u64) -> FxHashMap<u32, u32> {
-        let mut out: FxHashMap<u32, u32> = FxHashMap::default();
+    /// What the TIME_WAIT entries of each destination are, in one pass over them:
+    /// how many a new connect() may take over (over a second old, in a namespace where
+    /// tcp_tw_reuse applies to them), and how many the last drift check found still in
+    /// FIN_WAIT2.
+    fn timewait_marks(&self, now_ns: u64) -> FxHashMap<u32, TimeWaitMarks> {
+        let mut out: FxHashMap<u32, TimeWaitMarks> = FxHashMap::default();
         for (k, t) in &self.timewait {
-            if t.dest == NO_DEST
-                || t.fin_wait2
-                || now_ns.saturating_sub(t.since_ns) < diagnosis::REUSE_AFTER_NS
-            {
+            if t.dest == NO_DEST {
+                continue;
+            }
+            if t.fin_wait2 {
+                out.entry(t.dest).or_default().fin_wait2 += 1;
+                continue;
+            }
+            if now_ns.saturating_sub(t.since_ns) < diagnosis::REUSE_AFTER_NS {
                 continue;
             }
             let tw_reuse = self.netns.get(&k.netns).and_then(|c| c.tcp.tw_reuse);
             let tuple = self.tuple_of(&k.quad);
             let loopback = tuple.daddr().is_loopback() || tuple.saddr().is_loopback();
             if reuse_applies(tw_reuse, loopback) {
-                *out.entry(t.dest).or_default() += 1;
+                out.entry(t.dest).or_default().reusable += 1;
             }
         }
         out

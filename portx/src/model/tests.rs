@@ -1059,6 +1059,18 @@ fn timewait_still_in_fin_wait2_is_not_reusable() {
     });
     assert_eq!(reusable(&mut m), 1);
     assert_eq!(m.timewait_tuples(NS).len(), 2);
+    // Shown as the kernel shows it, still a port used.
+    let states = |m: &mut Model| {
+        let snap = m.snapshot(View::default());
+        let d = dest(&snap, "10.0.0.5", 80);
+        (d.used, d.states.clone())
+    };
+    let (used, st) = states(&mut m);
+    assert_eq!(used, 2);
+    assert_eq!(
+        (st.get("TIME_WAIT"), st.get("FIN_WAIT2")),
+        (Some(&1), Some(&1))
+    );
     // The server closed: the next check finds it in TIME_WAIT.
     m.feed(&input::Input::TimeWait {
         netns: NS,
@@ -1067,6 +1079,9 @@ fn timewait_still_in_fin_wait2_is_not_reusable() {
         fin_wait2: vec![],
     });
     assert_eq!(reusable(&mut m), 2);
+    let (used, st) = states(&mut m);
+    assert_eq!(used, 2);
+    assert_eq!((st.get("TIME_WAIT"), st.get("FIN_WAIT2")), (Some(&2), None));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, ensure};
@@ -10,21 +10,17 @@ use serde_json::Value;
 
 use crate::support::{Netns, Peer, wait};
 
-/// A client opening and closing connections as fast as it can in a namespace of 1000
-/// ports with tcp_tw_reuse 0 fills the range with its TIME_WAIT: `check --watch`
-/// names it `short-lived-connections` (and TIME_WAIT as the limit), critical.
-pub fn diagnoses_join_the_findings() -> Result<()> {
-    let ns = Netns::new(Some((20000, 20999)))?;
-    ns.sysctl("net/ipv4/tcp_tw_reuse", "0")?;
+/// `portx -v check --json --netns NS --watch SECS`, once attached (events are buffered
+/// from then); its stderr is drained in the background.
+fn start_watch(ns: &Netns, secs: &str) -> Result<Child> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
         .args([
-            "-v", "check", "--json", "--netns", &ns.name, "--watch", "10",
+            "-v", "check", "--json", "--netns", &ns.name, "--watch", secs,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting portx check")?;
-    // Attached once it says how TIME_WAIT is followed (events are buffered from then).
     let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
     let deadline = std::time::Instant::now() + wait();
     loop {
@@ -39,6 +35,16 @@ pub fn diagnoses_join_the_findings() -> Result<()> {
         }
     }
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    Ok(child)
+}
+
+/// A client opening and closing connections as fast as it can in a namespace of 1000
+/// ports with tcp_tw_reuse 0 fills the range with its TIME_WAIT: `check --watch`
+/// names it `short-lived-connections` (and TIME_WAIT as the limit), critical.
+pub fn diagnoses_join_the_findings() -> Result<()> {
+    let ns = Netns::new(Some((20000, 20999)))?;
+    ns.sysctl("net/ipv4/tcp_tw_reuse", "0")?;
+    let child = start_watch(&ns, "10")?;
     let mut client = Peer::spawn(&ns, "burst", &["127.0.0.1:9600", "900"])?;
     client.go()?;
     let done = client.expect("done")?;
@@ -75,5 +81,38 @@ pub fn diagnoses_join_the_findings() -> Result<()> {
         "{tw}"
     );
     ensure!(code == 2, "exit {code}, want 2 (critical): {v}");
+    Ok(())
+}
+
+/// Clients that closed 8 connections toward a server that never closes, in a
+/// namespace of 10 ports with tcp_tw_reuse 1: `check --watch` (its drift checks) names
+/// `server-not-closing`, a warning, and does not advise tcp_tw_reuse.
+pub fn names_a_server_that_never_closes() -> Result<()> {
+    let ns = Netns::new(Some((20000, 20009)))?;
+    ns.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+    let child = start_watch(&ns, "3")?;
+    let mut server = Peer::spawn(&ns, "sink", &["127.0.0.1:9601"])?;
+    server.go()?;
+    server.expect("listening")?;
+    let mut clients = Peer::spawn(&ns, "hold", &["127.0.0.1:9601", "8", "8"])?;
+    clients.go()?;
+    ensure!(clients.line()?.starts_with("done"), "hold did not finish");
+    let out = child.wait_with_output()?;
+    clients.finish()?;
+    server.finish()?;
+    let code = out.status.code().context("portx check killed")?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("check --watch printed no JSON")?;
+    let findings = v["findings"].as_array().cloned().unwrap_or_default();
+    let of = |id: &str| findings.iter().find(|f| f["id"] == id);
+    let f = of("server-not-closing").with_context(|| format!("no server-not-closing in {v}"))?;
+    ensure!(
+        f["severity"] == "warn"
+            && f["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("8 of the 8 ports used toward 127.0.0.1:9601")),
+        "{f}"
+    );
+    ensure!(of("timewait-dominated").is_none(), "{v}");
+    ensure!(code == 1, "exit {code}, want 1 (a warning): {v}");
     Ok(())
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     support::{Netns, Peer},
-    top::{TopOnce, TopStream, dest, netns_entry},
+    top::{TopOnce, TopStream, closes_under_drift_checks, dest, netns_entry},
 };
 
 const SERVER: &str = "127.0.0.1:9100";
@@ -330,6 +330,41 @@ fn reuse_off(range: (u16, u16), rate: &str) -> Result<()> {
     ensure!(
         checked > 0,
         "no snapshot half full before the failure: {done:?}"
+    );
+    Ok(())
+}
+
+/// Clients that close first toward a server that never closes, on a range of 10
+/// ports: 8 ports wait in FIN_WAIT2 (not TIME_WAIT, which tcp_tw_reuse 1 would free)
+/// and the diagnosis names the server, with the namespace's tcp_fin_timeout.
+pub fn server_not_closing() -> Result<()> {
+    let ns = Netns::new(Some((20000, 20009)))?;
+    ns.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+    ns.sysctl("net/ipv4/tcp_fin_timeout", "45")?;
+    let (snap, kernel) = closes_under_drift_checks(&ns, "sink", "127.0.0.1:9003", 8)?;
+    let in_kernel = kernel
+        .iter()
+        .filter(|s| s.state == "FIN_WAIT2" && s.pport == 9003)
+        .count();
+    ensure!(
+        in_kernel == 8,
+        "the kernel has {in_kernel} of 8 in FIN_WAIT2"
+    );
+    let d = find(&snap, &ns, "server-not-closing")
+        .with_context(|| format!("no server-not-closing in {}", snap["diagnoses"]))?;
+    ensure!(
+        d["severity"] == "warning"
+            && num(&d["numbers"]["fin_wait2"]) == 8.0
+            && num(&d["numbers"]["used"]) == 8.0
+            && num(&d["numbers"]["fin_timeout_s"]) == 45.0
+            && d["dport"] == 9003,
+        "{d}"
+    );
+    // Not mistaken for TIME_WAIT: no tw_reuse advice.
+    ensure!(
+        find(&snap, &ns, "timewait-dominated").is_none(),
+        "{}",
+        snap["diagnoses"]
     );
     Ok(())
 }

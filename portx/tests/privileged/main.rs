@@ -87,6 +87,10 @@ fn main() {
             "check_watch_adds_live_diagnoses",
             check_watch::diagnoses_join_the_findings,
         ),
+        (
+            "check_watch_names_a_server_that_never_closes",
+            check_watch::names_a_server_that_never_closes,
+        ),
         ("filters_netns_pid_errors", filters),
         ("burst_without_drops", burst),
         ("bad_netns_is_a_clear_error", bad_netns),
@@ -215,6 +219,10 @@ fn main() {
             diagnosis::keepalive_is_not_short_lived,
         ),
         ("diagnosis_leak", diagnosis::leak),
+        (
+            "diagnosis_server_not_closing",
+            diagnosis::server_not_closing,
+        ),
         (
             "diagnosis_tw_reuse_matches_kernel",
             diagnosis::tw_reuse_matches_kernel,

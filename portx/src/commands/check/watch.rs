@@ -18,6 +18,7 @@ fn finding_id(id: &str) -> &'static str {
     match id {
         "short-lived-connections" => "short-lived-connections",
         "timewait-dominated" => "timewait-dominated",
+        "server-not-closing" => "server-not-closing",
         "concurrency-at-capacity" => "concurrency-at-capacity",
         "range-too-small" => "range-too-small",
         "leak" => "leak",
@@ -53,8 +54,12 @@ pub fn diagnoses(netns: u32, secs: f64, verbose: bool) -> Result<Vec<Diagnosis>>
             netns: Some(netns),
             ..Filter::default()
         };
+        // Drift checks, as `top` runs them: a few within the watch. Without them the
+        // model cannot tell a timewait socket still in FIN_WAIT2 from TIME_WAIT, and
+        // would advise tcp_tw_reuse where the server does not close.
+        let drift_secs = (secs / 3.0).clamp(0.2, 10.0);
         let (probes, mut live) =
-            crate::commands::top::start_live(16, filter.kernel(), None, verbose)?;
+            crate::commands::top::start_live(16, filter.kernel(), Some(drift_secs), verbose)?;
         let mut model = Model::new();
         model.set_exact_timewait(probes.exact_timewait);
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
