@@ -128,8 +128,11 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
         model: Model::new(),
         counters: Counters::default(),
         exporter: Exporter::new(usize::from(args.top_k), env!("CARGO_PKG_VERSION")),
+        // The exporter reads each destination's address, used, reusable and TIME_WAIT
+        // (to rank them) and the diagnoses; owners come from the processes.
         view: View {
             netns,
+            brief: true,
             ..View::default()
         },
         dropped: 0,

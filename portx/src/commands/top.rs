@@ -360,6 +360,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
         netns: netns_filter,
         pid: args.pid,
         max_destinations: 0,
+        brief: false,
     };
     let mut baseline_done = false;
     let mut ended = false;

@@ -155,6 +155,24 @@ fn widest_free_range(listeners: &[u16]) -> (u16, u16) {
     best
 }
 
+/// Whether any rule may apply to `dest` with clients of these figures: half its
+/// capacity held, or nearly all of it established, or a client that opens >= 10
+/// connections a second or holds >= 20 established. Most destinations of a busy host
+/// are nowhere near a rule: a snapshot of 100k of them must not format a line for
+/// each, nor (`View::brief`) gather their owners.
+pub fn may_apply<'a>(
+    dest: &DestFacts<'_>,
+    clients: impl IntoIterator<Item = &'a ClientView>,
+) -> bool {
+    let cap = f64::from(dest.capacity.max(1));
+    let util = f64::from(dest.used.saturating_sub(dest.reusable)) / cap;
+    util >= 0.5
+        || f64::from(dest.established) >= 0.8 * cap
+        || clients
+            .into_iter()
+            .any(|v| v.rate_10s.max(v.rate_60s) >= 10.0 || v.established >= 20)
+}
+
 /// Every diagnosis for `dest` and its clients, most severe first.
 pub fn diagnose(dest: &DestFacts<'_>, clients: &[ClientFacts]) -> Vec<Diagnosis> {
     diagnose_with(dest, clients, steady_state(dest, clients))
@@ -168,18 +186,13 @@ pub fn diagnose_with(
     steady: Option<f64>,
 ) -> Vec<Diagnosis> {
     let mut out = Vec::new();
+    if !may_apply(dest, clients.iter().map(|c| &c.view)) {
+        return out;
+    }
     let cap = f64::from(dest.capacity.max(1));
     let used = f64::from(dest.used);
     let held = f64::from(dest.used.saturating_sub(dest.reusable));
     let util = held / cap;
-    // Most destinations of a busy host are nowhere near a rule: a snapshot of 100k
-    // of them must not format a line for each (serve scrapes them all).
-    let busy_client = clients
-        .iter()
-        .any(|c| c.view.rate_10s.max(c.view.rate_60s) >= 10.0 || c.view.established >= 20);
-    if util < 0.5 && f64::from(dest.established) < 0.8 * cap && !busy_client {
-        return out;
-    }
     let target = format!("{}:{}", dest.daddr, dest.dport);
     let mk = |id: &str,
               critical: bool,

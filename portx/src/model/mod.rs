@@ -17,6 +17,8 @@ pub mod snapshot;
 pub mod trigger;
 
 use std::{
+    borrow::Cow,
+    cmp::Reverse,
     collections::{BTreeMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -27,6 +29,7 @@ use crate::{
     events::{Kind, TcpState, TraceEvent},
     views::output::{JsonEvent, endpoint},
 };
+use clients::ClientView;
 use rate::RateWindow;
 use snapshot::{DestUsage, Drift, Failure, Holder, NetnsUsage, OwnerPorts, ProcessUsage, Snapshot};
 
@@ -246,6 +249,59 @@ struct Sock {
 }
 const _: () = assert!(size_of::<Sock>() == 32);
 
+/// An address as text; IPv4 without `fmt` (a snapshot of 100k destinations formats
+/// 200k of them, and `Ipv4Addr`'s `Display` was a fifth of it).
+fn addr_string(a: IpAddr) -> String {
+    let IpAddr::V4(v4) = a else {
+        return a.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
+/// Puts `v[order[0]]` first, `v[order[1]]` second, and so on, following each cycle of
+/// the permutation with swaps: no second vector of the (large) entries.
+fn permute_in_place<T>(v: &mut [T], mut order: Vec<usize>) {
+    for start in 0..order.len() {
+        // Along the cycle through `start`, each position takes the entry it wants from
+        // the next one, which then holds `start`'s original; order[at] = at marks it.
+        let mut at = start;
+        loop {
+            let next = order[at];
+            order[at] = at;
+            if next == start || next == at {
+                break;
+            }
+            v.swap(at, next);
+            at = next;
+        }
+    }
+}
+
+/// Where a destination ranks in a snapshot: most ports used first, then most
+/// sockets, then by address (IPv4 first) and port.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct DestRank {
+    used: Reverse<u32>,
+    sockets: Reverse<u32>,
+    v6: bool,
+    daddr: [u8; 16],
+    dport: u16,
+    saddr: [u8; 16],
+}
+
 /// Of a destination's TIME_WAIT entries, those a new connect() may take over and those
 /// still in FIN_WAIT2 (`Model::timewait_marks`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -434,6 +490,11 @@ pub struct View {
     pub pid: Option<u32>,
     /// At most this many destinations per namespace (busiest first); 0 = all.
     pub max_destinations: usize,
+    /// Only what a metrics scrape reads of most destinations (`serve`, which exports
+    /// the top K of 100k): a destination no diagnosis rule can apply to has its
+    /// address, `used`, `capacity`, `states` and `reusable`, but no owners, rate, ETA
+    /// or steady state. Diagnoses are the same as in a full view.
+    pub brief: bool,
 }
 
 #[derive(Default)]
@@ -1807,7 +1868,21 @@ impl Model {
             l.sort_unstable();
         }
         let mut diagnoses = Vec::new();
-        let indices: Vec<u32> = self.dest_index.values().copied().collect();
+        // In slot order, so that 100k destinations are read front to back; and how
+        // many each namespace has, to size its lists once.
+        let mut indices: Vec<u32> = Vec::with_capacity(self.dest_index.len());
+        let mut per_ns_dests: FxHashMap<u32, usize> = FxHashMap::default();
+        for (k, &i) in &self.dest_index {
+            if wanted(k.netns) {
+                indices.push(i);
+                *per_ns_dests.entry(k.netns).or_default() += 1;
+            }
+        }
+        indices.sort_unstable();
+        // Each destination's client figures, in one buffer for all.
+        let mut views: Vec<(u32, ClientView)> = Vec::new();
+        // How each namespace's destinations rank, beside them.
+        let mut rank_keys: FxHashMap<u32, Vec<DestRank>> = FxHashMap::default();
         for i in indices {
             let netns = self.dests[i as usize].key.netns;
             if !wanted(netns) {
@@ -1833,7 +1908,6 @@ impl Model {
                 sport: 0,
                 dport: d.key.dport,
             };
-            let mut owners = self.dest_owners_by_id(d);
             let tw = marks.get(&i).copied().unwrap_or_default();
             // Timewait sockets still in FIN_WAIT2 are shown as the kernel (and ss) shows
             // them, not as TIME_WAIT: their server has not closed.
@@ -1841,19 +1915,22 @@ impl Model {
             let moved = tw.fin_wait2.min(counts[TcpState::TimeWait as usize]);
             counts[TcpState::TimeWait as usize] -= moved;
             counts[TcpState::FinWait2 as usize] += moved;
-            let states = counts
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0)
-                .filter_map(|(s, n)| TcpState::from_u8(s as u8).map(|s| (s.name().to_owned(), *n)))
-                .collect();
+            // Inserted one by one: collecting sorts a buffer first, for 1-3 states.
+            let mut states = BTreeMap::new();
+            for (s, &n) in counts.iter().enumerate() {
+                if n > 0
+                    && let Some(s) = TcpState::from_u8(s as u8)
+                {
+                    states.insert(Cow::Borrowed(s.name()), n);
+                }
+            }
             let used = d.used;
             let tw_reuse = self.netns.get(&netns).and_then(|c| c.tcp.tw_reuse);
             let loopback = t.daddr().is_loopback() || t.saddr().is_loopback();
             let facts = diagnosis::DestFacts {
                 netns,
-                saddr: t.saddr().to_string(),
-                daddr: t.daddr().to_string(),
+                saddr: addr_string(t.saddr()),
+                daddr: addr_string(t.daddr()),
                 dport: t.dport,
                 used,
                 capacity,
@@ -1862,22 +1939,40 @@ impl Model {
                 fin_wait2: moved,
                 reusable: tw.reusable,
                 tw_reuse,
-                fin_timeout: self.netns.get(&netns).and_then(|c| c.tcp.fin_timeout),
                 reuse_applies: reuse_applies(tw_reuse, loopback),
+                fin_timeout: self.netns.get(&netns).and_then(|c| c.tcp.fin_timeout),
                 range: {
                     let (lo, hi, _) = self.cfg(netns);
                     (lo, hi)
                 },
                 listeners: listeners.get(&netns).map_or(&[], Vec::as_slice),
             };
-            let mut clients = Vec::new();
             let d = &mut self.dests[i as usize];
+            // Each client's figures (this also moves its windows on); a brief view builds
+            // owners only where a diagnosis rule may apply.
+            views.clear();
+            views.extend(
+                d.clients
+                    .iter_mut()
+                    .map(|(id, stats)| (*id, stats.view(now))),
+            );
+            let detailed =
+                !view.brief || diagnosis::may_apply(&facts, views.iter().map(|(_, v)| v));
+            let mut owners = if detailed {
+                self.dest_owners_by_id(&self.dests[i as usize])
+            } else {
+                Vec::new()
+            };
+            let d = &self.dests[i as usize];
+            let mut clients = Vec::new();
             for (owner, o) in &mut owners {
-                let Some((_, stats)) = d.clients.iter_mut().find(|(id, _)| id == owner) else {
+                let Some((_, v)) = views.iter().find(|(id, _)| id == owner) else {
                     continue;
                 };
-                let v = stats.view(now);
-                o.client = Some(Box::new(v));
+                let Some((_, stats)) = d.clients.iter().find(|(id, _)| id == owner) else {
+                    continue;
+                };
+                o.client = Some(Box::new(*v));
                 clients.push(diagnosis::ClientFacts {
                     who: diagnosis::Who {
                         pid: o.pid,
@@ -1886,17 +1981,23 @@ impl Model {
                     },
                     ports: o.ports,
                     time_wait: stats.time_wait,
-                    view: v,
+                    view: *v,
                 });
             }
-            let steady = diagnosis::steady_state(&facts, &clients);
-            diagnoses.extend(diagnosis::diagnose_with(&facts, &clients, steady));
-            // A client measured to level off below capacity never exhausts it, whatever
-            // the last seconds' growth says.
-            let growth_eta = d.rate.eta(now, used, capacity);
-            let eta_s = match steady {
-                Some(s) if s < f64::from(capacity) => None,
-                _ => growth_eta,
+            let (steady, eta_s, rate_per_s) = if detailed {
+                let d = &mut self.dests[i as usize];
+                let steady = diagnosis::steady_state(&facts, &clients);
+                diagnoses.extend(diagnosis::diagnose_with(&facts, &clients, steady));
+                // A client measured to level off below capacity never exhausts it,
+                // whatever the last seconds' growth says.
+                let growth_eta = d.rate.eta(now, used, capacity);
+                let eta_s = match steady {
+                    Some(s) if s < f64::from(capacity) => None,
+                    _ => growth_eta,
+                };
+                (steady, eta_s, d.rate.per_second(now, used))
+            } else {
+                (None, None, 0.0)
             };
             let reusable_here = facts.reusable;
             let usage = DestUsage {
@@ -1906,17 +2007,34 @@ impl Model {
                 used,
                 capacity,
                 states,
-                rate_per_s: d.rate.per_second(now, used),
+                rate_per_s,
                 eta_s,
                 owners: owners.into_iter().map(|(_, o)| o).collect(),
                 reusable: reusable_here,
                 steady_state: steady,
             };
-            per_ns
+            let list = &mut per_ns
                 .entry(netns)
                 .or_insert_with(|| ns_entry(self, netns))
-                .destinations
-                .push(usage);
+                .destinations;
+            if list.capacity() == 0 {
+                list.reserve_exact(per_ns_dests.get(&netns).copied().unwrap_or(0));
+            }
+            list.push(usage);
+            let k = &self.dests[i as usize].key;
+            rank_keys
+                .entry(netns)
+                .or_insert_with(|| {
+                    Vec::with_capacity(per_ns_dests.get(&netns).copied().unwrap_or(0))
+                })
+                .push(DestRank {
+                    used: Reverse(used),
+                    sockets: Reverse(self.dests[i as usize].total()),
+                    v6: k.v6,
+                    daddr: k.daddr,
+                    dport: k.dport,
+                    saddr: k.saddr,
+                });
         }
         for (&(netns, owner), &ports) in &self.procs {
             if !wanted(netns) {
@@ -1942,17 +2060,12 @@ impl Model {
         }
         let mut netns: Vec<NetnsUsage> = per_ns.into_values().collect();
         for ns in &mut netns {
-            ns.destinations.sort_by(|a, b| {
-                b.used
-                    .cmp(&a.used)
-                    .then_with(|| {
-                        b.states
-                            .values()
-                            .sum::<u32>()
-                            .cmp(&a.states.values().sum::<u32>())
-                    })
-                    .then_with(|| (&a.daddr, a.dport, &a.saddr).cmp(&(&b.daddr, b.dport, &b.saddr)))
-            });
+            // Sorted as indices by their numeric rank: at 100k destinations, moving
+            // the entries and comparing their address strings was most of the sort.
+            let keys = rank_keys.remove(&ns.inode).unwrap_or_default();
+            let mut order: Vec<usize> = (0..ns.destinations.len()).collect();
+            order.sort_unstable_by(|&x, &y| keys[x].cmp(&keys[y]));
+            permute_in_place(&mut ns.destinations, order);
             if view.max_destinations > 0 {
                 ns.destinations.truncate(view.max_destinations);
             }

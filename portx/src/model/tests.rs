@@ -1268,3 +1268,85 @@ fn a_gone_namespace_is_forgotten() {
     assert_eq!(snap.netns[0].destinations[0].used, 1);
     assert_eq!(snap.netns[0].processes[0].pid, 101);
 }
+
+#[test]
+fn permute_in_place_follows_the_order() {
+    for order in [
+        vec![],
+        vec![0],
+        vec![2, 0, 1],
+        vec![1, 0, 3, 2],
+        vec![4, 3, 2, 1, 0],
+        vec![0, 2, 1, 4, 3, 5],
+    ] {
+        let mut v: Vec<usize> = (0..order.len()).map(|i| i * 10).collect();
+        let want: Vec<usize> = order.iter().map(|&i| i * 10).collect();
+        super::permute_in_place(&mut v, order.clone());
+        assert_eq!(v, want, "{order:?}");
+    }
+}
+
+#[test]
+fn addresses_print_as_std_does() {
+    for a in [
+        "0.0.0.0",
+        "10.0.0.9",
+        "127.0.0.1",
+        "192.168.100.255",
+        "255.255.255.255",
+        "8.80.108.1",
+    ] {
+        let ip: IpAddr = a.parse().unwrap();
+        assert_eq!(super::addr_string(ip), ip.to_string());
+    }
+    let v6: IpAddr = "2001:db8::1".parse().unwrap();
+    assert_eq!(super::addr_string(v6), "2001:db8::1");
+}
+
+#[test]
+fn a_brief_view_keeps_ranks_counts_and_diagnoses() {
+    // One destination a rule applies to (a short-lived client near capacity), and
+    // quiet ones with one established connection each, tied in rank.
+    let mut m = model_2000(0);
+    churn(&mut m, "10.0.0.5", 30, 20, 40);
+    for (i, daddr) in ["10.0.0.10", "10.0.0.9", "10.0.1.2"]
+        .into_iter()
+        .enumerate()
+    {
+        Sk::client(0x9000 + i as u64, 77, 30000 + i as u16, daddr, 443).open(&mut m, 41 * S);
+    }
+    let full = m.snapshot(View::default());
+    let brief = m.snapshot(View {
+        brief: true,
+        ..View::default()
+    });
+    assert!(!full.diagnoses.is_empty());
+    assert_eq!(brief.diagnoses, full.diagnoses);
+    let (f, b) = (&full.netns[0].destinations, &brief.netns[0].destinations);
+    assert_eq!(f.len(), 4);
+    let summary = |d: &DestUsage| {
+        (
+            d.daddr.clone(),
+            d.dport,
+            d.used,
+            d.states.clone(),
+            d.reusable,
+        )
+    };
+    assert_eq!(
+        b.iter().map(summary).collect::<Vec<_>>(),
+        f.iter().map(summary).collect::<Vec<_>>()
+    );
+    // Busiest first, ties by address as a number (10.0.0.9 before 10.0.0.10).
+    let order: Vec<&str> = f.iter().map(|d| d.daddr.as_str()).collect();
+    assert_eq!(order, ["10.0.0.5", "10.0.0.9", "10.0.0.10", "10.0.1.2"]);
+    // The diagnosed destination keeps its owners and figures; the quiet ones have none.
+    assert_eq!(b[0].owners, f[0].owners);
+    assert_eq!(b[0].steady_state, f[0].steady_state);
+    assert!(
+        b[1..]
+            .iter()
+            .all(|d| d.owners.is_empty() && d.eta_s.is_none())
+    );
+    assert!(f[1..].iter().all(|d| d.owners.len() == 1));
+}

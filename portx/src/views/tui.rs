@@ -540,7 +540,7 @@ fn dest_rows(snap: &Snapshot, state: &TopState) -> Vec<DestRow> {
             let other = d
                 .states
                 .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "ESTABLISHED" | "SYN_SENT" | "TIME_WAIT"))
+                .filter(|(k, _)| !matches!(k.as_ref(), "ESTABLISHED" | "SYN_SENT" | "TIME_WAIT"))
                 .map(|(_, v)| u64::from(*v))
                 .sum();
             // The model lists owners most ports first; do not rely on it.
@@ -1271,11 +1271,11 @@ mod tests {
             used: 26_900,
             capacity: 28_232,
             states: BTreeMap::from([
-                ("ESTABLISHED".to_owned(), 1000),
-                ("SYN_SENT".to_owned(), 20),
-                ("TIME_WAIT".to_owned(), 25_790),
-                ("FIN_WAIT2".to_owned(), 7),
-                ("CLOSE_WAIT".to_owned(), 3),
+                ("ESTABLISHED".into(), 1000),
+                ("SYN_SENT".into(), 20),
+                ("TIME_WAIT".into(), 25_790),
+                ("FIN_WAIT2".into(), 7),
+                ("CLOSE_WAIT".into(), 3),
             ]),
             rate_per_s: 40.0,
             eta_s: Some(35.3),
@@ -1288,7 +1288,7 @@ mod tests {
             dport: 80,
             used: 900,
             capacity: 28_232,
-            states: BTreeMap::from([("ESTABLISHED".to_owned(), 900)]),
+            states: BTreeMap::from([("ESTABLISHED".into(), 900)]),
             rate_per_s: 0.0,
             eta_s: None,
             owners: vec![owner("nginx", 300, 900)],
@@ -1300,10 +1300,7 @@ mod tests {
             dport: 5432,
             used: 750,
             capacity: 1000,
-            states: BTreeMap::from([
-                ("ESTABLISHED".to_owned(), 700),
-                ("TIME_WAIT".to_owned(), 50),
-            ]),
+            states: BTreeMap::from([("ESTABLISHED".into(), 700), ("TIME_WAIT".into(), 50)]),
             rate_per_s: 2.5,
             eta_s: Some(100.0),
             owners: vec![owner("psql", 555, 750)],
@@ -1874,7 +1871,10 @@ mod tests {
             rate_per_s: f64::INFINITY,
             eta_s: Some(f64::NAN),
             owners: vec![owner(&long, u32::MAX, u32::MAX)],
-            states: BTreeMap::from([("TIME_WAIT".to_owned(), u32::MAX), (long.clone(), u32::MAX)]),
+            states: BTreeMap::from([
+                ("TIME_WAIT".into(), u32::MAX),
+                (long.clone().into(), u32::MAX),
+            ]),
             ..DestUsage::default()
         });
         odd.netns[0]

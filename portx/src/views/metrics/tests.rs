@@ -11,9 +11,9 @@ const SEC: u64 = 1_000_000_000;
 
 fn dest(daddr: &str, dport: u16, used: u32, tw: u32) -> DestUsage {
     let mut states = BTreeMap::new();
-    states.insert("ESTABLISHED".to_owned(), used - tw);
+    states.insert("ESTABLISHED".into(), used - tw);
     if tw > 0 {
-        states.insert("TIME_WAIT".to_owned(), tw);
+        states.insert("TIME_WAIT".into(), tw);
     }
     DestUsage {
         saddr: "127.0.0.1".into(),
