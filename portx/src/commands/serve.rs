@@ -22,10 +22,10 @@ use tokio::{
 
 use crate::{
     cli::ServeArgs,
-    events::{TraceEvent, filter::Filter},
+    events::filter::Filter,
     kernel::{
         cgroups::{CgroupNames, HostRoot},
-        live::{LiveSource, Sink, boottime_ns},
+        live::{LiveSource, boottime_ns},
         loader::Probes,
         netns, privs,
     },
@@ -48,18 +48,12 @@ struct Served {
     names: CgroupNames,
 }
 
-impl Sink for Served {
-    fn feed(&mut self, input: Input) {
-        self.counters.on_input(&input);
-        self.model.feed(&input);
-    }
-
-    fn warm(&mut self, events: &[TraceEvent]) {
-        self.model.warm(events);
-    }
-}
-
 impl Served {
+    fn feed(&mut self, input: &Input) {
+        self.counters.on_input(input);
+        self.model.feed(input);
+    }
+
     fn body(&mut self, probes: &Probes) -> String {
         let started = Instant::now();
         let now = boottime_ns();
@@ -175,7 +169,7 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
             // The ring first: scrapes wait behind the events.
             biased;
             // Inputs go to the model as they are decoded (LiveSource::next_with).
-            r = live.next_with(&mut served) => {
+            r = live.next_with(|input| served.feed(&input)) => {
                 let notes = match r {
                     Ok(n) => n,
                     Err(e) => break Err(e),

@@ -20,10 +20,9 @@ use crate::{
         reader::{ReadStatus, Reader},
     },
     cli::{By, TopArgs},
-    events::TraceEvent,
     kernel::{
         cgroups::{CgroupNames, HostRoot},
-        live::{LiveSource, Notes, Sink, boottime_ns},
+        live::{LiveSource, Notes, boottime_ns},
         loader::{HookPath, LoadOptions, Probes},
         netns, preflight,
     },
@@ -57,22 +56,6 @@ fn feed(model: &mut Model, verbose: bool, input: &Input) {
     model.feed(input);
 }
 
-/// The live source's inputs straight into the model, warmed in groups.
-struct ModelSink<'a> {
-    model: &'a mut Model,
-    verbose: bool,
-}
-
-impl Sink for ModelSink<'_> {
-    fn feed(&mut self, input: Input) {
-        feed(self.model, self.verbose, &input);
-    }
-
-    fn warm(&mut self, events: &[TraceEvent]) {
-        self.model.warm(events);
-    }
-}
-
 /// Where the inputs come from.
 // One per run, never moved about: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
@@ -89,9 +72,13 @@ impl Source {
     /// Waits for the next inputs; `None` when a recording has ended. Live inputs go
     /// to `feed` as they are decoded (see [`LiveSource::next_with`]); a recording's
     /// are staged in `out`, so that what its header says applies before they do.
-    async fn next(&mut self, out: &mut Vec<Input>, mut sink: impl Sink) -> Result<Option<Notes>> {
+    async fn next(
+        &mut self,
+        out: &mut Vec<Input>,
+        feed: impl FnMut(Input),
+    ) -> Result<Option<Notes>> {
         match self {
-            Self::Live { live, .. } => live.next_with(&mut sink).await.map(Some),
+            Self::Live { live, .. } => live.next_with(feed).await.map(Some),
             Self::Replay(r) => r.next(out).await,
         }
     }
@@ -412,7 +399,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
 
     loop {
         tokio::select! {
-            r = source.next(&mut inputs, ModelSink { model: &mut model, verbose }), if !ended => {
+            r = source.next(&mut inputs, |input| feed(&mut model, verbose, &input)), if !ended => {
                 let Some(notes) = r? else {
                     // The recording is over: show where it ended.
                     ended = true;

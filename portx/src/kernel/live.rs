@@ -45,34 +45,6 @@ const NETNS_SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// the terminal or the timers.
 pub const DRAIN_BATCH: usize = 65536;
 
-/// Events handed to a [`Sink`] in one group: each is warmed, then each fed. Small
-/// enough to stay in the L1 cache (a `TraceEvent` is ~150 bytes).
-const WARM_GROUP: usize = 32;
-
-/// What takes a [`LiveSource`]'s inputs, in order.
-pub trait Sink {
-    fn feed(&mut self, input: Input);
-
-    /// Called with a group of events before the first of them is fed: a model reads
-    /// here what feeding them will read (`Model::warm`), so that the group's cache
-    /// misses overlap instead of stalling one after the other.
-    fn warm(&mut self, _events: &[TraceEvent]) {}
-}
-
-impl<F: FnMut(Input)> Sink for F {
-    fn feed(&mut self, input: Input) {
-        self(input);
-    }
-}
-
-/// Hands `group` to `sink`: every event warmed, then every one fed.
-fn feed_group(group: &mut Vec<TraceEvent>, sink: &mut impl Sink) {
-    sink.warm(group);
-    for ev in group.drain(..) {
-        sink.feed(Input::Event(ev));
-    }
-}
-
 /// `CLOCK_BOOTTIME` now, the clock of BPF event timestamps.
 pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -129,8 +101,6 @@ pub struct LiveSource {
     /// A state was asked for and has not come yet: events wait behind it.
     state_pending: bool,
     held: Vec<TraceEvent>,
-    /// Events decoded but not yet fed, at most [`WARM_GROUP`]; empty between drains.
-    group: Vec<TraceEvent>,
     /// The ring still had records when the last drain stopped at its batch size
     /// (readiness is edge-triggered and will not fire again for those).
     more: bool,
@@ -168,7 +138,6 @@ impl LiveSource {
             baseline_done: false,
             state_pending: false,
             held: Vec::new(),
-            group: Vec::with_capacity(WARM_GROUP),
             more: false,
             reorder: Reorder::default(),
             flush_failed: false,
@@ -181,29 +150,29 @@ impl LiveSource {
     /// Waits for inputs and appends them to `out` in order. Cancel-safe (it only
     /// awaits readiness; the work is done after), so it can sit in a `select!`.
     pub async fn next(&mut self, out: &mut Vec<Input>) -> Result<Notes> {
-        self.next_with(&mut |input| out.push(input)).await
+        self.next_with(|input| out.push(input)).await
     }
 
     /// As [`Self::next`], handing each input to `sink` as it is decoded. A consumer
     /// that feeds a model this way reads each event while it is still in the cache:
     /// staged in a `Vec` first, a drain's events (100-odd bytes each, thousands in a
     /// storm) are written out and read back cold.
-    pub async fn next_with(&mut self, sink: &mut impl Sink) -> Result<Notes> {
+    pub async fn next_with(&mut self, mut sink: impl FnMut(Input)) -> Result<Notes> {
         let mut notes = Notes::default();
         if !self.more {
             tokio::select! {
                 r = self.reader.readable() => r?,
                 m = self.msgs.recv() => match m {
-                    Some(m) => self.on_msg(m, sink, &mut notes),
+                    Some(m) => self.on_msg(m, &mut sink, &mut notes),
                     None => anyhow::bail!("the prober thread stopped"),
                 },
             }
         }
         // Whatever else the prober has sent, then the ring.
         while let Ok(m) = self.msgs.try_recv() {
-            self.on_msg(m, sink, &mut notes);
+            self.on_msg(m, &mut sink, &mut notes);
         }
-        self.drain_with(sink);
+        self.drain_with(&mut sink);
         notes.warnings.append(&mut self.warnings);
         Ok(notes)
     }
@@ -241,7 +210,7 @@ impl LiveSource {
         self.drain_with(&mut |input| out.push(input));
     }
 
-    fn drain_with(&mut self, sink: &mut impl Sink) {
+    fn drain_with(&mut self, sink: &mut impl FnMut(Input)) {
         // Per-CPU batches first, so what the ring then holds is complete up to the
         // flush (less a slack); without batches the ring is in order.
         let flushed = match self.reader.flush_batches() {
@@ -272,7 +241,6 @@ impl LiveSource {
             undecodable,
             reorder,
             tally,
-            group,
             ..
         } = self;
         let mut route = |ev: TraceEvent| {
@@ -284,10 +252,7 @@ impl LiveSource {
                 });
             }
             if *baseline_done && !*state_pending {
-                group.push(ev);
-                if group.len() == WARM_GROUP {
-                    feed_group(group, sink);
-                }
+                sink(Input::Event(ev));
             } else {
                 held.push(ev);
             }
@@ -327,12 +292,10 @@ impl LiveSource {
                 reader.hurry();
             }
         }
-        // The last, partial group: nothing is kept back past a drain.
-        feed_group(group, sink);
         self.more = more;
     }
 
-    fn on_msg(&mut self, m: ProbeMsg, sink: &mut impl Sink, notes: &mut Notes) {
+    fn on_msg(&mut self, m: ProbeMsg, sink: &mut impl FnMut(Input), notes: &mut Notes) {
         match m {
             ProbeMsg::Input(input) => {
                 match &input {
@@ -346,22 +309,18 @@ impl LiveSource {
                     }
                     _ => {}
                 }
-                sink.feed(input);
+                sink(input);
             }
             ProbeMsg::BaselineDone => {
                 self.baseline_done = true;
                 notes.baseline_done = true;
-                self.held
-                    .drain(..)
-                    .for_each(|ev| sink.feed(Input::Event(ev)));
+                self.held.drain(..).map(Input::Event).for_each(&mut *sink);
                 self.held.shrink_to_fit();
             }
             ProbeMsg::StateDone => {
                 self.state_pending = false;
                 notes.state_done = true;
-                self.held
-                    .drain(..)
-                    .for_each(|ev| sink.feed(Input::Event(ev)));
+                self.held.drain(..).map(Input::Event).for_each(&mut *sink);
             }
             ProbeMsg::Warning(w) => notes.warnings.push(w),
         }
@@ -691,59 +650,5 @@ fn prober(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::events::{Comm, Family, Kind};
-
-    /// Says what it was handed, in order.
-    #[derive(Default)]
-    struct Log(Vec<String>);
-
-    impl Sink for Log {
-        fn feed(&mut self, input: Input) {
-            if let Input::Event(e) = input {
-                self.0.push(format!("feed {}", e.ts_ns));
-            }
-        }
-        fn warm(&mut self, events: &[TraceEvent]) {
-            let ts: Vec<String> = events.iter().map(|e| e.ts_ns.to_string()).collect();
-            self.0.push(format!("warm {}", ts.join(",")));
-        }
-    }
-
-    #[test]
-    fn a_group_is_warmed_whole_then_fed_in_order() {
-        let ev = |ts| TraceEvent {
-            kind: Kind::State,
-            ts_ns: ts,
-            pid: 1,
-            tid: 1,
-            comm: Comm::from("client"),
-            cgroup_id: 1,
-            netns: 1,
-            sock: 1,
-            family: Family::Ipv4,
-            saddr: "127.0.0.1".parse().unwrap(),
-            sport: 20000,
-            daddr: "127.0.0.1".parse().unwrap(),
-            dport: 9000,
-            old_state: Some(TcpState::SynSent),
-            new_state: Some(TcpState::Established),
-            errno: None,
-            bound_port: None,
-        };
-        let mut group = vec![ev(1), ev(2), ev(3)];
-        let mut log = Log::default();
-        feed_group(&mut group, &mut log);
-        assert!(group.is_empty());
-        assert_eq!(log.0, ["warm 1,2,3", "feed 1", "feed 2", "feed 3"]);
-        // A closure takes inputs as they come, and warms nothing.
-        let mut fed = Vec::new();
-        feed_group(&mut vec![ev(4)], &mut |i| fed.push(i));
-        assert_eq!(fed.len(), 1);
     }
 }

@@ -172,7 +172,7 @@ impl Addrs {
 }
 
 /// A 4-tuple with interned addresses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Quad {
     saddr: u32,
     daddr: u32,
@@ -187,7 +187,7 @@ impl Quad {
 }
 
 /// A TIME_WAIT entry's key.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct TwKey {
     netns: u32,
     quad: Quad,
@@ -961,42 +961,6 @@ impl Model {
                 true
             }
             None => false,
-        }
-    }
-
-    /// Reads what applying `events` will read at random in a large table, without
-    /// changing anything: the TIME_WAIT entry each new connection may take over
-    /// (tcp_tw_reuse), which in a storm that recycles ports is a cache miss per
-    /// connection, a third of the model's time. The keys first, then the lookups
-    /// back to back, so that their misses overlap; applying the events after
-    /// (`kernel::live::Sink`) then finds the entries in the cache.
-    pub fn warm(&self, events: &[TraceEvent]) {
-        let mut keys = [TwKey::default(); 32];
-        let mut n = 0;
-        for e in events {
-            if n == keys.len() {
-                break;
-            }
-            if e.kind != Kind::State || e.old_state != Some(TcpState::SynSent) {
-                continue;
-            }
-            let tuple = Tuple::of(e);
-            if !tuple.complete() {
-                continue;
-            }
-            if let Some(quad) = self.quad_find(&tuple) {
-                let key = TwKey {
-                    netns: e.netns,
-                    quad,
-                };
-                if self.timewait_maybe.may_hold(&key) {
-                    keys[n] = key;
-                    n += 1;
-                }
-            }
-        }
-        for key in &keys[..n] {
-            std::hint::black_box(self.timewait.get(key));
         }
     }
 

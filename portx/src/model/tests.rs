@@ -267,32 +267,6 @@ fn timewait_reused_by_a_new_connection_is_freed() {
 }
 
 #[test]
-fn warming_changes_nothing() {
-    use TcpState::*;
-    let mut m = model();
-    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
-    a.open(&mut m, S);
-    a.active_close(&mut m, 2 * S);
-    // The events of a new connection that takes the 4-tuple over, and of others.
-    let b = Sk::client(2, 100, 20001, "10.0.0.5", 80);
-    let c = Sk::client(3, 100, 20002, "10.0.0.6", 80);
-    let group = [
-        b.state(3 * S, Close, SynSent),
-        b.state(3 * S + 1, SynSent, Established),
-        c.state(3 * S + 2, SynSent, Established),
-        b.connect(3 * S + 3),
-    ];
-    let before = m.snapshot(View::default());
-    m.warm(&group);
-    assert_eq!(m.timewait_count(), 1);
-    assert_eq!(m.snapshot(View::default()), before);
-    for e in &group {
-        m.apply(e);
-    }
-    assert_eq!(m.timewait_count(), 0);
-}
-
-#[test]
 fn owners_survive_softirq_events() {
     use TcpState::*;
     let mut m = model();
