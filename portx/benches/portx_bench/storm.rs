@@ -379,6 +379,28 @@ fn bpf_prog_stats(pid: u32) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Ports of the recycling storm's range: about what a client that exhausts a widened
+/// range (as `range-too-small` advises) keeps in TIME_WAIT, and twice Linux's default
+/// range, so that the TIME_WAIT table outgrows the caches as on such a host.
+const RECYCLED_PORTS: usize = 60_000;
+
+/// The CPU per 1000 connections of process `pid` (a tracer already running) in a
+/// storm of `n` connections in a namespace of about `n` ports, each port last used by a
+/// connection of an earlier storm of `n` that is now in TIME_WAIT and over a second
+/// old, so that loopback's `tcp_tw_reuse` (2) takes it over: the TIME_WAIT model then
+/// removes an entry per connection, as on a host whose client has used its range.
+fn recycling_storm(rep: usize, n: usize, workers: usize, pid: u32) -> Option<f64> {
+    // A few ports over `n`: the connections that stop the storm's servers.
+    let range = format!("5000 {}", 5000 + n + 2 * workers - 1);
+    let ns = bench_ns(&format!("stormtw{rep}"), &range)?;
+    storm(&ns.0, n, workers);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let before = usage(pid);
+    storm(&ns.0, n, workers);
+    let after = usage(pid);
+    Some((after.cpu - before.cpu) * 1e3 / (n as f64 / 1e3))
+}
+
 /// Sets `kernel.bpf_stats_enabled` to 1 while it lives and back to what it was after.
 struct BpfStats(String);
 
@@ -538,6 +560,9 @@ pub fn bench_storm(quick: bool) {
     // top's CPU in a second storm under the same process: its tables already grown and
     // its buffers faulted in, nearer what a process attached for weeks pays.
     let mut top_warm_cpu: Vec<f64> = Vec::new();
+    // And in a storm whose every port was last used by one in TIME_WAIT (the steady
+    // state of a client that exhausts its range).
+    let mut top_recycled_cpu: Vec<f64> = Vec::new();
     let mut trace_rss = (0, 0);
     let mut dropped = 0u64;
     // Which tracers dropped, to name them in the figure.
@@ -597,6 +622,9 @@ pub fn bench_storm(quick: bool) {
                     storm(&ns.0, total, workers);
                     let again = usage(r.child.id());
                     top_warm_cpu.push((again.cpu - after.cpu) * 1e3 / (total as f64 / 1e3));
+                    if let Some(cpu) = recycling_storm(rep, RECYCLED_PORTS, workers, r.child.id()) {
+                        top_recycled_cpu.push(cpu);
+                    }
                 }
                 if c == Tracer::Trace {
                     trace_rss = (
@@ -745,6 +773,10 @@ pub fn bench_storm(quick: bool) {
         (
             &top_warm_cpu,
             "portx top CPU per 1000 connections (own process), a second storm under the same process",
+        ),
+        (
+            &top_recycled_cpu,
+            "portx top CPU per 1000 connections (own process), every port taken over from TIME_WAIT",
         ),
         (
             &cpu[6],
