@@ -563,7 +563,8 @@ pub fn gather(ns: Option<&NetnsRef>) -> Result<Inputs> {
         inputs.settings.tw_recycle_in = tw_recycle_files();
     }
     inputs.sockets = probe.dump_tcp(sockdiag::ALL_STATES)?;
-    inputs.owners = proc_owners::socket_owners();
+    // Holders of this namespace's listeners: its own processes.
+    inputs.owners = proc_owners::socket_owners(Some(probe.inode));
     let unattributed = inputs
         .sockets
         .iter()

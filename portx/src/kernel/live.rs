@@ -546,8 +546,9 @@ fn prober(
     if let Some(only) = only_netns {
         namespaces.retain(|n| n.inode == only);
     }
-    // Attribute sockets to processes once, at start-up.
-    let owners = proc_owners::socket_owners();
+    // Attribute sockets to processes once, at start-up (with one namespace, its own
+    // processes' sockets only).
+    let owners = proc_owners::socket_owners(only_netns);
     for ns in &namespaces {
         if !open(&mut watched, ns, &owners) {
             return;
@@ -575,13 +576,15 @@ fn prober(
                     path: format!("/proc/{pid}/ns/net").into(),
                 };
                 // A namespace born after start-up: its sockets are all new, so its
-                // baseline only needs settings and whatever exists already.
-                if !open(&mut watched, &ns, &proc_owners::socket_owners()) {
+                // baseline only needs settings and whatever exists already, whose
+                // owners are its own processes (a pod's first connection on a node
+                // of hundreds must not read every process's descriptors).
+                if !open(&mut watched, &ns, &proc_owners::socket_owners(Some(inode))) {
                     return;
                 }
             }
             Ok(ProbeReq::State) => {
-                let owners = proc_owners::socket_owners();
+                let owners = proc_owners::socket_owners(only_netns);
                 for w in &mut watched {
                     let msg = match baseline(&w.probe, w.name.clone(), &owners) {
                         Ok(msg) => {

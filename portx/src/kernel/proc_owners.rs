@@ -111,18 +111,25 @@ fn comm_of(pid: u32) -> String {
 /// lowest pid when several share it). Processes that vanish or deny access are
 /// skipped. Only thread-group leaders are scanned: a thread with its own fd table
 /// (clone without CLONE_FILES) is not seen.
-pub fn socket_owners() -> HashMap<u64, ProcOwner> {
+///
+/// With `netns`, only processes now in that network namespace (one readlink of
+/// `/proc/PID/ns/net` each, where listing a process's descriptors takes one per fd):
+/// what opening one namespace needs on a host of many (a pod's, on a node of
+/// hundreds), at the cost of a socket made there by a process that has since moved
+/// to another namespace, which is then not attributed.
+pub fn socket_owners(netns: Option<u32>) -> HashMap<u64, ProcOwner> {
     let mut owners = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    // Ascending, so the first owner recorded is the lowest pid.
+    let Ok(pids) = crate::kernel::sockdiag::pids() else {
         return owners;
     };
-    let mut pids: Vec<u32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    // Ascending, so the first owner recorded is the lowest pid.
-    pids.sort_unstable();
     let mut cgroups = CgroupIds::new();
     for pid in pids {
+        if let Some(want) = netns
+            && in_netns(pid) != Some(want)
+        {
+            continue;
+        }
         let fd_dir = PathBuf::from(format!("/proc/{pid}/fd"));
         let Ok(fds) = std::fs::read_dir(&fd_dir) else {
             continue;
@@ -148,6 +155,12 @@ pub fn socket_owners() -> HashMap<u64, ProcOwner> {
         }
     }
     owners
+}
+
+/// The network namespace process `pid` is in now.
+fn in_netns(pid: u32) -> Option<u32> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    crate::kernel::sockdiag::parse_ns_link(link.as_os_str().as_bytes())
 }
 
 #[cfg(test)]
@@ -204,7 +217,7 @@ mod tests {
     fn owns_our_own_socket() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let inode = crate::kernel::sockdiag::tests::socket_inode(l.as_fd());
-        let owners = socket_owners();
+        let owners = socket_owners(None);
         let me = owners.get(&inode).expect("our listener has no owner");
         assert_eq!(me.pid, std::process::id());
         assert_eq!(me.comm, comm_of(std::process::id()));
@@ -216,5 +229,12 @@ mod tests {
             assert_eq!(me.cgroup_id, ino);
             assert_ne!(ino, 0);
         }
+        // Asked for this process's namespace: found; for another: not looked at.
+        let here = in_netns(std::process::id()).expect("our own namespace");
+        assert_eq!(
+            socket_owners(Some(here)).get(&inode).map(|o| o.pid),
+            Some(std::process::id())
+        );
+        assert!(!socket_owners(Some(here.wrapping_add(1))).contains_key(&inode));
     }
 }

@@ -84,12 +84,12 @@ impl fmt::Display for NetnsRef {
 }
 
 /// `net:[4026531840]` (the target of `/proc/PID/ns/net`) to its inode.
-fn parse_ns_link(link: &[u8]) -> Option<u32> {
+pub(crate) fn parse_ns_link(link: &[u8]) -> Option<u32> {
     let digits = link.strip_prefix(b"net:[")?.strip_suffix(b"]")?;
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-fn pids() -> io::Result<Vec<u32>> {
+pub(crate) fn pids() -> io::Result<Vec<u32>> {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
@@ -1228,7 +1228,7 @@ pub(crate) mod tests {
                 .all(|s| s.inode != l4_inode)
         );
 
-        let owners = crate::kernel::proc_owners::socket_owners();
+        let owners = crate::kernel::proc_owners::socket_owners(None);
         let owner = owners.get(&l4_inode).expect("listener has no owner");
         assert_eq!(owner.pid, std::process::id());
         let established = dump.iter().filter(|s| s.state == TcpState::Established);
