@@ -1868,26 +1868,21 @@ impl Model {
             l.sort_unstable();
         }
         let mut diagnoses = Vec::new();
-        // In slot order, so that 100k destinations are read front to back; and how
-        // many each namespace has, to size its lists once.
-        let mut indices: Vec<u32> = Vec::with_capacity(self.dest_index.len());
-        let mut per_ns_dests: FxHashMap<u32, usize> = FxHashMap::default();
-        for (k, &i) in &self.dest_index {
-            if wanted(k.netns) {
-                indices.push(i);
-                *per_ns_dests.entry(k.netns).or_default() += 1;
-            }
-        }
+        // In slot order, so that 100k destinations are read front to back.
+        let mut indices: Vec<u32> = self
+            .dest_index
+            .iter()
+            .filter(|(k, _)| wanted(k.netns))
+            .map(|(_, &i)| i)
+            .collect();
         indices.sort_unstable();
-        // Each destination's client figures, in one buffer for all.
-        let mut views: Vec<(u32, ClientView)> = Vec::new();
+        // Each destination's clients: owner, figures and ports in TIME_WAIT, in one
+        // buffer for all.
+        let mut views: Vec<(u32, ClientView, u32)> = Vec::new();
         // How each namespace's destinations rank, beside them.
         let mut rank_keys: FxHashMap<u32, Vec<DestRank>> = FxHashMap::default();
         for i in indices {
             let netns = self.dests[i as usize].key.netns;
-            if !wanted(netns) {
-                continue;
-            }
             let capacity = self.capacity(netns);
             let d = &self.dests[i as usize];
             if d.total() == 0 {
@@ -1954,25 +1949,21 @@ impl Model {
             views.extend(
                 d.clients
                     .iter_mut()
-                    .map(|(id, stats)| (*id, stats.view(now))),
+                    .map(|(id, stats)| (*id, stats.view(now), stats.time_wait)),
             );
             let detailed =
-                !view.brief || diagnosis::may_apply(&facts, views.iter().map(|(_, v)| v));
+                !view.brief || diagnosis::may_apply(&facts, views.iter().map(|(_, v, _)| v));
             let mut owners = if detailed {
                 self.dest_owners_by_id(&self.dests[i as usize])
             } else {
                 Vec::new()
             };
-            let d = &self.dests[i as usize];
             let mut clients = Vec::new();
             for (owner, o) in &mut owners {
-                let Some((_, v)) = views.iter().find(|(id, _)| id == owner) else {
+                let Some(&(_, v, time_wait)) = views.iter().find(|(id, _, _)| id == owner) else {
                     continue;
                 };
-                let Some((_, stats)) = d.clients.iter().find(|(id, _)| id == owner) else {
-                    continue;
-                };
-                o.client = Some(Box::new(*v));
+                o.client = Some(Box::new(v));
                 clients.push(diagnosis::ClientFacts {
                     who: diagnosis::Who {
                         pid: o.pid,
@@ -1980,8 +1971,8 @@ impl Model {
                         cgroup_id: o.cgroup_id,
                     },
                     ports: o.ports,
-                    time_wait: stats.time_wait,
-                    view: *v,
+                    time_wait,
+                    view: v,
                 });
             }
             let (steady, eta_s, rate_per_s) = if detailed {
@@ -2013,28 +2004,20 @@ impl Model {
                 reusable: reusable_here,
                 steady_state: steady,
             };
-            let list = &mut per_ns
+            per_ns
                 .entry(netns)
                 .or_insert_with(|| ns_entry(self, netns))
-                .destinations;
-            if list.capacity() == 0 {
-                list.reserve_exact(per_ns_dests.get(&netns).copied().unwrap_or(0));
-            }
-            list.push(usage);
+                .destinations
+                .push(usage);
             let k = &self.dests[i as usize].key;
-            rank_keys
-                .entry(netns)
-                .or_insert_with(|| {
-                    Vec::with_capacity(per_ns_dests.get(&netns).copied().unwrap_or(0))
-                })
-                .push(DestRank {
-                    used: Reverse(used),
-                    sockets: Reverse(self.dests[i as usize].total()),
-                    v6: k.v6,
-                    daddr: k.daddr,
-                    dport: k.dport,
-                    saddr: k.saddr,
-                });
+            rank_keys.entry(netns).or_default().push(DestRank {
+                used: Reverse(used),
+                sockets: Reverse(self.dests[i as usize].total()),
+                v6: k.v6,
+                daddr: k.daddr,
+                dport: k.dport,
+                saddr: k.saddr,
+            });
         }
         for (&(netns, owner), &ports) in &self.procs {
             if !wanted(netns) {
