@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     support::{Netns, Peer},
-    top::{TopOnce, TopStream, closes_under_drift_checks, dest, netns_entry},
+    top::{TopOnce, TopStream, closes_under_drift_checks, count_toward, dest, netns_entry},
 };
 
 const SERVER: &str = "127.0.0.1:9100";
@@ -342,10 +342,7 @@ pub fn server_not_closing() -> Result<()> {
     ns.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
     ns.sysctl("net/ipv4/tcp_fin_timeout", "45")?;
     let (snap, kernel) = closes_under_drift_checks(&ns, "sink", "127.0.0.1:9003", 8)?;
-    let in_kernel = kernel
-        .iter()
-        .filter(|s| s.state == "FIN_WAIT2" && s.pport == 9003)
-        .count();
+    let in_kernel = count_toward(&kernel, "FIN_WAIT2", 9003);
     ensure!(
         in_kernel == 8,
         "the kernel has {in_kernel} of 8 in FIN_WAIT2"

@@ -26,10 +26,18 @@ fn state_name(ss: &str) -> String {
 
 /// One line of `ss -tanpH`.
 pub struct SsSocket {
-    pub state: String,
+    state: String,
     lport: u16,
-    pub pport: u16,
+    pport: u16,
     pid: Option<u32>,
+}
+
+/// How many of `kernel`'s sockets are in `state` toward peer port `pport`.
+pub fn count_toward(kernel: &[SsSocket], state: &str, pport: u16) -> usize {
+    kernel
+        .iter()
+        .filter(|s| s.state == state && s.pport == pport)
+        .count()
 }
 
 fn ss(ns: &Netns) -> Result<Vec<SsSocket>> {
@@ -854,10 +862,7 @@ pub fn drift_check_keeps_fin_wait2_timewait() -> Result<()> {
     // Where TIME_WAIT would be taken over (tw_reuse 1), these may not be.
     ns.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
     let (snap, kernel) = closes_under_drift_checks(&ns, "sink", "127.0.0.1:9002", 3)?;
-    let fin_wait2 = kernel
-        .iter()
-        .filter(|s| s.state == "FIN_WAIT2" && s.pport == 9002)
-        .count();
+    let fin_wait2 = count_toward(&kernel, "FIN_WAIT2", 9002);
     ensure!(
         fin_wait2 == 3,
         "the kernel has {fin_wait2} of 3 in FIN_WAIT2"
