@@ -126,7 +126,7 @@ pub fn socket_owners(netns: Option<u32>) -> HashMap<u64, ProcOwner> {
     let mut cgroups = CgroupIds::new();
     for pid in pids {
         if let Some(want) = netns
-            && in_netns(pid) != Some(want)
+            && crate::kernel::sockdiag::netns_of_pid(pid) != Some(want)
         {
             continue;
         }
@@ -155,12 +155,6 @@ pub fn socket_owners(netns: Option<u32>) -> HashMap<u64, ProcOwner> {
         }
     }
     owners
-}
-
-/// The network namespace process `pid` is in now.
-fn in_netns(pid: u32) -> Option<u32> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    crate::kernel::sockdiag::parse_ns_link(link.as_os_str().as_bytes())
 }
 
 #[cfg(test)]
@@ -230,7 +224,8 @@ mod tests {
             assert_ne!(ino, 0);
         }
         // Asked for this process's namespace: found; for another: not looked at.
-        let here = in_netns(std::process::id()).expect("our own namespace");
+        let here =
+            crate::kernel::sockdiag::netns_of_pid(std::process::id()).expect("our own namespace");
         assert_eq!(
             socket_owners(Some(here)).get(&inode).map(|o| o.pid),
             Some(std::process::id())

@@ -84,9 +84,18 @@ impl fmt::Display for NetnsRef {
 }
 
 /// `net:[4026531840]` (the target of `/proc/PID/ns/net`) to its inode.
-pub(crate) fn parse_ns_link(link: &[u8]) -> Option<u32> {
+fn parse_ns_link(link: &[u8]) -> Option<u32> {
     let digits = link.strip_prefix(b"net:[")?.strip_suffix(b"]")?;
     std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The network namespace process `pid` is in now. readlink, not stat: no need to
+/// open anything; `None` for exited processes and kernel threads we may not inspect.
+pub(crate) fn netns_of_pid(pid: u32) -> Option<u32> {
+    use std::os::unix::ffi::OsStrExt as _;
+
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    parse_ns_link(link.as_os_str().as_bytes())
 }
 
 pub(crate) fn pids() -> io::Result<Vec<u32>> {
@@ -101,8 +110,6 @@ pub(crate) fn pids() -> io::Result<Vec<u32>> {
 /// deduplicated by inode and sorted by it. Processes that vanish or deny access are
 /// skipped; the caller's own namespace is always included.
 pub fn list_netns() -> Result<Vec<NetnsRef>> {
-    use std::os::unix::ffi::OsStrExt as _;
-
     let mut found = BTreeMap::<u32, NetnsRef>::new();
     let own = std::fs::metadata("/proc/self/ns/net")
         .context("cannot stat /proc/self/ns/net (is /proc mounted?)")?;
@@ -118,17 +125,11 @@ pub fn list_netns() -> Result<Vec<NetnsRef>> {
 
     // Lowest pid first, so the path chosen for a namespace is stable between runs.
     for pid in pids().context("cannot list /proc")? {
-        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        // readlink, not stat: no need to open anything; fails (and is skipped) for
-        // exited processes and kernel threads we may not inspect.
-        let Ok(link) = std::fs::read_link(&path) else {
-            continue;
-        };
-        if let Some(inode) = parse_ns_link(link.as_os_str().as_bytes()) {
-            found.entry(inode).or_insert(NetnsRef {
+        if let Some(inode) = netns_of_pid(pid) {
+            found.entry(inode).or_insert_with(|| NetnsRef {
                 inode,
                 name: None,
-                path,
+                path: PathBuf::from(format!("/proc/{pid}/ns/net")),
             });
         }
     }
