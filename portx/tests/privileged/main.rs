@@ -26,6 +26,8 @@ type Scenario = fn() -> Result<()>;
 const HOST_ONLY: &[&str] = &[
     "workloads_named_in_trace_and_top",
     "check_watch_adds_live_diagnoses",
+    "check_watch_names_a_server_that_never_closes",
+    "diagnosis_server_not_closing",
     "diagnosis_short_lived_connections",
     "diagnosis_keepalive_is_not_short_lived",
     "diagnosis_leak",
