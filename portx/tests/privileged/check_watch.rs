@@ -11,8 +11,8 @@ use serde_json::Value;
 use crate::support::{Netns, Peer, wait};
 
 /// `portx -v check --json --netns NS --watch SECS`, once attached (events are buffered
-/// from then); its stderr is drained in the background.
-fn start_watch(ns: &Netns, secs: &str) -> Result<Child> {
+/// from then); its stderr is kept in the background, for a failure to show.
+fn start_watch(ns: &Netns, secs: &str) -> Result<(Child, Stderr)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portx"))
         .args([
             "-v", "check", "--json", "--netns", &ns.name, "--watch", secs,
@@ -34,8 +34,24 @@ fn start_watch(ns: &Netns, secs: &str) -> Result<Child> {
             break;
         }
     }
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    Ok(child)
+    let kept = Stderr::default();
+    let lines = kept.0.clone();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            lines.lock().expect("not poisoned").push(line);
+        }
+    });
+    Ok((child, kept))
+}
+
+/// What `portx check` said on stderr (`-v`: attach paths, drift checks).
+#[derive(Clone, Default)]
+struct Stderr(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl std::fmt::Display for Stderr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.lock().expect("not poisoned").join("\n"))
+    }
 }
 
 /// A client opening and closing connections as fast as it can in a namespace of 1000
@@ -44,7 +60,7 @@ fn start_watch(ns: &Netns, secs: &str) -> Result<Child> {
 pub fn diagnoses_join_the_findings() -> Result<()> {
     let ns = Netns::new(Some((20000, 20999)))?;
     ns.sysctl("net/ipv4/tcp_tw_reuse", "0")?;
-    let child = start_watch(&ns, "10")?;
+    let (child, _) = start_watch(&ns, "10")?;
     let mut client = Peer::spawn(&ns, "burst", &["127.0.0.1:9600", "900"])?;
     client.go()?;
     let done = client.expect("done")?;
@@ -90,7 +106,7 @@ pub fn diagnoses_join_the_findings() -> Result<()> {
 pub fn names_a_server_that_never_closes() -> Result<()> {
     let ns = Netns::new(Some((20000, 20009)))?;
     ns.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
-    let child = start_watch(&ns, "3")?;
+    let (child, stderr) = start_watch(&ns, "3")?;
     let mut server = Peer::spawn(&ns, "sink", &["127.0.0.1:9601"])?;
     server.go()?;
     server.expect("listening")?;
@@ -104,15 +120,19 @@ pub fn names_a_server_that_never_closes() -> Result<()> {
     let v: Value = serde_json::from_slice(&out.stdout).context("check --watch printed no JSON")?;
     let findings = v["findings"].as_array().cloned().unwrap_or_default();
     let of = |id: &str| findings.iter().find(|f| f["id"] == id);
-    let f = of("server-not-closing").with_context(|| format!("no server-not-closing in {v}"))?;
+    let f = of("server-not-closing")
+        .with_context(|| format!("no server-not-closing in {v}\nstderr:\n{stderr}"))?;
     ensure!(
         f["severity"] == "warn"
             && f["title"]
                 .as_str()
                 .is_some_and(|t| t.starts_with("8 of the 8 ports used toward 127.0.0.1:9601")),
-        "{f}"
+        "{f}\nstderr:\n{stderr}"
     );
-    ensure!(of("timewait-dominated").is_none(), "{v}");
-    ensure!(code == 1, "exit {code}, want 1 (a warning): {v}");
+    ensure!(of("timewait-dominated").is_none(), "{v}\nstderr:\n{stderr}");
+    ensure!(
+        code == 1,
+        "exit {code}, want 1 (a warning): {v}\nstderr:\n{stderr}"
+    );
     Ok(())
 }
