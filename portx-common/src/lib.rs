@@ -371,15 +371,72 @@ pub mod hooks {
     /// `sys_exit_connect_regs` does not load), so the state program notes their socket
     /// and port in the stash.
     pub const CONNECT_STASH: u32 = 4;
-    /// Events are gathered in per-CPU batches (`BATCH_EVENTS`) and reach the ring
+    /// Events are gathered in per-CPU batches (`BATCH_SLOTS`) and reach the ring
     /// buffer a batch at a time; set once the flush program has been run (the
     /// accounting path).
     pub const BATCH: u32 = 8;
 }
 
-/// Events per CPU batch on the accounting path: a ring record holds up to this many
-/// `Event`s back to back. Each batch is a per-CPU map value (under the 32 KiB limit).
-pub const BATCH_EVENTS: usize = 32;
+/// The accounting path's per-CPU batch: `BATCH_SLOTS` slots of `SLOT_BYTES`, sent to
+/// the ring as one record of whole slots (so its length tells it from a lone `Event`,
+/// 104 bytes). A state change takes one slot in a compact form ([`CompactV4`], and
+/// [`CompactV6`] where it carries no owner); any other event takes two, as a full
+/// `Event`. Every record starts with a `u32`: an `EventKind` for a full event, a
+/// [`compact_head`] (at least `1 << 16`) for a compact one. Each batch is a per-CPU map
+/// value (under the 32 KiB limit).
+pub const SLOT_BYTES: usize = 64;
+pub const BATCH_SLOTS: usize = 64;
+const _: () = assert!(BATCH_SLOTS.is_power_of_two() && size_of::<Event>() <= 2 * SLOT_BYTES);
+
+/// Tags of the compact records (the top half of their first word).
+pub mod compact {
+    pub const V4: u32 = 1;
+    pub const V6: u32 = 2;
+}
+
+/// The first word of a compact record: its tag, then the two TCP states.
+#[inline(always)]
+pub const fn compact_head(tag: u32, old_state: u8, new_state: u8) -> u32 {
+    (tag << 16) | ((old_state as u32) << 8) | new_state as u32
+}
+
+/// A state change of an IPv4 socket in one slot. The owner (`pid` 0: none) lacks the
+/// thread id, which nothing on the accounting path reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactV4 {
+    /// [`compact_head`] with [`compact::V4`].
+    pub head: u32,
+    pub netns: u32,
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub cgroup_id: u64,
+    /// Network byte order.
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<CompactV4>() == SLOT_BYTES);
+
+/// A state change of an IPv6 socket, without an owner, in one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactV6 {
+    /// [`compact_head`] with [`compact::V6`].
+    pub head: u32,
+    pub netns: u32,
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CompactV6>() == SLOT_BYTES);
 
 /// What the flush program returns: the batch was flushed (or empty), or an emit on
 /// that CPU was in progress (try again).

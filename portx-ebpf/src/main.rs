@@ -22,8 +22,8 @@ use aya_ebpf::{
     },
 };
 use portx_common::{
-    BATCH_EVENTS, COMM_LEN, Config, Event, EventHeader, EventKind, NO_OFFSET, Owner,
-    SysEnterOffsets, flush, hooks,
+    BATCH_SLOTS, COMM_LEN, CompactV4, CompactV6, Config, Event, EventHeader, EventKind, NO_OFFSET,
+    Owner, SLOT_BYTES, SysEnterOffsets, compact, compact_head, flush, hooks,
     uapi::{
         AF_INET, AF_INET6, EADDRNOTAVAIL, EINPROGRESS, IPPROTO_MPTCP, IPPROTO_TCP, SOCK_STREAM,
         TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
@@ -46,24 +46,27 @@ static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// The accounting path's per-CPU batch of events (`hooks::BATCH`): a ring-buffer
 /// reserve and commit cost ~250 ns here, most of a connection's BPF time at four
 /// records a connection, while appending to a per-CPU map value costs a few stores.
-/// `busy` is set while an emit on this CPU writes it: a program that interrupts it
-/// (softirq, or the flush program run from userspace by IPI) leaves it alone.
+/// State changes take one 64-byte slot each in a compact form, other events two (see
+/// `portx_common::SLOT_BYTES`). `busy` is set while an emit on this CPU writes it: a
+/// program that interrupts it (softirq, or the flush program run from userspace by
+/// IPI) leaves it alone.
 #[repr(C)]
 struct Batch {
     busy: u32,
-    /// Events in the batch, always below `BATCH_EVENTS` between emits (a batch is sent
-    /// as it fills).
+    /// Slots in use, at most `BATCH_SLOTS - 3` between emits (a batch is sent once
+    /// it has no room left for a two-slot record), so a record always starts at or
+    /// below slot `BATCH_SLOTS - 3` and ends inside the first `BATCH_SLOTS - 1`.
     len: u32,
-    events: [Event; BATCH_EVENTS],
-    /// Up to `BATCH_BYTES`: a size masked with `BATCH_BYTES - 1` then stays inside
-    /// the value whatever the verifier knows of it (see `flush_batch_of`).
-    _pad: [u8; BATCH_BYTES - BATCH_EVENTS * size_of::<Event>()],
+    /// Records in the batch (a drop counts these, not slots).
+    records: u32,
+    _pad: u32,
+    /// One more than `BATCH_SLOTS`: a two-slot record at a slot index masked with
+    /// `BATCH_SLOTS - 1` then stays inside the value whatever the verifier knows of it.
+    slots: [[u64; SLOT_BYTES / 8]; BATCH_SLOTS + 1],
 }
 
-/// The events' room in a batch: a power of two at least `BATCH_EVENTS` events.
-const BATCH_BYTES: usize = 4096;
-const _: () =
-    assert!(BATCH_EVENTS.is_power_of_two() && BATCH_EVENTS * size_of::<Event>() <= BATCH_BYTES);
+/// A batch is sent once it holds more slots than this.
+const BATCH_FULL: usize = BATCH_SLOTS - 3;
 
 #[map]
 static BATCH: PerCpuArray<Batch> = PerCpuArray::with_max_entries(1, 0);
@@ -309,34 +312,16 @@ unsafe fn zero_event(ev: *mut Event) {
 #[inline(always)]
 fn emit(fill: impl FnOnce(&mut Event)) {
     if hooks_in_use() & hooks::BATCH != 0
-        && let Some(b) = BATCH.get_ptr_mut(0)
+        && let Some((b, slot)) = batch_claim()
     {
-        // SAFETY: this CPU's batch; `busy` keeps a program that interrupts this one
-        // (on this CPU: nothing else writes it) out of it until it is consistent.
+        // SAFETY: two slots of this CPU's batch, claimed; a full event takes two.
         unsafe {
-            if read_volatile(&(*b).busy) == 0 {
-                write_volatile(&mut (*b).busy, 1);
-                // Masked, not compared: the verifier of older kernels (6.1) loses a
-                // compare's bound when the value is spilled to the stack, and `len` is
-                // below BATCH_EVENTS anyway (a batch is sent as it fills).
-                let i = (read_volatile(&(*b).len) as usize) & (BATCH_EVENTS - 1);
-                if i == 0 {
-                    // Before `fill` stamps the event.
-                    set_pending(bpf_ktime_get_boot_ns());
-                }
-                let ev = (*b).events.as_mut_ptr().add(i);
-                zero_event(ev);
-                fill(&mut *ev);
-                let kind = (*ev).header.kind;
-                (*b).len = i as u32 + 1;
-                // A failure goes out at once (detection latency), as does a full batch.
-                if i + 1 == BATCH_EVENTS || is_failure(kind) {
-                    flush_batch_of(b, kind);
-                }
-                write_volatile(&mut (*b).busy, 0);
-                return;
-            }
+            let ev = slot.cast::<Event>();
+            zero_event(ev);
+            fill(&mut *ev);
+            batch_commit(b, 2, (*ev).header.kind);
         }
+        return;
     }
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
@@ -351,6 +336,100 @@ fn emit(fill: impl FnOnce(&mut Event)) {
         }
         None => count_dropped(1),
     }
+}
+
+/// Claims this CPU's batch for one record: its next free slot, with room for two
+/// after it. `None` when the batch is being written by the program this one
+/// interrupted (or cannot be had). Every claim is followed by [`batch_commit`].
+#[inline(always)]
+fn batch_claim() -> Option<(*mut Batch, *mut u64)> {
+    let b = BATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's batch; `busy` keeps a program that interrupts this one (on
+    // this CPU: nothing else writes it) out of it until it is consistent.
+    unsafe {
+        if read_volatile(&(*b).busy) != 0 {
+            return None;
+        }
+        write_volatile(&mut (*b).busy, 1);
+        // Masked, not compared: the verifier of older kernels (6.1) loses a compare's
+        // bound when the value is spilled to the stack, and `len` is at most
+        // BATCH_FULL anyway (a batch is sent as it fills).
+        let i = (read_volatile(&(*b).len) as usize) & (BATCH_SLOTS - 1);
+        if i == 0 {
+            // Before the record is stamped.
+            set_pending(bpf_ktime_get_boot_ns());
+        }
+        Some((b, (*b).slots.as_mut_ptr().add(i).cast::<u64>()))
+    }
+}
+
+/// Ends a [`batch_claim`]: the record written takes `slots` slots and is of `kind`.
+/// A failure goes out at once (detection latency), as does a full batch.
+///
+/// # Safety
+/// `b` is this CPU's batch, claimed by the caller.
+#[inline(always)]
+unsafe fn batch_commit(b: *mut Batch, slots: usize, kind: u32) {
+    // SAFETY: caller's contract.
+    unsafe {
+        let len = ((read_volatile(&(*b).len) as usize) & (BATCH_SLOTS - 1)) + slots;
+        (*b).len = len as u32;
+        (*b).records += 1;
+        if len > BATCH_FULL || is_failure(kind) {
+            flush_batch_of(b, kind);
+        }
+        write_volatile(&mut (*b).busy, 0);
+    }
+}
+
+/// A state change in one slot of this CPU's batch (the accounting path): IPv4 with or
+/// without its owner, IPv6 without. False where it does not fit (IPv6 with an owner)
+/// or the batch is busy; the caller then sends a full event.
+#[inline(always)]
+fn emit_compact_state(sk: u64, old: u8, new: u8, netns: u32, ep: &Endpoints, owner: bool) -> bool {
+    let v4 = ep.family == AF_INET;
+    if !v4 && (ep.family != AF_INET6 || owner) {
+        return false;
+    }
+    let Some((b, slot)) = batch_claim() else {
+        return false;
+    };
+    // SAFETY: one slot of this CPU's batch, claimed; either form fills it.
+    unsafe {
+        if v4 {
+            let c = slot.cast::<CompactV4>();
+            (*c).head = compact_head(compact::V4, old, new);
+            (*c).netns = netns;
+            (*c).ts_ns = bpf_ktime_get_boot_ns();
+            (*c).skaddr = sk;
+            (*c).saddr = [ep.saddr[0], ep.saddr[1], ep.saddr[2], ep.saddr[3]];
+            (*c).daddr = [ep.daddr[0], ep.daddr[1], ep.daddr[2], ep.daddr[3]];
+            (*c).sport = ep.sport;
+            (*c).dport = ep.dport;
+            if owner {
+                (*c).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+                (*c).cgroup_id = bpf_get_current_cgroup_id();
+                (*c).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            } else {
+                (*c).pid = 0;
+                (*c).cgroup_id = 0;
+                (*c).comm = [0; COMM_LEN];
+            }
+        } else {
+            let c = slot.cast::<CompactV6>();
+            (*c).head = compact_head(compact::V6, old, new);
+            (*c).netns = netns;
+            (*c).ts_ns = bpf_ktime_get_boot_ns();
+            (*c).skaddr = sk;
+            (*c).saddr = ep.saddr;
+            (*c).daddr = ep.daddr;
+            (*c).sport = ep.sport;
+            (*c).dport = ep.dport;
+            (*c)._pad = 0;
+        }
+        batch_commit(b, 1, EventKind::State as u32);
+    }
+    true
 }
 
 fn count_dropped(n: u64) {
@@ -372,7 +451,7 @@ fn is_failure(kind: u32) -> bool {
     kind == EventKind::ConnectError as u32 || kind == EventKind::BindError as u32
 }
 
-/// Sends this CPU's batched events as one ring record (`len` events back to back) and
+/// Sends this CPU's batched events as one ring record (`len` slots) and
 /// empties the batch; a full ring drops them, counted. `last` is the kind of the event
 /// just added (a failure wakes the reader).
 ///
@@ -382,18 +461,19 @@ fn is_failure(kind: u32) -> bool {
 unsafe fn flush_batch_of(b: *mut Batch, last: u32) {
     // SAFETY: caller's contract.
     unsafe {
-        let n = read_volatile(&(*b).len) as usize;
+        // Masked rather than compared, for the 6.1 verifier (see `in_batch`): `len`
+        // is below BATCH_SLOTS, so the mask changes nothing but what the verifier can
+        // prove.
+        let n = (read_volatile(&(*b).len) as usize) & (BATCH_SLOTS - 1);
         if n == 0 {
             return;
         }
-        // Masked rather than compared, for the 6.1 verifier (see `emit`): n is at most
-        // BATCH_EVENTS, so the mask changes nothing but what the verifier can prove.
-        let size = (n * size_of::<Event>()) & (BATCH_BYTES - 1);
-        let bytes = core::slice::from_raw_parts((*b).events.as_ptr().cast::<u8>(), size);
+        let bytes = core::slice::from_raw_parts((*b).slots.as_ptr().cast::<u8>(), n * SLOT_BYTES);
         if EVENTS.output::<[u8]>(bytes, wakeup_flags(last)).is_err() {
-            count_dropped(n as u64);
+            count_dropped(u64::from(read_volatile(&(*b).records)));
         }
         (*b).len = 0;
+        (*b).records = 0;
         set_pending(0);
     }
 }
@@ -650,7 +730,12 @@ fn handle_state<R: SockRead>(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Optio
     // The owner only where `current` is it; userspace carries it to the transitions
     // that run in softirq (portx::sock_owners). Keeping it in a map here cost a
     // lookup per state change and an insert and a delete per socket.
-    let owner = if in_owner_context(old, new) {
+    let with_owner = in_owner_context(old, new);
+    if hooks_in_use() & hooks::BATCH != 0 && emit_compact_state(sk, old, new, netns, ep, with_owner)
+    {
+        return Some(());
+    }
+    let owner = if with_owner {
         current_owner()
     } else {
         Owner::default()

@@ -2,6 +2,7 @@
 //! ([`filter`]) and joined with their sockets' owners ([`sock_owners`]). Pure: no
 //! kernel access.
 
+pub mod compact;
 pub mod filter;
 pub mod reorder;
 pub mod sock_owners;
@@ -312,12 +313,24 @@ impl PartialEq<&str> for Comm {
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<TraceEvent, DecodeError> {
-    let raw = raw_event(bytes).ok_or(DecodeError::Size(bytes.len(), size_of::<Event>()))?;
+    let raw = match raw_event(bytes) {
+        Some(raw) => raw,
+        // A compact record with a tag this build does not know.
+        None if compact::is_compact(bytes) && bytes.len() == portx_common::SLOT_BYTES => {
+            return Err(DecodeError::Kind(u32::from_ne_bytes(
+                bytes[..4].try_into().expect("a slot"),
+            )));
+        }
+        None => return Err(DecodeError::Size(bytes.len(), size_of::<Event>())),
+    };
     decode_event(&raw)
 }
 
-/// The record as the BPF side wrote it, if it is long enough to be one.
+/// The record as the BPF side wrote it (a compact one widened), if it is one.
 pub fn raw_event(bytes: &[u8]) -> Option<Event> {
+    if compact::is_compact(bytes) {
+        return compact::expand(bytes);
+    }
     if bytes.len() < size_of::<Event>() {
         return None;
     }

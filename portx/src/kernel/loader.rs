@@ -619,8 +619,8 @@ impl Probes {
                     (
                         Some(f),
                         format!(
-                            "events gathered in per-CPU batches of up to {} (one ring record each), sent when full, at a failure, or by {} run on a CPU whose batch has waited {} ms; put back in time order before the model",
-                            portx_common::BATCH_EVENTS,
+                            "events gathered in per-CPU batches of {} 64-byte slots (one ring record each; a state change takes one slot, as 64 bytes, any other event two), sent when full, at a failure, or by {} run on a CPU whose batch has waited {} ms; put back in time order before the model",
+                            portx_common::BATCH_SLOTS,
                             names::FLUSH_BATCH,
                             crate::kernel::batches::FLUSH_AGE.as_millis()
                         ),
@@ -850,16 +850,37 @@ fn recursion_misses(fdinfo: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The events in a ring record: a batch is events back to back; a lone event (or a
-/// record of another size, which the decoder reports as undecodable) is one.
-fn events_in(record: &[u8]) -> std::slice::Chunks<'_, u8> {
+/// The events in a ring record. A batch (a whole number of 64-byte slots) is records
+/// back to back, each starting with a word that says its size: a compact state change
+/// (one slot) or a full event (two slots, of which it fills the first 104 bytes). A lone
+/// event, or a record of another size (which the decoder reports as undecodable), is
+/// one. See `portx_common::SLOT_BYTES`.
+fn events_in(record: &[u8]) -> impl Iterator<Item = &[u8]> {
+    const SLOT: usize = portx_common::SLOT_BYTES;
     const EVENT: usize = size_of::<portx_common::Event>();
-    let size = if record.len() > EVENT && record.len().is_multiple_of(EVENT) {
-        EVENT
-    } else {
-        record.len().max(1)
-    };
-    record.chunks(size)
+    let batch = !record.is_empty() && record.len().is_multiple_of(SLOT);
+    let mut rest = record;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let take = if !batch {
+            rest.len()
+        } else if crate::events::compact::is_compact(rest) {
+            SLOT
+        } else {
+            2 * SLOT
+        };
+        let (this, next) = rest.split_at(take.min(rest.len()));
+        rest = next;
+        // A full event within its two slots; what is cut short stays whole, for the
+        // decoder to refuse.
+        Some(if batch && take == 2 * SLOT && this.len() == take {
+            &this[..EVENT]
+        } else {
+            this
+        })
+    })
 }
 
 #[cfg(test)]
@@ -876,17 +897,39 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_record_is_split_into_its_events_and_anything_else_kept_whole() {
+    fn a_batch_record_is_split_into_its_records_and_anything_else_kept_whole() {
+        use portx_common::{CompactV4, SLOT_BYTES, compact, compact_head};
+
+        use crate::events::{compact::bytes_of, decode, tests::raw_event};
         const EVENT: usize = size_of::<portx_common::Event>();
-        let batch: Vec<u8> = (0..3 * EVENT).map(|i| (i / EVENT) as u8).collect();
-        let events: Vec<&[u8]> = events_in(&batch).collect();
-        assert_eq!(events.len(), 3);
-        for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.len(), EVENT);
-            assert!(e.iter().all(|&b| b == i as u8));
-        }
-        assert_eq!(events_in(&batch[..EVENT]).count(), 1);
-        // Not a whole number of events: one record, for the decoder to refuse.
+        let state = |sport: u16| {
+            bytes_of(&CompactV4 {
+                head: compact_head(compact::V4, 2, 1),
+                sport,
+                ..CompactV4::default()
+            })
+        };
+        let mut full = bytes_of(&raw_event(portx_common::EventKind::ConnectError));
+        full.resize(2 * SLOT_BYTES, 0xee);
+        // A batch: compact, full (two slots), compact.
+        let batch = [state(1000), full.clone(), state(1001)].concat();
+        let records: Vec<&[u8]> = events_in(&batch).collect();
+        assert_eq!(
+            records.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [SLOT_BYTES, EVENT, SLOT_BYTES]
+        );
+        let ports: Vec<u16> = records.iter().map(|r| decode(r).unwrap().sport).collect();
+        assert_eq!(ports, [1000, 40000, 1001]);
+        // A lone event (the trace path, or a batch's failure sent by itself).
+        assert_eq!(events_in(&full[..EVENT]).count(), 1);
+        // A batch cut inside its full event: what is left stays whole, for the decoder
+        // to refuse.
+        let cut = [state(1000), full[..SLOT_BYTES].to_vec()].concat();
+        let parts: Vec<&[u8]> = events_in(&cut).collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].len(), SLOT_BYTES);
+        assert!(decode(parts[1]).is_err());
+        // Not a whole number of slots nor an event: one record.
         let odd = events_in(&batch[..EVENT + 8]).collect::<Vec<_>>();
         assert_eq!(odd.len(), 1);
         assert_eq!(odd[0].len(), EVENT + 8);

@@ -99,9 +99,12 @@ fn main() {
         ("unknown_pid_is_a_clear_error", unknown_pid),
         ("not_root_is_a_clear_error", not_root),
         ("mounts_tracefs_when_missing", mounts_tracefs),
-        ("top_agrees_with_ss", || top::agrees_with_ss(false)),
+        ("top_agrees_with_ss", || top::agrees_with_ss(false, false)),
+        ("top_agrees_with_ss_ipv6", || {
+            top::agrees_with_ss(false, true)
+        }),
         ("top_started_after_sockets_agrees_with_ss", || {
-            top::agrees_with_ss(true)
+            top::agrees_with_ss(true, false)
         }),
         ("top_exhaustion_reaches_full", top::exhaustion_reaches_full),
         ("top_accounting_path_sends_what_the_model_counts", || {

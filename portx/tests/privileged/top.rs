@@ -273,13 +273,17 @@ pub fn netns_entry<'a>(snap: &'a Value, ns: &Netns) -> Result<&'a Value> {
 }
 
 pub fn dest(ns_entry: &Value, dport: u16) -> Result<&Value> {
+    dest_at(ns_entry, "127.0.0.1", dport)
+}
+
+fn dest_at<'a>(ns_entry: &'a Value, daddr: &str, dport: u16) -> Result<&'a Value> {
     ns_entry["destinations"]
         .as_array()
         .and_then(|a| {
             a.iter()
-                .find(|d| d["dport"] == dport && d["daddr"] == "127.0.0.1")
+                .find(|d| d["dport"] == dport && d["daddr"] == daddr)
         })
-        .with_context(|| format!("no destination :{dport} in {ns_entry}"))
+        .with_context(|| format!("no destination {daddr} :{dport} in {ns_entry}"))
 }
 
 fn states(d: &Value) -> BTreeMap<String, u64> {
@@ -301,17 +305,20 @@ fn process_ports(ns_entry: &Value, pid: u32) -> u64 {
 }
 
 /// Two destinations, three client processes, some connections closed actively.
-/// With `started_before`, portx starts after the sockets exist (baseline path).
-pub fn agrees_with_ss(started_before: bool) -> Result<()> {
+/// With `started_before`, portx starts after the sockets exist (baseline path). With
+/// `v6`, over ::1 (the accounting path's IPv6 records, with and without an owner).
+pub fn agrees_with_ss(started_before: bool, v6: bool) -> Result<()> {
     let ns = Netns::new(Some((20000, 29999)))?;
-    let mut server = Peer::spawn(&ns, "serve", &["127.0.0.1:9001", "127.0.0.1:9002"])?;
+    let ip = if v6 { "::1" } else { "127.0.0.1" };
+    let (d1, d2) = (crate::loopback(v6, 9001), crate::loopback(v6, 9002));
+    let mut server = Peer::spawn(&ns, "serve", &[&d1, &d2])?;
     server.go()?;
     server.expect("listening")?;
     // (destination, connections, closed by the client)
     let plan = [
-        ("127.0.0.1:9001", 10, 4),
-        ("127.0.0.1:9002", 6, 2),
-        ("127.0.0.1:9001", 5, 0),
+        (d1.as_str(), 10, 4),
+        (d2.as_str(), 6, 2),
+        (d1.as_str(), 5, 0),
     ];
     let mut clients = plan
         .iter()
@@ -359,7 +366,7 @@ pub fn agrees_with_ss(started_before: bool) -> Result<()> {
         {
             *want.entry(s.state.clone()).or_default() += 1;
         }
-        let d = dest(entry, dport)?;
+        let d = dest_at(entry, ip, dport)?;
         ensure!(
             states(d) == want,
             "destination :{dport}: portx {:?}, ss {want:?}",
