@@ -377,15 +377,19 @@ pub fn agrees_with_ss(started_before: bool, v6: bool) -> Result<()> {
     }
     // Per process: live sockets as ss attributes them, plus (when portx saw them
     // close) the TIME_WAITs each process left behind that the kernel still holds.
-    for ((peer, (_, _, n_closed)), closed) in clients.iter().zip(plan).zip(&closed) {
+    for ((peer, (to, _, n_closed)), closed) in clients.iter().zip(plan).zip(&closed) {
         ensure!(closed.len() == n_closed, "peer closed {closed:?}");
         let live = kernel
             .iter()
             .filter(|s| s.pid == Some(peer.pid) && s.lport != 9001 && s.lport != 9002)
             .count() as u64;
+        // Toward this peer's destination only: a source port is unique per
+        // destination, not per host, so another client's TIME_WAIT toward the other
+        // destination may hold the same one.
+        let dport: u16 = to.rsplit(':').next().unwrap_or("").parse()?;
         let timewait = kernel
             .iter()
-            .filter(|s| s.state == "TIME_WAIT" && closed.contains(&s.lport))
+            .filter(|s| s.state == "TIME_WAIT" && s.pport == dport && closed.contains(&s.lport))
             .count() as u64;
         let want = live + if started_before { 0 } else { timewait };
         let got = process_ports(entry, peer.pid);
