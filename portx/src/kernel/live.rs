@@ -24,6 +24,7 @@ use crate::{
     kernel::{
         batches::Flushed,
         loader::{EventReader, Probes},
+        netns_gone::PendingGone,
         proc_owners::{self, ProcOwner},
         sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
     },
@@ -63,6 +64,12 @@ enum ProbeMsg {
     BaselineDone,
     /// The states asked for with [`LiveSource::request_state`] have been sent.
     StateDone,
+    /// A namespace let go of after a dump that ended at `at_ns` found it empty: handed
+    /// out as [`Input::NetnsGone`] once the events before then have been.
+    NetnsGone {
+        netns: u32,
+        at_ns: u64,
+    },
     Warning(String),
 }
 
@@ -106,6 +113,8 @@ pub struct LiveSource {
     more: bool,
     /// Records from per-CPU batches, until they can be handed out in time order.
     reorder: Reorder<Event>,
+    /// Namespaces let go of, until the events stamped before then are handed out.
+    gone: PendingGone,
     /// A flush of the per-CPU batches failed (said once).
     flush_failed: bool,
     /// Warnings of the event path, handed out with the next [`Notes`].
@@ -140,6 +149,7 @@ impl LiveSource {
             held: Vec::new(),
             more: false,
             reorder: Reorder::default(),
+            gone: PendingGone::default(),
             flush_failed: false,
             warnings: Vec::new(),
             undecodable: 0,
@@ -211,6 +221,7 @@ impl LiveSource {
     }
 
     fn drain_with(&mut self, sink: &mut impl FnMut(Input)) {
+        let started = boottime_ns();
         // Per-CPU batches first, so what the ring then holds is complete up to the
         // flush (less a slack); without batches the ring is in order.
         let flushed = match self.reader.flush_batches() {
@@ -293,21 +304,18 @@ impl LiveSource {
             }
         }
         self.more = more;
+        // How far the events handed out are complete: up to the flush with batches;
+        // without, what was committed before this drain began (a program commits
+        // microseconds after its timestamp).
+        let upto = (!more).then(|| flushed.map_or(started, |f| f.upto));
+        self.release_gone(upto, sink);
     }
 
     fn on_msg(&mut self, m: ProbeMsg, sink: &mut impl FnMut(Input), notes: &mut Notes) {
         match m {
             ProbeMsg::Input(input) => {
-                match &input {
-                    Input::State(s) => {
-                        self.known_netns.insert(s.netns);
-                    }
-                    // Let go of: should an event name it again, the prober is asked
-                    // to open it again.
-                    Input::NetnsGone { netns } => {
-                        self.known_netns.remove(netns);
-                    }
-                    _ => {}
+                if let Input::State(s) = &input {
+                    self.known_netns.insert(s.netns);
                 }
                 sink(input);
             }
@@ -322,7 +330,26 @@ impl LiveSource {
                 notes.state_done = true;
                 self.held.drain(..).map(Input::Event).for_each(&mut *sink);
             }
+            ProbeMsg::NetnsGone { netns, at_ns } => self.gone.push(netns, at_ns),
             ProbeMsg::Warning(w) => notes.warnings.push(w),
+        }
+    }
+
+    /// Hands out the let-gos whose dump every event handed out so far precedes
+    /// (`upto`); none while events are held behind a state.
+    fn release_gone(&mut self, upto: Option<u64>, sink: &mut impl FnMut(Input)) {
+        if self.gone.is_empty() {
+            return;
+        }
+        if let Some(upto) = upto.filter(|_| self.baseline_done && !self.state_pending) {
+            for netns in self.gone.release(upto) {
+                // Should an event name it again, the prober is asked to open it again.
+                self.known_netns.remove(&netns);
+                sink(Input::NetnsGone { netns });
+            }
+        }
+        if !self.gone.is_empty() {
+            self.reader.hurry();
         }
     }
 }
@@ -483,9 +510,11 @@ fn let_go_of_unreachable(watched: &mut Vec<Watched>) -> Vec<ProbeMsg> {
     watched
         .extract_if(.., |w| w.unreachable >= 2 && !holds_sockets(&w.probe))
         .map(|w| {
-            ProbeMsg::Input(Input::NetnsGone {
+            ProbeMsg::NetnsGone {
                 netns: w.probe.inode,
-            })
+                // After its dump: the closes of its last sockets are stamped earlier.
+                at_ns: boottime_ns(),
+            }
         })
         .collect()
 }

@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod live;
 pub mod loader;
 pub mod netns;
+pub mod netns_gone;
 pub mod preflight;
 pub mod privs;
 pub mod proc_owners;
