@@ -22,9 +22,9 @@ use crate::{
         TcpState, TraceEvent, decode, decode_event, raw_event, reorder::Reorder, tally::Tally,
     },
     kernel::{
+        after_events::AfterEvents,
         batches::Flushed,
         loader::{EventReader, Probes},
-        netns_gone::PendingGone,
         proc_owners::{self, ProcOwner},
         sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
     },
@@ -64,11 +64,11 @@ enum ProbeMsg {
     BaselineDone,
     /// The states asked for with [`LiveSource::request_state`] have been sent.
     StateDone,
-    /// A namespace let go of after a dump that ended at `at_ns` found it empty: handed
-    /// out as [`Input::NetnsGone`] once the events before then have been.
-    NetnsGone {
-        netns: u32,
+    /// An input read from a dump that ended at `at_ns` (the drift check, a namespace
+    /// let go of): handed out once the events stamped before then have been.
+    Dumped {
         at_ns: u64,
+        input: Input,
     },
     Warning(String),
 }
@@ -113,8 +113,8 @@ pub struct LiveSource {
     more: bool,
     /// Records from per-CPU batches, until they can be handed out in time order.
     reorder: Reorder<Event>,
-    /// Namespaces let go of, until the events stamped before then are handed out.
-    gone: PendingGone,
+    /// Inputs read from dumps, until the events stamped before them are handed out.
+    dumped: AfterEvents<Input>,
     /// A flush of the per-CPU batches failed (said once).
     flush_failed: bool,
     /// Warnings of the event path, handed out with the next [`Notes`].
@@ -149,7 +149,7 @@ impl LiveSource {
             held: Vec::new(),
             more: false,
             reorder: Reorder::default(),
-            gone: PendingGone::default(),
+            dumped: AfterEvents::default(),
             flush_failed: false,
             warnings: Vec::new(),
             undecodable: 0,
@@ -308,7 +308,7 @@ impl LiveSource {
         // without, what was committed before this drain began (a program commits
         // microseconds after its timestamp).
         let upto = (!more).then(|| flushed.map_or(started, |f| f.upto));
-        self.release_gone(upto, sink);
+        self.release_dumped(upto, sink);
     }
 
     fn on_msg(&mut self, m: ProbeMsg, sink: &mut impl FnMut(Input), notes: &mut Notes) {
@@ -330,25 +330,29 @@ impl LiveSource {
                 notes.state_done = true;
                 self.held.drain(..).map(Input::Event).for_each(&mut *sink);
             }
-            ProbeMsg::NetnsGone { netns, at_ns } => self.gone.push(netns, at_ns),
+            ProbeMsg::Dumped { at_ns, input } => self.dumped.push(at_ns, input),
             ProbeMsg::Warning(w) => notes.warnings.push(w),
         }
     }
 
-    /// Hands out the let-gos whose dump every event handed out so far precedes
+    /// Hands out the dumps' inputs that every event handed out so far precedes
     /// (`upto`); none while events are held behind a state.
-    fn release_gone(&mut self, upto: Option<u64>, sink: &mut impl FnMut(Input)) {
-        if self.gone.is_empty() {
+    fn release_dumped(&mut self, upto: Option<u64>, sink: &mut impl FnMut(Input)) {
+        if self.dumped.is_empty() {
             return;
         }
         if let Some(upto) = upto.filter(|_| self.baseline_done && !self.state_pending) {
-            for netns in self.gone.release(upto) {
-                // Should an event name it again, the prober is asked to open it again.
-                self.known_netns.remove(&netns);
-                sink(Input::NetnsGone { netns });
-            }
+            let known_netns = &mut self.known_netns;
+            self.dumped.release(upto, |input| {
+                if let Input::NetnsGone { netns } = &input {
+                    // Should an event name it again, the prober is asked to open it
+                    // again.
+                    known_netns.remove(netns);
+                }
+                sink(input);
+            });
         }
-        if !self.gone.is_empty() {
+        if !self.dumped.is_empty() {
             self.reader.hurry();
         }
     }
@@ -443,21 +447,25 @@ impl Watched {
                 ))];
             }
         };
+        let at_ns = boottime_ns();
         let tuple = |s: &DiagSocket| Tuple::new(s.saddr, s.sport, s.daddr, s.dport);
-        let mut out = vec![ProbeMsg::Input(Input::TimeWait {
-            netns,
-            tuples: socks
-                .iter()
-                .filter(|s| s.timewait)
-                .map(|s| (tuple(s), s.expires_ms))
-                .collect(),
-            started_ns,
-            fin_wait2: socks
-                .iter()
-                .filter(|s| s.timewait && s.state == TcpState::FinWait2)
-                .map(tuple)
-                .collect(),
-        })];
+        let mut out = vec![ProbeMsg::Dumped {
+            at_ns,
+            input: Input::TimeWait {
+                netns,
+                tuples: socks
+                    .iter()
+                    .filter(|s| s.timewait)
+                    .map(|s| (tuple(s), s.expires_ms))
+                    .collect(),
+                started_ns,
+                fin_wait2: socks
+                    .iter()
+                    .filter(|s| s.timewait && s.state == TcpState::FinWait2)
+                    .map(tuple)
+                    .collect(),
+            },
+        }];
         if !self.unclosed.is_empty() {
             let alive: FxHashSet<Tuple> = socks.iter().filter(|s| !s.timewait).map(tuple).collect();
             let gone: Vec<Tuple> = self.unclosed.extract_if(|t| !alive.contains(t)).collect();
@@ -466,10 +474,13 @@ impl Watched {
                     // Its memory too (a busy server's dump may have listed 100k).
                     self.unclosed = FxHashSet::default();
                 }
-                out.push(ProbeMsg::Input(Input::BaselineGone {
-                    netns,
-                    tuples: gone,
-                }));
+                out.push(ProbeMsg::Dumped {
+                    at_ns,
+                    input: Input::BaselineGone {
+                        netns,
+                        tuples: gone,
+                    },
+                });
             }
         }
         out
@@ -510,10 +521,12 @@ fn let_go_of_unreachable(watched: &mut Vec<Watched>) -> Vec<ProbeMsg> {
     watched
         .extract_if(.., |w| w.unreachable >= 2 && !holds_sockets(&w.probe))
         .map(|w| {
-            ProbeMsg::NetnsGone {
-                netns: w.probe.inode,
+            ProbeMsg::Dumped {
                 // After its dump: the closes of its last sockets are stamped earlier.
                 at_ns: boottime_ns(),
+                input: Input::NetnsGone {
+                    netns: w.probe.inode,
+                },
             }
         })
         .collect()
