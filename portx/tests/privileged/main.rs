@@ -174,10 +174,12 @@ fn main() {
             "top_drift_check_keeps_fin_wait2_timewait",
             top::drift_check_keeps_fin_wait2_timewait,
         ),
-        (
-            "top_drift_check_waits_for_earlier_events",
-            top::drift_check_waits_for_earlier_events,
-        ),
+        ("top_drift_check_waits_for_earlier_events", || {
+            top::drift_check_waits_for_earlier_events(&[])
+        }),
+        ("top_drift_check_waits_for_earlier_events_unbatched", || {
+            top::drift_check_waits_for_earlier_events(&[("PORTX_BATCH", "off")])
+        }),
         ("record_survives_kill9", record::record_survives_kill9),
         (
             "record_replay_matches_live_top",

@@ -901,19 +901,22 @@ pub fn drift_check_keeps_fin_wait2_timewait() -> Result<()> {
 /// counts more ports than the clients closed. Applied before a close still in a
 /// per-CPU batch, a check added every one of these ports itself (50 of 50 here), and
 /// until the close came the port counted twice, beside the live socket (CI saw 16
-/// ports used for 8 in `check --watch`).
-pub fn drift_check_waits_for_earlier_events() -> Result<()> {
+/// ports used for 8 in `check --watch`). `env` picks the event path (batched or not).
+pub fn drift_check_waits_for_earlier_events(env: &[(&str, &str)]) -> Result<()> {
     const ROUNDS: usize = 25;
     const PER_ROUND: usize = 2;
     let ns = Netns::new(Some((20000, 20999)))?;
-    let top = TopStream::start(&[
-        "--netns",
-        &ns.name,
-        "--interval",
-        "0.02",
-        "--drift-interval",
-        "0.02",
-    ])?;
+    let top = TopStream::start_with(
+        &[
+            "--netns",
+            &ns.name,
+            "--interval",
+            "0.02",
+            "--drift-interval",
+            "0.02",
+        ],
+        env,
+    )?;
     let mut server = Peer::spawn(&ns, "sink", &["127.0.0.1:9003"])?;
     server.go()?;
     server.expect("listening")?;
