@@ -111,6 +111,15 @@ impl BatchFlusher {
     /// says up to when the ring is then complete: before the oldest event still in a
     /// batch, and before now less [`SLACK_NS`].
     pub fn flush(&mut self) -> Result<Flushed> {
+        self.flush_older_than(FLUSH_AGE_NS)
+    }
+
+    /// Sends every batch, however young (at stop: an IPI per CPU that holds events).
+    pub fn flush_every_cpu(&mut self) -> Result<Flushed> {
+        self.flush_older_than(0)
+    }
+
+    fn flush_older_than(&mut self, age_ns: u64) -> Result<Flushed> {
         let now = crate::kernel::live::boottime_ns();
         // Every possible CPU's stamp: one brought online since start-up included.
         let pending = self
@@ -125,7 +134,7 @@ impl BatchFlusher {
             if first == 0 {
                 continue;
             }
-            if now.saturating_sub(first) >= FLUSH_AGE_NS {
+            if now.saturating_sub(first) >= age_ns {
                 match run_on_cpu(self.prog.as_fd(), cpu as u32) {
                     Ok(flush::DONE) => continue,
                     // An emit in progress there: its events come next time.

@@ -46,6 +46,9 @@ const NETNS_SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// the terminal or the timers.
 pub const DRAIN_BATCH: usize = 65536;
 
+/// Drains at stop, at most, should the ring hold more than one [`DRAIN_BATCH`].
+const DRAIN_ROUNDS_AT_STOP: usize = 16;
+
 /// `CLOCK_BOOTTIME` now, the clock of BPF event timestamps.
 pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -215,16 +218,55 @@ impl LiveSource {
         (self.reader.events, self.reader.bytes, self.reader.records)
     }
 
-    /// Drains the ring once more (at stop: what the kernel wrote still counts).
+    /// Drains the ring once more, at stop: what the kernel wrote still counts. Every
+    /// per-CPU batch is flushed, however young, and everything held is handed out
+    /// (a drift check's result last, after the events).
     pub fn drain(&mut self, out: &mut Vec<Input>) {
-        self.drain_with(&mut |input| out.push(input));
+        let mut sink = |input| out.push(input);
+        self.drain_with_flush(&mut sink, true);
+        for _ in 0..DRAIN_ROUNDS_AT_STOP {
+            if !self.more {
+                break;
+            }
+            self.drain_with_flush(&mut sink, true);
+        }
+        let Self {
+            reorder,
+            undecodable,
+            baseline_done,
+            state_pending,
+            held,
+            tally,
+            ..
+        } = self;
+        // Stamped within the flush's slack: nothing older can come now.
+        reorder.release_all(|raw| match decode_event(&raw) {
+            Ok(ev) => {
+                tally.add(&ev);
+                if *baseline_done && !*state_pending {
+                    sink(Input::Event(ev));
+                } else {
+                    held.push(ev);
+                }
+            }
+            Err(_) => *undecodable += 1,
+        });
+        self.release_dumped(Some(u64::MAX), &mut sink);
     }
 
     fn drain_with(&mut self, sink: &mut impl FnMut(Input)) {
+        self.drain_with_flush(sink, false);
+    }
+
+    fn drain_with_flush(&mut self, sink: &mut impl FnMut(Input), every_batch: bool) {
         let started = boottime_ns();
         // Per-CPU batches first, so what the ring then holds is complete up to the
         // flush (less a slack); without batches the ring is in order.
-        let flushed = match self.reader.flush_batches() {
+        let flushed = match if every_batch {
+            self.reader.flush_every_batch()
+        } else {
+            self.reader.flush_batches()
+        } {
             Ok(f) => f,
             Err(e) => {
                 // Hand out what is held rather than hold it for ever; said once.

@@ -808,6 +808,14 @@ impl EventReader {
         self.batches.as_mut().map(BatchFlusher::flush).transpose()
     }
 
+    /// [`Self::flush_batches`] of every batch, however young (at stop).
+    pub fn flush_every_batch(&mut self) -> anyhow::Result<Option<Flushed>> {
+        self.batches
+            .as_mut()
+            .map(BatchFlusher::flush_every_cpu)
+            .transpose()
+    }
+
     /// Events are held back (waiting for their time order): drain again soon.
     pub fn hurry(&mut self) {
         if let Some(due) = &mut self.next_drain {
