@@ -84,7 +84,6 @@ const SLACK_NS: u64 = 2_000_000;
 /// drain; younger batches are left to fill, which under load they do in well under a
 /// millisecond, so a storm costs no IPIs.
 pub const FLUSH_AGE: std::time::Duration = std::time::Duration::from_millis(10);
-const FLUSH_AGE_NS: u64 = FLUSH_AGE.as_nanos() as u64;
 
 pub struct BatchFlusher {
     prog: OwnedFd,
@@ -107,19 +106,12 @@ impl BatchFlusher {
         Ok(Self { prog, pending })
     }
 
-    /// Sends the batches that have waited [`FLUSH_AGE`] to the ring buffer, and
-    /// says up to when the ring is then complete: before the oldest event still in a
-    /// batch, and before now less [`SLACK_NS`].
-    pub fn flush(&mut self) -> Result<Flushed> {
-        self.flush_older_than(FLUSH_AGE_NS)
-    }
-
-    /// Sends every batch, however young (at stop: an IPI per CPU that holds events).
-    pub fn flush_every_cpu(&mut self) -> Result<Flushed> {
-        self.flush_older_than(0)
-    }
-
-    fn flush_older_than(&mut self, age_ns: u64) -> Result<Flushed> {
+    /// Sends the batches that have waited `older_than` ([`FLUSH_AGE`] while running;
+    /// zero at stop, an IPI per CPU that holds events) to the ring buffer, and says up
+    /// to when the ring is then complete: before the oldest event still in a batch, and
+    /// before now less [`SLACK_NS`].
+    pub fn flush(&mut self, older_than: std::time::Duration) -> Result<Flushed> {
+        let age_ns = u64::try_from(older_than.as_nanos()).unwrap_or(u64::MAX);
         let now = crate::kernel::live::boottime_ns();
         // Every possible CPU's stamp: one brought online since start-up included.
         let pending = self

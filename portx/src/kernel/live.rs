@@ -23,7 +23,7 @@ use crate::{
     },
     kernel::{
         after_events::AfterEvents,
-        batches::Flushed,
+        batches::{FLUSH_AGE, Flushed},
         loader::{EventReader, Probes},
         proc_owners::{self, ProcOwner},
         sockdiag::{self, DiagSocket, NetnsProbe, NetnsRef},
@@ -48,6 +48,14 @@ pub const DRAIN_BATCH: usize = 65536;
 
 /// Drains at stop, at most, should the ring hold more than one [`DRAIN_BATCH`].
 const DRAIN_ROUNDS_AT_STOP: usize = 16;
+
+/// Which drain: a running one, or one at stop (every batch flushed, however young,
+/// and everything held handed out once the ring is read through or in its last round).
+#[derive(Clone, Copy)]
+enum Drain {
+    Running,
+    AtStop { last_round: bool },
+}
 
 /// `CLOCK_BOOTTIME` now, the clock of BPF event timestamps.
 pub fn boottime_ns() -> u64 {
@@ -223,50 +231,28 @@ impl LiveSource {
     /// (a drift check's result last, after the events).
     pub fn drain(&mut self, out: &mut Vec<Input>) {
         let mut sink = |input| out.push(input);
-        self.drain_with_flush(&mut sink, true);
-        for _ in 0..DRAIN_ROUNDS_AT_STOP {
+        for round in 1..=DRAIN_ROUNDS_AT_STOP {
+            let last_round = round == DRAIN_ROUNDS_AT_STOP;
+            self.drain_as(&mut sink, Drain::AtStop { last_round });
             if !self.more {
                 break;
             }
-            self.drain_with_flush(&mut sink, true);
         }
-        let Self {
-            reorder,
-            undecodable,
-            baseline_done,
-            state_pending,
-            held,
-            tally,
-            ..
-        } = self;
-        // Stamped within the flush's slack: nothing older can come now.
-        reorder.release_all(|raw| match decode_event(&raw) {
-            Ok(ev) => {
-                tally.add(&ev);
-                if *baseline_done && !*state_pending {
-                    sink(Input::Event(ev));
-                } else {
-                    held.push(ev);
-                }
-            }
-            Err(_) => *undecodable += 1,
-        });
-        self.release_dumped(Some(u64::MAX), &mut sink);
     }
 
     fn drain_with(&mut self, sink: &mut impl FnMut(Input)) {
-        self.drain_with_flush(sink, false);
+        self.drain_as(sink, Drain::Running);
     }
 
-    fn drain_with_flush(&mut self, sink: &mut impl FnMut(Input), every_batch: bool) {
+    fn drain_as(&mut self, sink: &mut impl FnMut(Input), how: Drain) {
         let started = boottime_ns();
         // Per-CPU batches first, so what the ring then holds is complete up to the
         // flush (less a slack); without batches the ring is in order.
-        let flushed = match if every_batch {
-            self.reader.flush_every_batch()
-        } else {
-            self.reader.flush_batches()
-        } {
+        let older_than = match how {
+            Drain::Running => FLUSH_AGE,
+            Drain::AtStop { .. } => Duration::ZERO,
+        };
+        let flushed = match self.reader.flush_batches(older_than) {
             Ok(f) => f,
             Err(e) => {
                 // Hand out what is held rather than hold it for ever; said once.
@@ -333,11 +319,15 @@ impl LiveSource {
             kept < DRAIN_BATCH
         });
         let more = n >= DRAIN_BATCH;
+        let at_stop = matches!(how, Drain::AtStop { .. });
         // Records left in the ring (the drain stopped at its batch size) may be older
         // than some held ones: hand nothing out until the ring has been read through
-        // (the next call comes at once).
-        if let Some(f) = flushed.filter(|_| !more) {
-            reorder.release(f.upto, |raw| match decode_event(&raw) {
+        // (the next call comes at once), or at stop, the last round.
+        let through = !more || matches!(how, Drain::AtStop { last_round: true });
+        if let Some(f) = flushed.filter(|_| through) {
+            // At stop every batch has been flushed: nothing older can come now.
+            let upto = if at_stop { u64::MAX } else { f.upto };
+            reorder.release(upto, |raw| match decode_event(&raw) {
                 Ok(ev) => route(ev),
                 Err(_) => *undecodable += 1,
             });
@@ -349,7 +339,13 @@ impl LiveSource {
         // How far the events handed out are complete: up to the flush with batches;
         // without, what was committed before this drain began (a program commits
         // microseconds after its timestamp).
-        let upto = (!more).then(|| flushed.map_or(started, |f| f.upto));
+        let upto = through.then(|| {
+            if at_stop {
+                u64::MAX
+            } else {
+                flushed.map_or(started, |f| f.upto)
+            }
+        });
         self.release_dumped(upto, sink);
     }
 

@@ -804,15 +804,10 @@ impl EventReader {
     /// With per-CPU batches, sends them to the ring (call before [`Self::drain`]) and
     /// says how far what it then reads is complete; `None` without batches (the ring
     /// then holds events in order).
-    pub fn flush_batches(&mut self) -> anyhow::Result<Option<Flushed>> {
-        self.batches.as_mut().map(BatchFlusher::flush).transpose()
-    }
-
-    /// [`Self::flush_batches`] of every batch, however young (at stop).
-    pub fn flush_every_batch(&mut self) -> anyhow::Result<Option<Flushed>> {
+    pub fn flush_batches(&mut self, older_than: Duration) -> anyhow::Result<Option<Flushed>> {
         self.batches
             .as_mut()
-            .map(BatchFlusher::flush_every_cpu)
+            .map(|b| b.flush(older_than))
             .transpose()
     }
 
