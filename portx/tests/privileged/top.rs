@@ -899,9 +899,10 @@ pub fn drift_check_keeps_fin_wait2_timewait() -> Result<()> {
 /// closes: a check waits for the events stamped before its dump, so it never finds a
 /// timewait socket the model has not been told of (`added` stays 0), and no snapshot
 /// counts more ports than the clients closed. Applied before a close still in a
-/// per-CPU batch, a check added every one of these ports itself (50 of 50 here), and
-/// until the close came the port counted twice, beside the live socket (CI saw 16
-/// ports used for 8 in `check --watch`). `env` picks the event path (batched or not).
+/// per-CPU batch, a check added most of these ports itself (44 of 50 batched, 38
+/// unbatched, when measured), and until the close came the port counted twice, beside
+/// the live socket (likely the 16 ports used for 8 that CI saw in `check --watch`).
+/// `env` picks the event path (batched or not).
 pub fn drift_check_waits_for_earlier_events(env: &[(&str, &str)]) -> Result<()> {
     const ROUNDS: usize = 25;
     const PER_ROUND: usize = 2;
