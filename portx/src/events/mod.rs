@@ -245,14 +245,32 @@ impl Comm {
     /// the name stays printable and within its 16 bytes.
     pub fn from_raw(raw: &[u8]) -> Self {
         let raw = &raw[..raw.len().min(COMM_LEN)];
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        let mut c = Self {
-            bytes: [0; COMM_LEN],
-            len: end as u8,
+        let mut bytes = [0; COMM_LEN];
+        bytes[..raw.len()].copy_from_slice(raw);
+        Self::from_padded(bytes)
+    }
+
+    /// [`Self::from_raw`] of exactly `COMM_LEN` bytes, what every record carries: the
+    /// name's end and an all-ASCII test as word operations (this runs once per event).
+    pub fn from_padded(bytes: [u8; COMM_LEN]) -> Self {
+        const ONES: u128 = u128::from_ne_bytes([0x01; COMM_LEN]);
+        const HIGH: u128 = u128::from_ne_bytes([0x80; COMM_LEN]);
+        let w = u128::from_le_bytes(bytes);
+        // The lowest byte that is zero sets its high bit here (a borrow can only mark
+        // bytes above it): the name's end.
+        let zeros = w.wrapping_sub(ONES) & !w & HIGH;
+        let len = (zeros.trailing_zeros() / 8).min(COMM_LEN as u32) as u8;
+        let keep = if len as usize == COMM_LEN {
+            u128::MAX
+        } else {
+            (1u128 << (u32::from(len) * 8)) - 1
         };
-        c.bytes[..end].copy_from_slice(&raw[..end]);
-        if std::str::from_utf8(&c.bytes[..end]).is_err() {
-            for b in &mut c.bytes[..end] {
+        let mut c = Self {
+            bytes: (w & keep).to_le_bytes(),
+            len,
+        };
+        if w & keep & HIGH != 0 && std::str::from_utf8(&c.bytes[..usize::from(len)]).is_err() {
+            for b in &mut c.bytes[..usize::from(len)] {
                 if !b.is_ascii() {
                     *b = b'?';
                 }
@@ -313,29 +331,60 @@ impl PartialEq<&str> for Comm {
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<TraceEvent, DecodeError> {
-    let raw = match raw_event(bytes) {
-        Some(raw) => raw,
-        // A compact record with a tag this build does not know.
-        None if compact::is_compact(bytes) && bytes.len() == portx_common::SLOT_BYTES => {
-            return Err(DecodeError::Kind(u32::from_ne_bytes(
-                bytes[..4].try_into().expect("a slot"),
-            )));
-        }
-        None => return Err(DecodeError::Size(bytes.len(), size_of::<Event>())),
-    };
-    decode_event(&raw)
-}
-
-/// The record as the BPF side wrote it (a compact one widened), if it is one.
-pub fn raw_event(bytes: &[u8]) -> Option<Event> {
     if compact::is_compact(bytes) {
-        return compact::expand(bytes);
+        let slot: &[u8; portx_common::SLOT_BYTES] = bytes
+            .try_into()
+            .map_err(|_| DecodeError::Size(bytes.len(), portx_common::SLOT_BYTES))?;
+        return compact::decode_slot(slot);
     }
     if bytes.len() < size_of::<Event>() {
-        return None;
+        return Err(DecodeError::Size(bytes.len(), size_of::<Event>()));
     }
     // SAFETY: length checked; Event is plain old data and read unaligned.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    decode_event(&unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// A record as read from the ring, kept for decoding later (per-CPU batches are put
+/// back in time order first): a compact state change as its slot, as it came; any
+/// other event as the full record.
+pub enum RawRecord {
+    Compact([u8; portx_common::SLOT_BYTES]),
+    /// Boxed: these are few on the path that holds records (failures, IPv6 owners),
+    /// and held records stay the size of a slot.
+    Full(Box<Event>),
+}
+
+impl RawRecord {
+    /// `None` if `bytes` is too short for what it starts as.
+    #[inline]
+    pub fn read(bytes: &[u8]) -> Option<Self> {
+        if compact::is_compact(bytes) {
+            return Some(Self::Compact(bytes.try_into().ok()?));
+        }
+        if bytes.len() < size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: length checked; Event is plain old data and read unaligned.
+        Some(Self::Full(Box::new(unsafe {
+            std::ptr::read_unaligned(bytes.as_ptr().cast())
+        })))
+    }
+
+    #[inline]
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Self::Compact(s) => u64::from_ne_bytes(s[8..16].try_into().expect("8 bytes")),
+            Self::Full(e) => e.header.ts_ns,
+        }
+    }
+
+    #[inline]
+    pub fn decode(&self) -> Result<TraceEvent, DecodeError> {
+        match self {
+            Self::Compact(s) => compact::decode_slot(s),
+            Self::Full(e) => decode_event(e),
+        }
+    }
 }
 
 /// Decodes an already-copied record.
@@ -353,7 +402,7 @@ pub fn decode_event(raw: &Event) -> Result<TraceEvent, DecodeError> {
         ts_ns: h.ts_ns,
         pid: h.owner.pid,
         tid: h.owner.tid,
-        comm: Comm::from_raw(&h.owner.comm),
+        comm: Comm::from_padded(h.owner.comm),
         cgroup_id: h.owner.cgroup_id,
         netns: h.netns,
         sock: raw.skaddr,
@@ -438,6 +487,28 @@ pub(crate) mod tests {
             "0123456789abcde"
         );
         assert_eq!(format!("{:?}", Comm::from("x\"y")), r#""x\"y""#);
+    }
+
+    #[test]
+    fn a_whole_comm_field_reads_as_its_name_up_to_the_first_nul() {
+        // What follows the NUL (a kernel that did not pad) is not part of the name,
+        // nor of its equality.
+        let mut raw = *b"nginx\0garbage\xff\xfe\0";
+        assert_eq!(Comm::from_padded(raw), "nginx");
+        assert_eq!(Comm::from_padded(raw), Comm::from("nginx"));
+        // No NUL at all: all 16 bytes.
+        raw = *b"0123456789abcdef";
+        assert_eq!(Comm::from_padded(raw), "0123456789abcdef");
+        // A NUL first: empty.
+        raw[0] = 0;
+        assert_eq!(Comm::from_padded(raw), Comm::default());
+        // Not UTF-8 within the name, as from_raw says.
+        let mut odd = [0u8; 16];
+        odd[..5].copy_from_slice(b"a\xffb\xc3\xa9");
+        assert_eq!(Comm::from_padded(odd), "a?b??");
+        let mut ok = [0u8; 16];
+        ok[..5].copy_from_slice("caf\u{e9}".as_bytes());
+        assert_eq!(Comm::from_padded(ok), "caf\u{e9}");
     }
 
     #[test]

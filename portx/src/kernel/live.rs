@@ -13,14 +13,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use portx_common::Event;
 use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 
 use crate::{
-    events::{
-        TcpState, TraceEvent, decode, decode_event, raw_event, reorder::Reorder, tally::Tally,
-    },
+    events::{RawRecord, TcpState, TraceEvent, decode, reorder::Reorder, tally::Tally},
     kernel::{
         after_events::AfterEvents,
         batches::{FLUSH_AGE, Flushed},
@@ -123,7 +120,7 @@ pub struct LiveSource {
     /// (readiness is edge-triggered and will not fire again for those).
     more: bool,
     /// Records from per-CPU batches, until they can be handed out in time order.
-    reorder: Reorder<Event>,
+    reorder: Reorder<RawRecord>,
     /// Inputs read from dumps, until the events stamped before them are handed out.
     dumped: AfterEvents<Input>,
     /// A flush of the per-CPU batches failed (said once).
@@ -300,10 +297,10 @@ impl LiveSource {
         let n = reader.drain(|b| {
             if flushed.is_some() {
                 // Held raw, decoded in time order below.
-                match raw_event(b) {
+                match RawRecord::read(b) {
                     Some(raw) => {
                         kept += 1;
-                        reorder.push(raw.header.ts_ns, raw);
+                        reorder.push(raw.ts_ns(), raw);
                     }
                     None => *undecodable += 1,
                 }
@@ -327,7 +324,7 @@ impl LiveSource {
         if let Some(f) = flushed.filter(|_| through) {
             // At stop every batch has been flushed: nothing older can come now.
             let upto = if at_stop { u64::MAX } else { f.upto };
-            reorder.release(upto, |raw| match decode_event(&raw) {
+            reorder.release(upto, |raw| match raw.decode() {
                 Ok(ev) => route(ev),
                 Err(_) => *undecodable += 1,
             });
