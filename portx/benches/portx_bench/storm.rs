@@ -384,6 +384,14 @@ fn bpf_prog_stats(pid: u32) -> Vec<(u64, u64)> {
 /// range, so that the TIME_WAIT table outgrows the caches as on such a host.
 const RECYCLED_PORTS: usize = 60_000;
 
+/// Waits for a tracer to read what a storm that just ended left in its per-CPU batches
+/// and ring: it drains every 10 to 40 ms, so its CPU read at once would leave out the
+/// last events' share (a tenth of `top`'s at 40 ms, with its ring count short by as
+/// much).
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 /// The CPU per 1000 connections of process `pid` (a tracer already running) in a
 /// storm of `n` connections in a namespace of about `n` ports, each port last used by a
 /// connection of an earlier storm of `n` that is now in TIME_WAIT and over a second
@@ -397,6 +405,7 @@ fn recycling_storm(rep: usize, n: usize, workers: usize, pid: u32) -> Option<f64
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let before = usage(pid);
     storm(&ns.0, n, workers);
+    settle();
     let after = usage(pid);
     Some((after.cpu - before.cpu) * 1e3 / (n as f64 / 1e3))
 }
@@ -432,6 +441,7 @@ fn bpf_cost(tracer: Tracer, total: usize, workers: usize) -> Option<BpfCost> {
     let running = start(tracer)?;
     let before = bpf_prog_stats(running.child.id());
     storm(&ns.0, total, workers);
+    settle();
     let after = bpf_prog_stats(running.child.id());
     let ring = stop(running).ring;
     // The storm's connections plus the few that stop its servers.
@@ -606,6 +616,7 @@ pub fn bench_storm(quick: bool) {
                 paired[i].push(rate / rates[0][rep]);
             }
             if let (Some(r), Some(before)) = (running, before) {
+                settle();
                 let after = usage(r.child.id());
                 // serve: the scrapes during the storm, then one more for the drop count.
                 let mut scraped_drops = None;
@@ -620,6 +631,7 @@ pub fn bench_storm(quick: bool) {
                 cpu[i].push((after.cpu - before.cpu) * 1e3 / (total as f64 / 1e3));
                 if c == Tracer::Top {
                     storm(&ns.0, total, workers);
+                    settle();
                     let again = usage(r.child.id());
                     top_warm_cpu.push((again.cpu - after.cpu) * 1e3 / (total as f64 / 1e3));
                     if let Some(cpu) = recycling_storm(rep, RECYCLED_PORTS, workers, r.child.id()) {
