@@ -337,11 +337,18 @@ pub fn decode(bytes: &[u8]) -> Result<TraceEvent, DecodeError> {
             .map_err(|_| DecodeError::Size(bytes.len(), portx_common::SLOT_BYTES))?;
         return compact::decode_slot(slot);
     }
+    let raw = full_event(bytes).ok_or(DecodeError::Size(bytes.len(), size_of::<Event>()))?;
+    decode_event(&raw)
+}
+
+/// A full record's bytes as the record; `None` if they are too few.
+#[inline]
+fn full_event(bytes: &[u8]) -> Option<Event> {
     if bytes.len() < size_of::<Event>() {
-        return Err(DecodeError::Size(bytes.len(), size_of::<Event>()));
+        return None;
     }
     // SAFETY: length checked; Event is plain old data and read unaligned.
-    decode_event(&unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 /// A record as read from the ring, kept for decoding later (per-CPU batches are put
@@ -361,19 +368,13 @@ impl RawRecord {
         if compact::is_compact(bytes) {
             return Some(Self::Compact(bytes.try_into().ok()?));
         }
-        if bytes.len() < size_of::<Event>() {
-            return None;
-        }
-        // SAFETY: length checked; Event is plain old data and read unaligned.
-        Some(Self::Full(Box::new(unsafe {
-            std::ptr::read_unaligned(bytes.as_ptr().cast())
-        })))
+        Some(Self::Full(Box::new(full_event(bytes)?)))
     }
 
     #[inline]
     pub fn ts_ns(&self) -> u64 {
         match self {
-            Self::Compact(s) => u64::from_ne_bytes(s[8..16].try_into().expect("8 bytes")),
+            Self::Compact(s) => compact::ts_ns(s),
             Self::Full(e) => e.header.ts_ns,
         }
     }

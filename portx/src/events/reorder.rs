@@ -67,12 +67,10 @@ impl<T> Reorder<T> {
                 .map(|(i, _)| i);
             match best {
                 Some(i) => i,
-                None if self.runs.len() < MAX_RUNS => {
-                    self.runs.push(self.spare.pop().unwrap_or_default());
-                    self.runs.len() - 1
-                }
                 None => {
-                    self.merge_all();
+                    if self.runs.len() >= MAX_RUNS {
+                        self.merge_all();
+                    }
                     self.runs.push(self.spare.pop().unwrap_or_default());
                     self.runs.len() - 1
                 }
@@ -85,13 +83,7 @@ impl<T> Reorder<T> {
     /// Hands out the items stamped at or before `upto`, oldest first (equal stamps in
     /// the order they came); the rest stay held, in time order.
     pub fn release(&mut self, upto: u64, mut out: impl FnMut(T)) {
-        if self.runs.len() == 1 {
-            // One CPU's worth, or a merged run: no heads to compare.
-            let run = &mut self.runs[0];
-            while run.front().is_some_and(|f| f.0 <= upto) {
-                out(run.pop_front().expect("a front").2);
-            }
-        } else if self.runs.len() <= SCAN_RUNS {
+        if self.runs.len() <= SCAN_RUNS {
             // The oldest head, found by looking at each.
             loop {
                 let mut best: Option<(u64, u64, usize)> = None;

@@ -424,21 +424,18 @@ impl DrainPace {
     /// The wait before the next drain, after one that read `drained` events.
     pub fn after(&mut self, drained: usize) -> Duration {
         self.busy = drained >= BUSY_DRAIN_EVENTS;
-        self.empty_drains = if drained > 0 {
-            0
-        } else {
-            (self.empty_drains + 1).min(16)
-        };
-        if self.busy {
-            return DRAIN_INTERVAL_BUSY;
+        if drained > 0 {
+            return self.hurried();
         }
+        self.empty_drains = (self.empty_drains + 1).min(16);
         DRAIN_INTERVAL
             .saturating_mul(1 << self.empty_drains)
             .min(DRAIN_IDLE_MAX)
     }
 
-    /// The wait when events are held back for their time order: no idle back-off, but
-    /// a busy host's pace is kept (what is held then goes out with the next drain).
+    /// The wait while there are events: after a drain that found some, or when events
+    /// are held back for their time order. No idle back-off, but a busy host's pace is
+    /// kept (what is held then goes out with the next drain).
     pub fn hurried(&mut self) -> Duration {
         self.empty_drains = 0;
         if self.busy {
