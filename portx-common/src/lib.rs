@@ -184,6 +184,16 @@ pub struct KernelOffsets {
     /// inherits (`sk_clone_lock` copies the whole `struct sock`); 0 on a socket that
     /// connect()ed, which never listened.
     pub sock_max_ack_backlog: u32,
+    /// `task_struct.comm`: read with two loads through `bpf_get_current_task_btf()` on
+    /// the tp_btf path, where `bpf_get_current_comm()` costs a helper call and a
+    /// byte-wise copy.
+    pub task_comm: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`: the
+    /// current cgroup id in four loads on the tp_btf path.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
     /// `pt_regs` members holding a syscall's first three arguments at its exit
     /// (x86_64 `di`, `si`, `dx`; the syscall returns in `ax`), for
     /// `sys_exit_connect_regs`. [`NO_OFFSET`] where unknown: that program is then not used.
@@ -314,6 +324,11 @@ impl Config {
             sock_protocol: NO_OFFSET,
             inet_sport: NO_OFFSET,
             sock_max_ack_backlog: NO_OFFSET,
+            task_comm: NO_OFFSET,
+            task_cgroups: NO_OFFSET,
+            css_set_dfl_cgrp: NO_OFFSET,
+            cgroup_kn: NO_OFFSET,
+            kernfs_node_id: NO_OFFSET,
             regs_args: [NO_OFFSET; 3],
         },
         wakeup_bytes: 0,
@@ -321,7 +336,7 @@ impl Config {
         accounting: 0,
     };
 }
-const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 24 + 1 + 3 + 1) * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == (11 + 3 + 3 + 1 + 29 + 1 + 3 + 1) * 4);
 
 /// The accounting path's rule (`Config::accounting`): whether a state change is left
 /// out because it changes nothing the model counts. Shared by the BPF programs and the

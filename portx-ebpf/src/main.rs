@@ -12,7 +12,8 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -154,10 +155,23 @@ unsafe fn read_at<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
 }
 
-/// How a program reads a socket's fields.
-trait SockRead {
+/// How a program reads kernel structs: a socket's fields, and the current task's name.
+trait KernelRead {
     /// The `T` at `base + off`, or `None` for a null base or an unknown offset.
     unsafe fn at<T: Copy>(base: u64, off: u32) -> Option<T>;
+
+    /// The current thread's name, as `bpf_get_current_comm()` gives it.
+    #[inline(always)]
+    fn current_comm() -> [u8; COMM_LEN] {
+        bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+    }
+
+    /// The current task's cgroup (v2) id, as `bpf_get_current_cgroup_id()` gives it.
+    #[inline(always)]
+    fn current_cgroup_id() -> u64 {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_get_current_cgroup_id() }
+    }
 
     /// A 16-byte address at `base + off` (8-byte aligned in `sock_common`).
     #[inline(always)]
@@ -174,7 +188,7 @@ trait SockRead {
 /// arguments), at the cost of a helper call per field.
 struct ProbeRead;
 
-impl SockRead for ProbeRead {
+impl KernelRead for ProbeRead {
     #[inline(always)]
     unsafe fn at<T: Copy>(base: u64, off: u32) -> Option<T> {
         unsafe { read_at(base, off) }
@@ -190,13 +204,55 @@ impl SockRead for ProbeRead {
 /// https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/verifier.c (bpf_map_direct_read)
 struct DirectLoad;
 
-impl SockRead for DirectLoad {
+impl KernelRead for DirectLoad {
     #[inline(always)]
     unsafe fn at<T: Copy>(base: u64, off: u32) -> Option<T> {
         if base == 0 || off == NO_OFFSET {
             return None;
         }
         Some(unsafe { read_volatile((base + u64::from(off)) as *const T) })
+    }
+
+    /// Two loads from `current->comm` rather than the helper, which copies it byte by
+    /// byte (`strscpy_pad`): about 70 ns of the ~110 ns an owner cost per state change
+    /// in the connect storm. The verifier allows scalar loads of any size inside an
+    /// array member of a BTF-typed pointer (`btf_struct_walk`), and the kernel keeps
+    /// `comm` NUL-padded (`__set_task_comm` uses `strscpy_pad`); a rename racing the
+    /// read can at worst mix two names, as the helper's copy can.
+    /// https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/helpers.c (bpf_get_current_comm)
+    /// https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/btf.c (btf_struct_walk)
+    #[inline(always)]
+    fn current_comm() -> [u8; COMM_LEN] {
+        let off = conf!(kernel.task_comm);
+        if off == NO_OFFSET {
+            return bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        }
+        // SAFETY: a trusted task pointer; loads at a BTF offset inside `comm`.
+        unsafe {
+            let task = bpf_get_current_task_btf() as u64;
+            let lo: u64 = read_volatile((task + u64::from(off)) as *const u64);
+            let hi: u64 = read_volatile((task + u64::from(off) + 8) as *const u64);
+            (u128::from(lo) | (u128::from(hi) << 64)).to_le_bytes()
+        }
+    }
+
+    /// `current->cgroups->dfl_cgrp->kn->id`, what the helper returns
+    /// (`cgroup_id(task_dfl_cgroup(current))`), in four loads.
+    /// https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/helpers.c (bpf_get_current_cgroup_id)
+    #[inline(always)]
+    fn current_cgroup_id() -> u64 {
+        // SAFETY: loads at BTF offsets from a trusted task pointer; a non-sleepable
+        // program runs under RCU, which `task->cgroups` needs.
+        unsafe {
+            let task = bpf_get_current_task_btf() as u64;
+            let id = (|| {
+                let cset: u64 = Self::at(task, conf!(kernel.task_cgroups))?;
+                let cgrp: u64 = Self::at(cset, conf!(kernel.css_set_dfl_cgrp))?;
+                let kn: u64 = Self::at(cgrp, conf!(kernel.cgroup_kn))?;
+                Self::at::<u64>(kn, conf!(kernel.kernfs_node_id))
+            })();
+            id.unwrap_or_else(|| bpf_get_current_cgroup_id())
+        }
     }
 }
 
@@ -222,7 +278,7 @@ fn current_owner() -> Owner {
 
 /// Network namespace inode of a `struct sock`.
 #[inline(always)]
-fn sock_netns<R: SockRead>(sk: u64) -> Option<u32> {
+fn sock_netns<R: KernelRead>(sk: u64) -> Option<u32> {
     // SAFETY: reads of kernel memory at BTF-derived offsets.
     unsafe {
         let net: u64 = R::at(sk, conf!(kernel.sock_net))?;
@@ -386,7 +442,14 @@ unsafe fn batch_commit(b: *mut Batch, slots: usize, kind: u32) {
 /// without its owner, IPv6 without. False where it does not fit (IPv6 with an owner)
 /// or the batch is busy; the caller then sends a full event.
 #[inline(always)]
-fn emit_compact_state(sk: u64, old: u8, new: u8, netns: u32, ep: &Endpoints, owner: bool) -> bool {
+fn emit_compact_state<R: KernelRead>(
+    sk: u64,
+    old: u8,
+    new: u8,
+    netns: u32,
+    ep: &Endpoints,
+    owner: bool,
+) -> bool {
     let v4 = ep.family == AF_INET;
     if !v4 && (ep.family != AF_INET6 || owner) {
         return false;
@@ -408,8 +471,8 @@ fn emit_compact_state(sk: u64, old: u8, new: u8, netns: u32, ep: &Endpoints, own
             (*c).dport = ep.dport;
             if owner {
                 (*c).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-                (*c).cgroup_id = bpf_get_current_cgroup_id();
-                (*c).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+                (*c).cgroup_id = R::current_cgroup_id();
+                (*c).comm = R::current_comm();
             } else {
                 (*c).pid = 0;
                 (*c).cgroup_id = 0;
@@ -585,7 +648,7 @@ fn state_needed(old: u8, new: u8) -> bool {
 /// by their first event, which leaves SYN_RECV.
 /// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_connection_sock.c (inet_csk_clone_lock)
 #[inline(always)]
-fn accounting_left_out<R: SockRead>(sk: u64, old: u8, new: u8) -> bool {
+fn accounting_left_out<R: KernelRead>(sk: u64, old: u8, new: u8) -> bool {
     conf!(accounting) != 0
         && portx_common::accounting_leaves_out(old, new, || {
             // SAFETY: a read at a BTF offset of `struct sock`.
@@ -678,7 +741,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 
 /// Reads a socket's endpoints through its `sock_common` (also a timewait socket's).
 #[inline(always)]
-fn sock_endpoints<R: SockRead>(sk: u64) -> Option<Endpoints> {
+fn sock_endpoints<R: KernelRead>(sk: u64) -> Option<Endpoints> {
     // SAFETY: reads at BTF offsets.
     unsafe {
         let family: u16 = R::at(sk, conf!(kernel.sock_family))?;
@@ -706,7 +769,7 @@ fn sock_endpoints<R: SockRead>(sk: u64) -> Option<Endpoints> {
 /// `R` says how `sk` can be read: tracepoint fields are plain numbers to the verifier,
 /// tp_btf arguments typed pointers.
 #[inline(always)]
-fn handle_state<R: SockRead>(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Option<()> {
+fn handle_state<R: KernelRead>(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Option<()> {
     let (sport, saddr) = (ep.sport, ep.saddr);
     let netns = sock_netns::<R>(sk).or_else(task_netns).unwrap_or(0);
 
@@ -731,7 +794,8 @@ fn handle_state<R: SockRead>(sk: u64, old: u8, new: u8, ep: &Endpoints) -> Optio
     // that run in softirq (portx::sock_owners). Keeping it in a map here cost a
     // lookup per state change and an insert and a delete per socket.
     let with_owner = in_owner_context(old, new);
-    if hooks_in_use() & hooks::BATCH != 0 && emit_compact_state(sk, old, new, netns, ep, with_owner)
+    if hooks_in_use() & hooks::BATCH != 0
+        && emit_compact_state::<R>(sk, old, new, netns, ep, with_owner)
     {
         return Some(());
     }

@@ -246,6 +246,11 @@ impl KernelBtf {
             sock_protocol: get("sock", &["sk_protocol"]),
             inet_sport: get("inet_sock", &["inet_sport"]),
             sock_max_ack_backlog: get("sock", &["sk_max_ack_backlog"]),
+            task_comm: get("task_struct", &["comm"]),
+            task_cgroups: get("task_struct", &["cgroups"]),
+            css_set_dfl_cgrp: get("css_set", &["dfl_cgrp"]),
+            cgroup_kn: get("cgroup", &["kn"]),
+            kernfs_node_id: get("kernfs_node", &["id"]),
             regs_args: match SYSCALL_ARG_REGS {
                 Some(regs) => regs.map(|r| get("pt_regs", &[r])),
                 None => [NO_OFFSET; 3],

@@ -34,6 +34,11 @@ const HOST_ONLY: &[&str] = &[
     "diagnosis_tw_reuse_matches_kernel",
 ];
 
+/// What `top -v` says when the state program loads as tp_btf (every kernel the tests run
+/// on): its owner reads (`comm`, the cgroup id) are plain loads there, which the verifier
+/// of each kernel must accept, or the program falls back to the slower tracepoint.
+const STATE_TP_BTF: &str = "state via tp_btf/inet_sock_set_state";
+
 /// What `top -v` says where connect() failures are read from the saved registers (every
 /// kernel the tests run on: x86_64, 5.15 or later).
 const REGS: &str = "attached sys_exit_connect_regs -> tracepoint syscalls:sys_exit_connect";
@@ -108,7 +113,7 @@ fn main() {
         }),
         ("top_exhaustion_reaches_full", top::exhaustion_reaches_full),
         ("top_accounting_path_sends_what_the_model_counts", || {
-            top::accounting_path_sends_what_the_model_counts(&[], &[REGS, BATCHED])
+            top::accounting_path_sends_what_the_model_counts(&[], &[REGS, BATCHED, STATE_TP_BTF])
         }),
         (
             "top_accounting_path_sends_what_the_model_counts_tracepoints_only",
@@ -140,6 +145,10 @@ fn main() {
         (
             "workloads_named_in_trace_and_top",
             workloads::names_pods_containers_and_units,
+        ),
+        (
+            "top_names_owner_as_the_kernel_does",
+            workloads::top_names_owner_as_the_kernel_does,
         ),
         (
             "top_bind_conflict_names_holder",

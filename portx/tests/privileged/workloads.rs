@@ -323,6 +323,45 @@ pub fn names_pods_containers_and_units() -> Result<()> {
     check_removed(&cgroup2_mount()?)
 }
 
+/// The accounting path reads a client's name and cgroup from its task: on tp_btf by
+/// loads from `current` at BTF offsets (`comm`, and `cgroups->dfl_cgrp->kn->id`),
+/// elsewhere through helpers. `top` names the owner as the kernel does: its pid, its
+/// comm, and the id of the cgroup the test made and moved it into (the inode number of
+/// the cgroup's directory, `kernfs_node.id`). Runs in the VMs: the walk is per kernel.
+pub fn top_names_owner_as_the_kernel_does() -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let cg = TestCgroups::new(&["owner"])?;
+    let want_id = std::fs::metadata(cg.top.join("owner"))?.ino();
+    let ns = Netns::new(None)?;
+    let top = TopOnce::start(&["--netns", &ns.name, "--interval", "3"])?;
+    let mut peer = Peer::spawn(&ns, "exhaust", &["127.0.0.1:9310", "2"])?;
+    cg.enter("owner", peer.pid)?;
+    peer.go()?;
+    peer.expect("done")?;
+    let snap = top.snapshot()?;
+    peer.finish()?;
+    let d = crate::top::dest(crate::top::netns_entry(&snap, &ns)?, 9310)?;
+    let owner = &d["owners"][0];
+    ensure!(
+        owner["pid"] == peer.pid && owner["ports"] == 2,
+        "owner of :9310: {d}"
+    );
+    ensure!(
+        owner["comm"] == peer.comm.as_str(),
+        "comm {}, want {:?}",
+        owner["comm"],
+        peer.comm
+    );
+    ensure!(
+        owner["cgroup_id"] == want_id,
+        "cgroup id {}, want {want_id} ({})",
+        owner["cgroup_id"],
+        cg.path("owner")
+    );
+    drop(cg);
+    check_removed(&cgroup2_mount()?)
+}
+
 fn check_removed(mount: &Path) -> Result<()> {
     let top = mount.join(format!("portx-test-{}", std::process::id()));
     ensure!(!top.exists(), "{} was not removed", top.display());
