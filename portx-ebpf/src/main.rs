@@ -10,6 +10,7 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_boot_ns,
@@ -263,6 +264,34 @@ fn tp_read<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
     }
     // SAFETY: the offset comes from this kernel's tracefs format file.
     unsafe { ctx.read_at::<T>(off as usize).ok() }
+}
+
+/// Where `struct syscall_trace_exit` keeps `ret` on 64-bit kernels: after the 8-byte
+/// common header and `int nr`.
+/// https://elixir.bootlin.com/linux/v6.12/source/kernel/trace/trace.h (syscall_trace_exit)
+const SYSCALL_EXIT_RET: usize = 16;
+
+/// A syscall's return value at its exit tracepoint. Where this kernel's format file
+/// puts it at [`SYSCALL_EXIT_RET`], one load from the context, which the verifier allows
+/// at a constant offset; elsewhere a probe read at the format's offset. `exit_ret` is a
+/// constant to the verifier, which drops the other branch. On the accounting path this
+/// runs on every connect() and returns at once on success; the helper call was most of
+/// that program's own time.
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> Option<i64> {
+    if conf!(exit_ret) as usize == SYSCALL_EXIT_RET {
+        // SAFETY: within the record, per the format file; aligned.
+        Some(unsafe {
+            read_volatile(
+                ctx.as_ptr()
+                    .cast::<u8>()
+                    .add(SYSCALL_EXIT_RET)
+                    .cast::<i64>(),
+            )
+        })
+    } else {
+        tp_read(ctx, conf!(exit_ret))
+    }
 }
 
 fn current_owner() -> Owner {
@@ -962,7 +991,7 @@ pub fn sys_exit_connect_regs(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit_connect_regs(ctx: &TracePointContext) -> Option<()> {
-    let ret: i64 = tp_read(ctx, conf!(exit_ret))?;
+    let ret = syscall_ret(ctx)?;
     if ret == 0 || ret == -EINPROGRESS {
         return None;
     }
@@ -1010,7 +1039,7 @@ fn finish(
     let p = unsafe { *pending.get(tid)? };
     // Delete on every exit path, so a stash never outlives its syscall.
     let _ = pending.remove(tid);
-    let ret: i64 = tp_read(ctx, conf!(exit_ret))?;
+    let ret = syscall_ret(ctx)?;
     report_result(p, ret, is_connect)
 }
 
