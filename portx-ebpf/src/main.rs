@@ -174,9 +174,10 @@ trait KernelRead {
         unsafe { bpf_get_current_cgroup_id() }
     }
 
-    /// A 16-byte address at `base + off` (8-byte aligned in `sock_common`).
+    /// 16 bytes at `base + off` in two 8-byte reads: an IPv6 address in `sock_common`,
+    /// a task's `comm`.
     #[inline(always)]
-    unsafe fn addr16(base: u64, off: u32) -> Option<[u8; 16]> {
+    unsafe fn bytes16(base: u64, off: u32) -> Option<[u8; 16]> {
         unsafe {
             let lo: u64 = Self::at(base, off)?;
             let hi: u64 = Self::at(base, off.wrapping_add(8))?;
@@ -224,17 +225,10 @@ impl KernelRead for DirectLoad {
     /// https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/btf.c (btf_struct_walk)
     #[inline(always)]
     fn current_comm() -> [u8; COMM_LEN] {
-        let off = conf!(kernel.task_comm);
-        if off == NO_OFFSET {
-            return bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        }
+        const _: () = assert!(COMM_LEN == 16);
         // SAFETY: a trusted task pointer; loads at a BTF offset inside `comm`.
-        unsafe {
-            let task = bpf_get_current_task_btf() as u64;
-            let lo: u64 = read_volatile((task + u64::from(off)) as *const u64);
-            let hi: u64 = read_volatile((task + u64::from(off) + 8) as *const u64);
-            (u128::from(lo) | (u128::from(hi) << 64)).to_le_bytes()
-        }
+        unsafe { Self::bytes16(bpf_get_current_task_btf() as u64, conf!(kernel.task_comm)) }
+            .unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0; COMM_LEN]))
     }
 
     /// `current->cgroups->dfl_cgrp->kn->id`, what the helper returns
@@ -783,8 +777,8 @@ fn sock_endpoints<R: KernelRead>(sk: u64) -> Option<Endpoints> {
             daddr: [0; 16],
         };
         if family == AF_INET6 {
-            ep.saddr = R::addr16(sk, conf!(kernel.sock_v6_rcv_saddr))?;
-            ep.daddr = R::addr16(sk, conf!(kernel.sock_v6_daddr))?;
+            ep.saddr = R::bytes16(sk, conf!(kernel.sock_v6_rcv_saddr))?;
+            ep.daddr = R::bytes16(sk, conf!(kernel.sock_v6_daddr))?;
         } else if family == AF_INET {
             ep.saddr = ipv4_padded(R::at(sk, conf!(kernel.sock_rcv_saddr))?);
             ep.daddr = ipv4_padded(R::at(sk, conf!(kernel.sock_daddr))?);
