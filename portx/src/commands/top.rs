@@ -91,6 +91,16 @@ impl Source {
         }
     }
 
+    /// Hands the model everything the kernel has done up to now (see
+    /// [`LiveSource::drain_to_now`]) and returns the time it is complete to; a replay
+    /// is at its own time already.
+    fn drain_to_now(&mut self, feed: impl FnMut(Input)) -> u64 {
+        match self {
+            Self::Live { live, .. } => live.drain_to_now(feed).unwrap_or_else(boottime_ns),
+            Self::Replay(r) => r.now_ns(),
+        }
+    }
+
     fn dropped(&self) -> Result<u64> {
         match self {
             Self::Live { probes, .. } => probes.dropped(),
@@ -388,8 +398,9 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut inputs = Vec::with_capacity(1024);
-    let snapshot = |model: &mut Model, source: &mut Source| -> Result<Snapshot> {
+    let snapshot = |model: &mut Model, source: &mut Source, at_ns: u64| -> Result<Snapshot> {
         let mut snap = model.snapshot(view);
+        snap.time = clock.rfc3339(at_ns);
         snap.dropped_events = source.dropped()?;
         snap.skipped_runs = source.skipped_runs();
         snap.hooks = source.hooks().to_vec();
@@ -403,8 +414,9 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                 let Some(notes) = r? else {
                     // The recording is over: show where it ended.
                     ended = true;
-                    model.tick(source.now_ns());
-                    let snap = snapshot(&mut model, &mut source)?;
+                    let at = source.now_ns();
+                    model.tick(at);
+                    let snap = snapshot(&mut model, &mut source, at)?;
                     if interactive {
                         let _ = snap_tx.send(snap);
                         continue;
@@ -440,18 +452,26 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                 if !baseline_done || ended {
                     continue;
                 }
-                model.tick(source.now_ns());
                 let now = tokio::time::Instant::now();
+                // A replay with --once prints where the recording ends.
+                let print = !interactive && now >= next_print && !(replay && args.once);
+                // A printed snapshot counts what the kernel did up to its time, not
+                // only what the last running drain handed out.
+                let at = if print {
+                    source.drain_to_now(|input| feed(&mut model, verbose, &input))
+                } else {
+                    source.now_ns()
+                };
+                model.tick(at);
                 if interactive {
-                    let _ = snap_tx.send(snapshot(&mut model, &mut source)?);
-                } else if now >= next_print && !(replay && args.once) {
-                    // A replay with --once prints where the recording ends.
+                    let _ = snap_tx.send(snapshot(&mut model, &mut source, at)?);
+                } else if print {
                     // The next print on the ticks' schedule, not on this tick's delay.
                     next_print += interval;
                     if next_print < now {
                         next_print = now + interval;
                     }
-                    print_snapshot(&snapshot(&mut model, &mut source)?, args.json, tui_view, &clock)?;
+                    print_snapshot(&snapshot(&mut model, &mut source, at)?, args.json, tui_view, &clock)?;
                     if args.once {
                         break;
                     }

@@ -46,11 +46,14 @@ pub const DRAIN_BATCH: usize = 65536;
 /// Drains at stop, at most, should the ring hold more than one [`DRAIN_BATCH`].
 const DRAIN_ROUNDS_AT_STOP: usize = 16;
 
-/// Which drain: a running one, or one at stop (every batch flushed, however young,
-/// and everything held handed out once the ring is read through or in its last round).
+/// Which drain: a running one; one for a snapshot printed on its own (every batch
+/// flushed, however young, and events handed out in time order up to the flush); or
+/// one at stop (every batch flushed, and everything held handed out once the ring is
+/// read through or in its last round).
 #[derive(Clone, Copy)]
 enum Drain {
     Running,
+    ToNow,
     AtStop { last_round: bool },
 }
 
@@ -237,17 +240,40 @@ impl LiveSource {
         }
     }
 
+    /// Drains what the kernel has written up to now, for a snapshot that is printed
+    /// (`top --once`, `top --json`): a running drain leaves a batch until it is
+    /// [`FLUSH_AGE`] old and only then hands out what precedes it, so a snapshot taken
+    /// between drains would miss the last 10 to 40 ms. Every per-CPU batch is flushed
+    /// here, and events are handed out in time order up to the flush (what comes later
+    /// waits, as in a running drain, so nothing is handed out of order). Returns the
+    /// boot-clock time up to which the inputs handed out are complete; `None` if the
+    /// ring still held records after [`DRAIN_ROUNDS_AT_STOP`] rounds.
+    pub fn drain_to_now(&mut self, mut sink: impl FnMut(Input)) -> Option<u64> {
+        let started = boottime_ns();
+        for _ in 0..DRAIN_ROUNDS_AT_STOP {
+            let upto = self.drain_as(&mut sink, Drain::ToNow);
+            if !self.more {
+                // Without batches, or with a failed flush, what was committed before
+                // this drain began.
+                return upto.map(|u| u.min(started));
+            }
+        }
+        None
+    }
+
     fn drain_with(&mut self, sink: &mut impl FnMut(Input)) {
         self.drain_as(sink, Drain::Running);
     }
 
-    fn drain_as(&mut self, sink: &mut impl FnMut(Input), how: Drain) {
+    /// Returns how far the events handed out are complete (boot-clock nanoseconds),
+    /// when the ring was read through.
+    fn drain_as(&mut self, sink: &mut impl FnMut(Input), how: Drain) -> Option<u64> {
         let started = boottime_ns();
         // Per-CPU batches first, so what the ring then holds is complete up to the
         // flush (less a slack); without batches the ring is in order.
         let older_than = match how {
             Drain::Running => FLUSH_AGE,
-            Drain::AtStop { .. } => Duration::ZERO,
+            Drain::ToNow | Drain::AtStop { .. } => Duration::ZERO,
         };
         let flushed = match self.reader.flush_batches(older_than) {
             Ok(f) => f,
@@ -344,6 +370,7 @@ impl LiveSource {
             }
         });
         self.release_dumped(upto, sink);
+        upto
     }
 
     fn on_msg(&mut self, m: ProbeMsg, sink: &mut impl FnMut(Input), notes: &mut Notes) {

@@ -10,6 +10,11 @@ use crate::{views::output::JsonEvent, workload::Workload};
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
+    /// When this picture of the kernel holds (RFC 3339, UTC, milliseconds). A snapshot
+    /// `portx top` prints counts every socket change the kernel made before it; in
+    /// a replay, the recording's time. Empty where nothing set it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub time: String,
     pub netns: Vec<NetnsUsage>,
     /// Recent failed connect()/bind() calls, newest last.
     pub failures: Vec<Failure>,

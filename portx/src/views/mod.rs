@@ -6,4 +6,5 @@ pub mod http;
 pub mod metrics;
 pub mod output;
 pub mod report;
+pub mod time;
 pub mod tui;

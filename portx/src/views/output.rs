@@ -318,6 +318,11 @@ impl Clock {
         self.utc_offset_s
     }
 
+    /// RFC 3339 (UTC, milliseconds) of a boot-time timestamp.
+    pub fn rfc3339(&self, boot_ns: u64) -> String {
+        crate::views::time::rfc3339(i128::from(boot_ns) + self.realtime_minus_boot_ns)
+    }
+
     /// `HH:MM:SS.mmm` local time of a boot-time timestamp.
     pub fn time_of_day(&self, boot_ns: u64) -> String {
         let real_ns = i128::from(boot_ns) + self.realtime_minus_boot_ns;
@@ -597,5 +602,7 @@ mod tests {
         let real = (3_723_456i128 + 86_400_000 * 20_000) * 1_000_000;
         let clock = Clock::new(real - i128::from(boot), 3600);
         assert_eq!(clock.time_of_day(boot), "02:02:03.456");
+        // RFC 3339 is in UTC whatever the local zone: day 20,000 is 2024-10-04.
+        assert_eq!(clock.rfc3339(boot), "2024-10-04T01:02:03.456Z");
     }
 }

@@ -1312,6 +1312,7 @@ mod tests {
         let mut newest = event("bind_error", "mysqld", 900, "EADDRINUSE", 98);
         newest.sport = 3306;
         Snapshot {
+            time: String::new(),
             netns: vec![
                 NetnsUsage {
                     inode: 4_026_531_840,

@@ -112,6 +112,12 @@ fn main() {
             top::agrees_with_ss(true, false)
         }),
         ("top_exhaustion_reaches_full", top::exhaustion_reaches_full),
+        ("top_once_counts_up_to_its_time", || {
+            top::once_counts_up_to_its_time(&[])
+        }),
+        ("top_once_counts_up_to_its_time_unbatched", || {
+            top::once_counts_up_to_its_time(&[("PORTX_BATCH", "off")])
+        }),
         ("top_accounting_path_sends_what_the_model_counts", || {
             top::accounting_path_sends_what_the_model_counts(&[], &[REGS, BATCHED, STATE_TP_BTF])
         }),

@@ -254,6 +254,30 @@ pub fn run_if_peer() -> bool {
                 }
             }
         }),
+        // `paced ADDR N MS`: listens on ADDR (its side of each connection held until
+        // the client closes), then connects to it N times, one every MS milliseconds,
+        // holding each; says `at T` as each connect() returns (T: CLOCK_REALTIME,
+        // nanoseconds since the epoch), then `done`.
+        "paced" => {
+            let target = addr(arg(&args, 0));
+            let n: usize = arg(&args, 1).parse().unwrap_or(0).min(MAX_CONNECTIONS);
+            let pace = Duration::from_millis(arg(&args, 2).parse().unwrap_or(5));
+            serve_on(TcpListener::bind(target).expect("listen"), read_to_eof);
+            let mut held = Vec::with_capacity(n);
+            let start = Instant::now();
+            for i in 1..=n {
+                held.push(TcpStream::connect(target).expect("connect"));
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                say(&format!("at {at}"));
+                // On a schedule: a slow connect() does not shift the ones after it.
+                let next = start + pace * u32::try_from(i).unwrap_or(u32::MAX);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            say("done");
+            wait_for_eof();
+        }
         "requests" => requests(&args),
         other => {
             eprintln!("peer: unknown role {other}");

@@ -225,6 +225,20 @@ impl Peer {
         }
     }
 
+    /// Reads lines until `done`: the rest of each that starts with `prefix`.
+    pub fn until_done(&mut self, prefix: &str) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        loop {
+            let line = self.line()?;
+            if line == "done" {
+                return Ok(found);
+            }
+            if let Some(rest) = line.strip_prefix(prefix) {
+                found.push(rest.to_owned());
+            }
+        }
+    }
+
     /// Closes stdin (the peer's signal to exit) and waits for it.
     pub fn finish(&mut self) -> Result<()> {
         drop(self.stdin.take());

@@ -156,7 +156,12 @@ pub struct TopOnce {
 impl TopOnce {
     /// Starts it and waits until its baseline is taken.
     pub fn start(args: &[&str]) -> Result<Self> {
-        let (child, stderr, _) = start_top(&[&["--once"], args].concat(), &[])?;
+        Self::start_with(args, &[])
+    }
+
+    /// As `start`, with extra environment variables.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let (child, stderr, _) = start_top(&[&["--once"], args].concat(), env)?;
         Ok(Self { child, stderr })
     }
 
@@ -404,6 +409,83 @@ pub fn agrees_with_ss(started_before: bool, v6: bool) -> Result<()> {
     Ok(())
 }
 
+/// Nanoseconds since the epoch of an RFC 3339 time in UTC as snapshots write it
+/// (`2026-12-04T15:00:00.123Z`).
+fn unix_ns(rfc3339: &str) -> Result<i128> {
+    let num = |r: std::ops::Range<usize>| -> Result<i64> {
+        let field = rfc3339.get(r).context("too short")?;
+        field.parse().with_context(|| format!("{field:?}"))
+    };
+    let parse = || -> Result<i128> {
+        ensure!(
+            rfc3339.len() == 24 && rfc3339.ends_with('Z'),
+            "not YYYY-MM-DDTHH:MM:SS.mmmZ"
+        );
+        let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        // Days from the epoch to the civil date (Howard Hinnant's days_from_civil).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        let secs = days * 86_400 + num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?;
+        Ok(i128::from(secs * 1000 + num(20..23)?) * 1_000_000)
+    };
+    parse().with_context(|| format!("snapshot time {rfc3339:?}"))
+}
+
+/// A printed snapshot counts every connection made before its `time`, those still in
+/// a per-CPU batch or in the ring when it is printed included. A running drain leaves
+/// the last 10 to 40 ms behind, and a snapshot used to count only what it had handed
+/// out. A client connects every 2 ms while `top --once` prints. `env`: with
+/// `PORTX_BATCH=off`, events go to the ring one by one.
+pub fn once_counts_up_to_its_time(env: &[(&str, &str)]) -> Result<()> {
+    let ns = Netns::new(None)?;
+    let mut client = Peer::spawn(&ns, "paced", &["127.0.0.1:9000", "900", "2"])?;
+    let top = TopOnce::start_with(&["--netns", &ns.name, "--interval", "1"], env)?;
+    client.go()?;
+    let snap = top.snapshot()?;
+    let connected = client
+        .until_done("at ")?
+        .iter()
+        .map(|at| at.parse::<i128>())
+        .collect::<Result<Vec<_>, _>>()?;
+    client.finish()?;
+
+    let time = snap["time"]
+        .as_str()
+        .with_context(|| format!("no time in {snap}"))?;
+    let t = unix_ns(time)?;
+    let (first, last) = (connected[0], connected[connected.len() - 1]);
+    ensure!(
+        first < t && t < last,
+        "the snapshot's time {time} is not between the first and last connect() \
+         ({first} and {last} ns): it was not printed while the client connected"
+    );
+    // The time has milliseconds; a connection is stamped before connect() returns.
+    let before = connected.iter().filter(|&&at| at <= t - 2_000_000).count() as u64;
+    // Every connection counted had begun by the time: none returns 0.5 s later.
+    let begun = connected
+        .iter()
+        .filter(|&&at| at <= t + 500_000_000)
+        .count() as u64;
+    let d = dest(netns_entry(&snap, &ns)?, 9000)?;
+    let got: u64 = states(d).values().sum();
+    ensure!(
+        got >= before,
+        "portx counted {got} connections toward :9000 at {time}, but {before} had \
+         returned from connect() by then: {d}"
+    );
+    ensure!(
+        got <= begun,
+        "portx counted {got} connections at {time}, more than the {begun} made by \
+         half a second later"
+    );
+    ensure!(snap["dropped_events"] == 0, "{snap}");
+    Ok(())
+}
+
 /// The exhaustion scenario reaches 100% and names the failing process.
 pub fn exhaustion_reaches_full() -> Result<()> {
     let ns = Netns::new(Some((20000, 20003)))?;
@@ -499,15 +581,12 @@ pub fn bind_conflict_names_holder() -> Result<()> {
 fn exhaust(ns: &Netns) -> Result<(Peer, Vec<u16>)> {
     let mut peer = Peer::spawn(ns, "exhaust", &["127.0.0.1:9000", "64"])?;
     peer.go()?;
-    let mut ports = Vec::new();
-    loop {
-        let l = peer.line()?;
-        if let Some(p) = l.strip_prefix("port ") {
-            ports.push(p.parse::<u16>()?);
-        } else if l == "done" {
-            return Ok((peer, ports));
-        }
-    }
+    let ports = peer
+        .until_done("port ")?
+        .iter()
+        .map(|p| p.parse::<u16>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((peer, ports))
 }
 
 /// The same outage after a restart, with mysqld's connections open when `top`

@@ -39,6 +39,7 @@ fn proc_(pid: u32, comm: &str, ports: u32) -> ProcessUsage {
 /// Namespace NS with `dests` (busiest first, as snapshots give them).
 fn snap(dests: Vec<DestUsage>) -> Snapshot {
     Snapshot {
+        time: String::new(),
         netns: vec![NetnsUsage {
             inode: NS,
             name: Some("blue".into()),

@@ -11,7 +11,6 @@ pub mod fixture;
 pub mod html;
 mod series;
 pub mod text;
-mod time;
 
 #[cfg(test)]
 mod tests;
@@ -21,7 +20,10 @@ use serde::Serialize;
 pub use builder::{EventWriter, ReportBuilder, ReportError, timeline_order};
 pub use series::{MAX_POINTS, Point};
 
-use crate::model::snapshot::{Failure, Holder, OwnerPorts};
+use crate::{
+    model::snapshot::{Failure, Holder, OwnerPorts},
+    views::time,
+};
 
 /// The report. Field names are part of portx's interface (README).
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -1,4 +1,4 @@
-//! Wall-clock strings for the report: RFC 3339 in UTC, computed here (civil date from
+//! Wall-clock strings for the report and snapshots: RFC 3339 in UTC, computed here (civil date from
 //! days since the epoch) so the report needs no time-zone database and no extra crate.
 
 /// `2024-03-01T12:00:00.123Z` for nanoseconds since the Unix epoch.
