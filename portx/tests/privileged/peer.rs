@@ -255,17 +255,28 @@ pub fn run_if_peer() -> bool {
             }
         }),
         // `paced ADDR N MS`: listens on ADDR (its side of each connection held until
-        // the client closes), then connects to it N times, one every MS milliseconds,
-        // holding each; says `at T` as each connect() returns (T: CLOCK_REALTIME,
-        // nanoseconds since the epoch), then `done`.
+        // the client closes), then connects to it every MS milliseconds, holding each,
+        // until stdin closes or after N (fewer if its descriptors would run out); says
+        // `at T` as each connect() returns (T: CLOCK_REALTIME, nanoseconds since the
+        // epoch), then `done`.
         "paced" => {
             let target = addr(arg(&args, 0));
             let n: usize = arg(&args, 1).parse().unwrap_or(0).min(MAX_CONNECTIONS);
             let pace = Duration::from_millis(arg(&args, 2).parse().unwrap_or(5));
+            // Two descriptors per connection: the client's and the accepted one.
+            let n = n.min(raise_fd_limit().saturating_sub(64) / 2);
+            static STOP: AtomicBool = AtomicBool::new(false);
+            std::thread::spawn(|| {
+                wait_for_eof();
+                STOP.store(true, Ordering::Relaxed);
+            });
             serve_on(TcpListener::bind(target).expect("listen"), read_to_eof);
             let mut held = Vec::with_capacity(n);
             let start = Instant::now();
             for i in 1..=n {
+                if STOP.load(Ordering::Relaxed) {
+                    break;
+                }
                 held.push(TcpStream::connect(target).expect("connect"));
                 let at = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -276,7 +287,6 @@ pub fn run_if_peer() -> bool {
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
             say("done");
-            wait_for_eof();
         }
         "requests" => requests(&args),
         other => {
@@ -300,6 +310,29 @@ fn serve_each(addrs: &[String], handle: fn(TcpStream)) {
 /// Reads a connection to its end, then drops it (closes).
 fn read_to_eof(mut conn: TcpStream) {
     let _ = conn.read_to_end(&mut Vec::new());
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit; returns the
+/// limit now in force.
+fn raise_fd_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            ..lim
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            lim = raised;
+        }
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// Accepts connections on `listener` in a thread of its own, each handled in another.

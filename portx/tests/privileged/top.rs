@@ -442,16 +442,17 @@ fn unix_ns(rfc3339: &str) -> Result<i128> {
 /// `PORTX_BATCH=off`, events go to the ring one by one.
 pub fn once_counts_up_to_its_time(env: &[(&str, &str)]) -> Result<()> {
     let ns = Netns::new(None)?;
-    let mut client = Peer::spawn(&ns, "paced", &["127.0.0.1:9000", "900", "2"])?;
+    let mut client = Peer::spawn(&ns, "paced", &["127.0.0.1:9000", "5000", "2"])?;
     let top = TopOnce::start_with(&["--netns", &ns.name, "--interval", "1"], env)?;
     client.go()?;
     let snap = top.snapshot()?;
+    // The client stops when its stdin closes; its lines wait in the pipe's reader.
+    client.finish()?;
     let connected = client
         .until_done("at ")?
         .iter()
         .map(|at| at.parse::<i128>())
         .collect::<Result<Vec<_>, _>>()?;
-    client.finish()?;
 
     let time = snap["time"]
         .as_str()
