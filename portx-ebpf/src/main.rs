@@ -1077,6 +1077,14 @@ fn report_result(p: Pending, ret: i64, is_connect: bool) -> Option<()> {
     // one asked for.
     let (saddr, sport) = if !is_connect {
         (p.addr, p.port)
+    } else if ret == -EADDRNOTAVAIL {
+        // No port was allocated: the allocator found none free, or the 4-tuple of a
+        // bound port is taken. A port is then only one bind() gave (skc_num). What the
+        // state program noted and inet_sport may be a failed earlier attempt's on the
+        // same socket, since __inet_hash_connect sets inet_sport only on success.
+        // https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_hashtables.c (__inet_hash_connect)
+        // SAFETY: probe reads at BTF offsets.
+        unsafe { read_local(sk, p.family) }
     } else if p.local_port != 0 {
         (p.local_addr, p.local_port)
     } else {

@@ -88,6 +88,13 @@ fn main() {
             "reconnect_after_refusal_reports_its_new_port_tracepoints_only",
             || reconnect(Paths::Tracepoints),
         ),
+        ("eaddrnotavail_after_refusal_names_no_port", || {
+            eaddrnotavail_after_refusal(Paths::Best)
+        }),
+        (
+            "eaddrnotavail_after_refusal_names_no_port_tracepoints_only",
+            || eaddrnotavail_after_refusal(Paths::Tracepoints),
+        ),
         ("timewait_end_seen_where_hooked", timewait_end),
         ("check_flags_listener_in_range_then_clears", check_listener),
         (
@@ -956,6 +963,55 @@ fn reconnect(paths: Paths) -> Result<()> {
         ("SYN_SENT->ESTABLISHED".to_owned(), port, 7000),
     ];
     ensure!(got.starts_with(&want), "got {got:?}, want {want:?} first");
+    Ok(())
+}
+
+/// A socket connect()ed again after a refusal, toward a destination whose two ports
+/// are both taken: its EADDRNOTAVAIL names no local port. The kernel's inet_sport still
+/// holds the refused attempt's port, which the error used to report.
+fn eaddrnotavail_after_refusal(paths: Paths) -> Result<()> {
+    let ns = Netns::new(Some((20000, 20001)))?;
+    let mut peer = Peer::spawn(
+        &ns,
+        "refused_then_full",
+        &["127.0.0.1:7000", "127.0.0.1:7001"],
+    )?;
+    let Some(tracer) = trace_ns(&ns, paths)? else {
+        return Ok(());
+    };
+    peer.go()?;
+    peer.expect("refused")?;
+    let held: usize = peer.expect("held")?.parse()?;
+    ensure!(held == 2, "a range of two ports gave {held} connections");
+    let again = peer.expect("error")?;
+    ensure!(
+        again == libc::EADDRNOTAVAIL.to_string(),
+        "the second connect() failed with {again}"
+    );
+    // The connect() that found the range full, and the socket's second one.
+    let full = |e: &&Value| e.is("connect_error") && e.s("error") == "EADDRNOTAVAIL";
+    let both = |evs: &[Value]| evs.iter().filter(full).count() >= 2;
+    tracer.wait_for("two EADDRNOTAVAIL", both)?;
+    let (events, _) = tracer.stop()?;
+    peer.finish()?;
+    let refusal = events
+        .iter()
+        .find(|e| e.transition() == "SYN_SENT->CLOSE" && e.n("dport") == 7001)
+        .context("no refused attempt")?;
+    ensure!(
+        (20000..=20001).contains(&refusal.n("sport")),
+        "the refused attempt had no port from the range: {refusal}"
+    );
+    let error = events
+        .iter()
+        .filter(full)
+        .find(|e| e.s("sock") == refusal.s("sock"))
+        .with_context(|| format!("no EADDRNOTAVAIL of the refused socket: {events:#?}"))?;
+    ensure!(error.n("dport") == 7000, "{error}");
+    ensure!(
+        error.n("sport") == 0,
+        "the failed connect() reports a local port: {error}"
+    );
     Ok(())
 }
 

@@ -116,6 +116,37 @@ pub fn run_if_peer() -> bool {
             }
             wait_for_eof();
         }
+        // `refused_then_full OK REFUSED`: listens on OK; connects one socket to REFUSED
+        // (nothing listens there: refused, its port released), then others to OK,
+        // holding each, until connect() fails; then the first socket to OK again. Says
+        // `refused`, `held N` and `error E` of that last connect() (IPv4).
+        "refused_then_full" => {
+            let ok = addr(arg(&args, 0));
+            let refused = addr(arg(&args, 1));
+            let _listener = TcpListener::bind(ok).expect("listen");
+            let (SocketAddr::V4(ok_v4), SocketAddr::V4(refused_v4)) = (ok, refused) else {
+                eprintln!("peer: refused_then_full takes IPv4 addresses");
+                std::process::exit(2)
+            };
+            // SAFETY: socket() has no memory arguments; the fd is this role's.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            assert!(fd >= 0, "socket");
+            if connect_v4(fd, refused_v4) != Err(libc::ECONNREFUSED) {
+                say("error");
+                return true;
+            }
+            say("refused");
+            let held: Vec<TcpStream> = std::iter::from_fn(|| TcpStream::connect(ok).ok())
+                .take(64)
+                .collect();
+            say(&format!("held {}", held.len()));
+            let again = connect_v4(fd, ok_v4).err().unwrap_or(0);
+            say(&format!("error {again}"));
+            wait_for_eof();
+            // SAFETY: closing this role's own socket.
+            unsafe { libc::close(fd) };
+        }
         // `elsewhere ADDR NETNS`: in its namespace, listens on ADDR, makes a socket it
         // does not connect yet, and says `listening`; on the next line on stdin, moves
         // to the namespace of the file NETNS and says `moved`, so that only its sockets
