@@ -96,7 +96,7 @@ impl Source {
     /// is at its own time already.
     fn drain_to_now(&mut self, feed: impl FnMut(Input)) -> u64 {
         match self {
-            Self::Live { live, .. } => live.drain_to_now(feed).unwrap_or_else(boottime_ns),
+            Self::Live { live, .. } => live.drain_to_now(feed),
             Self::Replay(r) => r.now_ns(),
         }
     }

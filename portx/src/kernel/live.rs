@@ -130,6 +130,8 @@ pub struct LiveSource {
     flush_failed: bool,
     /// Warnings of the event path, handed out with the next [`Notes`].
     warnings: Vec<String>,
+    /// Boot-clock time up to which the inputs handed out so far are complete.
+    complete_to: u64,
     /// Records that could not be decoded.
     pub undecodable: u64,
     /// The decoded events, by kind and move (for `-v`'s closing line).
@@ -163,6 +165,7 @@ impl LiveSource {
             dumped: AfterEvents::default(),
             flush_failed: false,
             warnings: Vec::new(),
+            complete_to: 0,
             undecodable: 0,
             tally: Tally::default(),
         })
@@ -246,28 +249,27 @@ impl LiveSource {
     /// between drains would miss the last 10 to 40 ms. Every per-CPU batch is flushed
     /// here, and events are handed out in time order up to the flush (what comes later
     /// waits, as in a running drain, so nothing is handed out of order). Returns the
-    /// boot-clock time up to which the inputs handed out are complete; `None` if the
-    /// ring still held records after [`DRAIN_ROUNDS_AT_STOP`] rounds.
-    pub fn drain_to_now(&mut self, mut sink: impl FnMut(Input)) -> Option<u64> {
+    /// boot-clock time up to which the inputs handed out are complete: the flush, or
+    /// without batches when this drain began; should the ring still hold records after
+    /// [`DRAIN_ROUNDS_AT_STOP`] rounds, the last drain that read it through.
+    pub fn drain_to_now(&mut self, mut sink: impl FnMut(Input)) -> u64 {
         let started = boottime_ns();
         for _ in 0..DRAIN_ROUNDS_AT_STOP {
-            let upto = self.drain_as(&mut sink, Drain::ToNow);
+            self.drain_as(&mut sink, Drain::ToNow);
             if !self.more {
-                // Without batches, or with a failed flush, what was committed before
-                // this drain began.
-                return upto.map(|u| u.min(started));
+                break;
             }
         }
-        None
+        // A failed flush says "everything" (u64::MAX): what was committed before this
+        // drain began.
+        self.complete_to.min(started)
     }
 
     fn drain_with(&mut self, sink: &mut impl FnMut(Input)) {
         self.drain_as(sink, Drain::Running);
     }
 
-    /// Returns how far the events handed out are complete (boot-clock nanoseconds),
-    /// when the ring was read through.
-    fn drain_as(&mut self, sink: &mut impl FnMut(Input), how: Drain) -> Option<u64> {
+    fn drain_as(&mut self, sink: &mut impl FnMut(Input), how: Drain) {
         let started = boottime_ns();
         // Per-CPU batches first, so what the ring then holds is complete up to the
         // flush (less a slack); without batches the ring is in order.
@@ -369,8 +371,10 @@ impl LiveSource {
                 flushed.map_or(started, |f| f.upto)
             }
         });
+        if let Some(u) = upto {
+            self.complete_to = self.complete_to.max(u);
+        }
         self.release_dumped(upto, sink);
-        upto
     }
 
     fn on_msg(&mut self, m: ProbeMsg, sink: &mut impl FnMut(Input), notes: &mut Notes) {
