@@ -225,8 +225,12 @@ impl Peer {
         }
     }
 
-    /// Reads lines until `done`: the rest of each that starts with `prefix`.
-    pub fn until_done(&mut self, prefix: &str) -> Result<Vec<String>> {
+    /// Reads lines until `done`: the rest of each that starts with `prefix`, parsed.
+    pub fn until_done<T>(&mut self, prefix: &str) -> Result<Vec<T>>
+    where
+        T: std::str::FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
         let mut found = Vec::new();
         loop {
             let line = self.line()?;
@@ -234,7 +238,10 @@ impl Peer {
                 return Ok(found);
             }
             if let Some(rest) = line.strip_prefix(prefix) {
-                found.push(rest.to_owned());
+                found.push(
+                    rest.parse()
+                        .with_context(|| format!("peer said {line:?}"))?,
+                );
             }
         }
     }

@@ -409,32 +409,6 @@ pub fn agrees_with_ss(started_before: bool, v6: bool) -> Result<()> {
     Ok(())
 }
 
-/// Nanoseconds since the epoch of an RFC 3339 time in UTC as snapshots write it
-/// (`2026-12-04T15:00:00.123Z`).
-fn unix_ns(rfc3339: &str) -> Result<i128> {
-    let num = |r: std::ops::Range<usize>| -> Result<i64> {
-        let field = rfc3339.get(r).context("too short")?;
-        field.parse().with_context(|| format!("{field:?}"))
-    };
-    let parse = || -> Result<i128> {
-        ensure!(
-            rfc3339.len() == 24 && rfc3339.ends_with('Z'),
-            "not YYYY-MM-DDTHH:MM:SS.mmmZ"
-        );
-        let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-        // Days from the epoch to the civil date (Howard Hinnant's days_from_civil).
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146_097 + doe - 719_468;
-        let secs = days * 86_400 + num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?;
-        Ok(i128::from(secs * 1000 + num(20..23)?) * 1_000_000)
-    };
-    parse().with_context(|| format!("snapshot time {rfc3339:?}"))
-}
-
 /// A printed snapshot counts every connection made before its `time`, those still in
 /// a per-CPU batch or in the ring when it is printed included. A running drain leaves
 /// the last 10 to 40 ms behind, and a snapshot used to count only what it had handed
@@ -448,28 +422,29 @@ pub fn once_counts_up_to_its_time(env: &[(&str, &str)]) -> Result<()> {
     let snap = top.snapshot()?;
     // The client stops when its stdin closes; its lines wait in the pipe's reader.
     client.finish()?;
-    let connected = client
-        .until_done("at ")?
-        .iter()
-        .map(|at| at.parse::<i128>())
-        .collect::<Result<Vec<_>, _>>()?;
+    let connected: Vec<i128> = client.until_done("at ")?;
 
     let time = snap["time"]
         .as_str()
         .with_context(|| format!("no time in {snap}"))?;
-    let t = unix_ns(time)?;
-    let (first, last) = (connected[0], connected[connected.len() - 1]);
+    // The connect() times written as the snapshot's is (portx's own RFC 3339, UTC, to
+    // the millisecond): strings of one width, so they compare as the times do.
+    let stamp = portx::views::time::rfc3339;
+    let (first, last) = (stamp(connected[0]), stamp(connected[connected.len() - 1]));
     ensure!(
-        first < t && t < last,
+        first.as_str() < time && time < last.as_str(),
         "the snapshot's time {time} is not between the first and last connect() \
-         ({first} and {last} ns): it was not printed while the client connected"
+         ({first} and {last}): it was not printed while the client connected"
     );
     // The time has milliseconds; a connection is stamped before connect() returns.
-    let before = connected.iter().filter(|&&at| at <= t - 2_000_000).count() as u64;
+    let before = connected
+        .iter()
+        .filter(|&&at| stamp(at + 2_000_000).as_str() < time)
+        .count() as u64;
     // Every connection counted had begun by the time: none returns 0.5 s later.
     let begun = connected
         .iter()
-        .filter(|&&at| at <= t + 500_000_000)
+        .filter(|&&at| stamp(at - 500_000_000).as_str() < time)
         .count() as u64;
     let d = dest(netns_entry(&snap, &ns)?, 9000)?;
     let got: u64 = states(d).values().sum();
@@ -582,11 +557,7 @@ pub fn bind_conflict_names_holder() -> Result<()> {
 fn exhaust(ns: &Netns) -> Result<(Peer, Vec<u16>)> {
     let mut peer = Peer::spawn(ns, "exhaust", &["127.0.0.1:9000", "64"])?;
     peer.go()?;
-    let ports = peer
-        .until_done("port ")?
-        .iter()
-        .map(|p| p.parse::<u16>())
-        .collect::<Result<Vec<_>, _>>()?;
+    let ports = peer.until_done("port ")?;
     Ok((peer, ports))
 }
 
