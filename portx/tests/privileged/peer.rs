@@ -288,8 +288,8 @@ pub fn run_if_peer() -> bool {
         // `paced ADDR N MS`: listens on ADDR (its side of each connection held until
         // the client closes), then connects to it every MS milliseconds, holding each,
         // until stdin closes or after N (fewer if its descriptors would run out); says
-        // `at T` as each connect() returns (T: CLOCK_REALTIME, nanoseconds since the
-        // epoch), then `done`.
+        // `at S E` for each connect(): when it was called and when it returned
+        // (CLOCK_REALTIME, nanoseconds since the epoch), then `done`.
         "paced" => {
             let target = addr(arg(&args, 0));
             let n: usize = arg(&args, 1).parse().unwrap_or(0).min(MAX_CONNECTIONS);
@@ -308,11 +308,14 @@ pub fn run_if_peer() -> bool {
                 if STOP.load(Ordering::Relaxed) {
                     break;
                 }
+                let now = || {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                };
+                let called = now();
                 held.push(TcpStream::connect(target).expect("connect"));
-                let at = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                say(&format!("at {at}"));
+                say(&format!("at {called} {}", now()));
                 // On a schedule: a slow connect() does not shift the ones after it.
                 let next = start + pace * u32::try_from(i).unwrap_or(u32::MAX);
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
