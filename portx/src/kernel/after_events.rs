@@ -32,6 +32,14 @@ impl<T> AfterEvents<T> {
         self.waiting.push((at_ns, item));
     }
 
+    /// `item` was read from a dump that ended at `at_ns`, and supersedes the waiting
+    /// items `superseded` picks (a later dump of the same thing): while the event
+    /// stream lags, dumps still come at their own pace, and would pile up.
+    pub fn push_replacing(&mut self, at_ns: u64, item: T, superseded: impl Fn(&T) -> bool) {
+        self.waiting.retain(|(_, w)| !superseded(w));
+        self.push(at_ns, item);
+    }
+
     /// Every event stamped at or before `upto` has been handed out: hands `out` the
     /// items from then or earlier, in the order they came.
     pub fn release(&mut self, upto: u64, mut out: impl FnMut(T)) {
@@ -72,5 +80,16 @@ mod tests {
         assert_eq!(released(&mut a, 2_999), Vec::<u32>::new());
         assert_eq!(released(&mut a, u64::MAX), vec![8]);
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn a_later_dump_replaces_the_one_it_supersedes() {
+        let mut a = AfterEvents::default();
+        a.push(1_000, 10);
+        a.push(1_500, 21);
+        // Same tens: the same thing dumped again.
+        a.push_replacing(2_000, 12, |w| w / 10 == 1);
+        assert_eq!(released(&mut a, 1_999), vec![21]);
+        assert_eq!(released(&mut a, 2_000), vec![12]);
     }
 }

@@ -396,6 +396,16 @@ impl LiveSource {
                 notes.state_done = true;
                 self.held.drain(..).map(Input::Event).for_each(&mut *sink);
             }
+            // A namespace's drift check still waiting is superseded by its next: one
+            // each at most, however far the events lag.
+            ProbeMsg::Dumped {
+                at_ns,
+                input: input @ Input::TimeWait { netns, .. },
+            } => self.dumped.push_replacing(
+                at_ns,
+                input,
+                |w| matches!(w, Input::TimeWait { netns: n, .. } if *n == netns),
+            ),
             ProbeMsg::Dumped { at_ns, input } => self.dumped.push(at_ns, input),
             ProbeMsg::Warning(w) => notes.warnings.push(w),
         }

@@ -13,6 +13,7 @@ pub mod input;
 mod maybe_set;
 pub mod peaks;
 pub mod rate;
+pub mod recent_ends;
 pub mod snapshot;
 pub mod trigger;
 
@@ -31,6 +32,7 @@ use crate::{
 };
 use clients::ClientView;
 use rate::RateWindow;
+use recent_ends::RecentEnds;
 use snapshot::{DestUsage, Drift, Failure, Holder, NetnsUsage, OwnerPorts, ProcessUsage, Snapshot};
 
 /// How long a TIME_WAIT socket holds its 4-tuple (`TCP_TIMEWAIT_LEN`,
@@ -38,6 +40,9 @@ use snapshot::{DestUsage, Drift, Failure, Holder, NetnsUsage, OwnerPorts, Proces
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
 /// Default `ip_local_port_range`, used until a namespace's own range is known.
 pub const DEFAULT_RANGE: (u16, u16) = (32768, 60999);
+/// How far a TIME_WAIT entry's expiry may be from the kernel's before a drift check
+/// corrects it: more than a dump of 100k sockets takes, and than a few jiffies.
+const EXPIRY_SLACK_NS: u64 = 100_000_000;
 /// Recent distinct failures kept for display (repeats are counted in their entry).
 pub const MAX_FAILURES: usize = 64;
 
@@ -512,6 +517,10 @@ pub struct Model {
     timewait_maybe: maybe_set::MaybeSet,
     /// TIME_WAIT expiries in insertion order (all share one lifetime, so FIFO).
     tw_queue: VecDeque<(u64, TwKey)>,
+    /// Timewait sockets the kernel freed lately (`TimewaitEnd`), while drift checks
+    /// run: when, by a hash of namespace and 4-tuple. A dump that started before one
+    /// went may still list it.
+    tw_ends: RecentEnds,
     addrs: Addrs,
     dests: Vec<DestAgg>,
     dest_free: Vec<u32>,
@@ -1035,7 +1044,11 @@ impl Model {
             Kind::ConnectError | Kind::BindError => self.on_failure(e),
             Kind::TimewaitEnd => {
                 // The kernel freed it: its real expiry, or an early reuse.
-                if let Some(quad) = self.quad_find(&Tuple::of(e)) {
+                let tuple = Tuple::of(e);
+                if self.drift.checks > 0 {
+                    self.tw_ends.ended(e.netns, &tuple, e.ts_ns);
+                }
+                if let Some(quad) = self.quad_find(&tuple) {
                     self.remove_timewait(&TwKey {
                         netns: e.netns,
                         quad,
@@ -1766,7 +1779,8 @@ impl Model {
     /// marked as in FIN_WAIT2 or not (`fin_wait2`, those of `kernel` the kernel still
     /// has in FIN_WAIT2: a FIN from the peer moves one on to TIME_WAIT without any
     /// event, and until then connect() may not take it over whatever `tcp_tw_reuse`
-    /// says). Returns (added, removed).
+    /// says). A timewait socket on a 4-tuple the model holds as a live socket is not
+    /// added (see below). Returns (added, removed).
     /// https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_ipv4.c (tcp_twsk_unique)
     pub fn reconcile_timewait(
         &mut self,
@@ -1794,20 +1808,48 @@ impl Model {
             self.remove_timewait(k);
         }
         let mut added = 0;
+        let mut queued = false;
+        // Built when first needed: most checks find every entry known.
+        let mut live: Option<rustc_hash::FxHashSet<Quad>> = None;
         for (tuple, expires_ms) in kernel {
             let expires_ns = dump_started_ns + u64::from(*expires_ms) * 1_000_000;
             let fin_wait2 = in_fin_wait2.contains(tuple);
-            let key = self.quad_find(tuple).map(|quad| TwKey { netns, quad });
+            let quad = self.quad_find(tuple);
+            let key = quad.map(|quad| TwKey { netns, quad });
             match key.and_then(|k| self.timewait.get_mut(&k).map(|t| (k, t))) {
-                // Known: take the kernel's expiry, which is exact.
+                // Known: take the kernel's expiry where the model's is off (a baseline's
+                // estimate, a FIN_WAIT2 timeout). Not for the few milliseconds every
+                // dump differs by (its own length, jiffies): each refresh queues the
+                // entry again, and a check of 100k entries every few milliseconds
+                // would grow the queue faster than entries expire.
                 Some((key, t)) => {
                     t.fin_wait2 = fin_wait2;
-                    if t.expires_ns != expires_ns {
+                    if t.expires_ns.abs_diff(expires_ns) > EXPIRY_SLACK_NS {
                         t.expires_ns = expires_ns;
                         self.tw_queue.push_back((expires_ns, key));
+                        queued = true;
                     }
                 }
+                // The kernel freed it after the dump began: the events are right.
+                None if self.tw_ends.since(netns, tuple, dump_started_ns) => {}
                 None => {
+                    // The kernel never holds a live socket and a timewait one on one
+                    // 4-tuple, so where the model holds a live one the dump saw either
+                    // - its own timewait socket: tcp_time_wait hashes it in the live
+                    //   socket's place before tcp_done reports the move to CLOSE, so a
+                    //   dump can list it before that event is stamped, and the event
+                    //   makes the entry;
+                    // - an earlier connection's, which this one took over
+                    //   (tcp_tw_reuse) after the dump read it and before it ended.
+                    // Added, the port would count twice.
+                    // https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_minisocks.c (tcp_time_wait)
+                    if let Some(q) = quad
+                        && live
+                            .get_or_insert_with(|| self.live_quads(netns))
+                            .contains(&q)
+                    {
+                        continue;
+                    }
                     added += 1;
                     let active = self.in_range(netns, tuple.sport);
                     self.insert_timewait(
@@ -1826,15 +1868,28 @@ impl Model {
                 }
             }
         }
-        // The queue is FIFO by insertion; refreshed expiries may be earlier than
-        // entries ahead of them, so keep it ordered.
-        self.tw_queue
-            .make_contiguous()
-            .sort_unstable_by_key(|(e, _)| *e);
+        // The queue is FIFO by insertion; refreshed and added expiries may be earlier
+        // than entries ahead of them, so keep it ordered.
+        if queued || added > 0 {
+            self.tw_queue
+                .make_contiguous()
+                .sort_unstable_by_key(|(e, _)| *e);
+        }
+        // Later dumps start later.
+        self.tw_ends.forget_before(dump_started_ns);
         self.drift.checks += 1;
         self.drift.added += added;
         self.drift.removed += removed;
         (added, removed)
+    }
+
+    /// The 4-tuples of `netns`'s live sockets.
+    fn live_quads(&self, netns: u32) -> rustc_hash::FxHashSet<Quad> {
+        self.sockets
+            .values()
+            .filter(|s| s.netns == netns)
+            .map(|s| s.quad)
+            .collect()
     }
 
     /// The model as `portx top` shows it.

@@ -792,6 +792,109 @@ fn drift_check_corrects_both_ways() {
     assert_eq!(m.timewait_tuples(NS).len(), 1);
 }
 
+/// The kernel lists a timewait socket before it reports the full socket's move to
+/// CLOSE (tcp_time_wait hashes the one in place of the other, then calls tcp_done), and
+/// a dump reads the table while connections come and go: a drift check can find an
+/// entry on a 4-tuple the model holds live. It leaves it to the events rather than
+/// count the port twice; a timewait socket on a tuple nobody holds is still added.
+#[test]
+fn drift_check_leaves_a_live_sockets_timewait_to_its_events() {
+    use TcpState::*;
+    let mut m = model();
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    m.apply(&a.state(2 * S, Established, FinWait1));
+    let tw = Tuple::new(ip("127.0.0.1"), 20001, ip("10.0.0.5"), 80);
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 60_000)], 3 * S, &[]),
+        (0, 0)
+    );
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    assert_eq!(d.used, 1);
+    assert_eq!(d.states.get("TIME_WAIT"), None);
+    assert_eq!(snap.drift.added, 0);
+    // The close comes: the entry is the event's, with its owner.
+    m.apply(&a.state(3 * S + 1, FinWait2, Close));
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    assert_eq!((d.used, d.states.get("TIME_WAIT")), (1, Some(&1)));
+    assert_eq!(d.owners[0].pid, 100);
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 59_000)], 4 * S, &[]),
+        (0, 0)
+    );
+    // A connection that took over a timewait 4-tuple the dump had already read.
+    let b = Sk::client(2, 100, 20002, "10.0.0.5", 80);
+    b.open(&mut m, 5 * S);
+    let tw_b = Tuple::new(ip("127.0.0.1"), 20002, ip("10.0.0.5"), 80);
+    let nobodys = Tuple::new(ip("127.0.0.1"), 20003, ip("10.0.0.5"), 80);
+    let kernel = [(tw, 58_000), (tw_b, 60_000), (nobodys, 60_000)];
+    assert_eq!(m.reconcile_timewait(NS, &kernel, 6 * S, &[]), (1, 0));
+    let snap = m.snapshot(View::default());
+    assert_eq!(dest(&snap, "10.0.0.5", 80).used, 3);
+}
+
+/// A timewait socket the kernel freed (its `TimewaitEnd` came: a new connection took
+/// its 4-tuple over, before that one's port is known) after a drift check's dump began
+/// may be in the dump: it is not added back. One the kernel freed before is.
+#[test]
+fn drift_check_does_not_bring_back_a_timewait_socket_freed_during_its_dump() {
+    let mut m = model();
+    // Drift checks are running.
+    assert_eq!(m.reconcile_timewait(NS, &[], S, &[]), (0, 0));
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, 2 * S);
+    a.active_close(&mut m, 2 * S);
+    m.apply(&a.ev(Kind::TimewaitEnd, 5 * S, 20001, None, None));
+    let tw = Tuple::new(ip("127.0.0.1"), 20001, ip("10.0.0.5"), 80);
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 57_000)], 4 * S, &[]),
+        (0, 0)
+    );
+    assert_eq!(m.timewait_tuples(NS), Vec::<Tuple>::new());
+    // A dump that began after it went and still lists it: the kernel has it.
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 55_000)], 6 * S, &[]),
+        (1, 0)
+    );
+}
+
+/// Every dump's expiries differ from the model's by a few milliseconds (the dump's
+/// length, jiffies): frequent checks of many entries leave the expiry queue as it is,
+/// and correct only an expiry that is off.
+#[test]
+fn drift_checks_requeue_only_expiries_that_are_off() {
+    let mut m = model();
+    let mut kernel = Vec::new();
+    for i in 0..8u16 {
+        let c = Sk::client(u64::from(i) + 1, 100, 20000 + i, "10.0.0.5", 80);
+        c.open(&mut m, S);
+        c.active_close(&mut m, S);
+        let t = Tuple::new(ip("127.0.0.1"), 20000 + i, ip("10.0.0.5"), 80);
+        kernel.push((t, 0));
+    }
+    let queued = m.tw_queue.len();
+    // Closed at 1 s (plus 2 ns): the kernel's expiry is 61 s.
+    for check in 1..=100u64 {
+        let at = S + check * 20_000_000;
+        for (_, ms) in &mut kernel {
+            *ms = ((61 * S - at) / 1_000_000) as u32 - (check % 3) as u32;
+        }
+        assert_eq!(m.reconcile_timewait(NS, &kernel, at, &[]), (0, 0));
+    }
+    assert_eq!(m.tw_queue.len(), queued);
+    // One entry's expiry off by seconds (a FIN_WAIT2 timeout, say) is taken.
+    kernel.truncate(1);
+    kernel[0].1 = 10_000;
+    // (The seven others the kernel no longer lists go.)
+    assert_eq!(m.reconcile_timewait(NS, &kernel, 4 * S, &[]), (0, 7));
+    m.tick(14 * S - 1);
+    assert_eq!(m.timewait_tuples(NS).len(), 1);
+    m.tick(14 * S + 1);
+    assert_eq!(m.timewait_tuples(NS), Vec::<Tuple>::new());
+}
+
 #[test]
 fn views_filter_by_namespace_and_pid() {
     let mut m = model();

@@ -202,6 +202,10 @@ fn main() {
         ("top_drift_check_waits_for_earlier_events_unbatched", || {
             top::drift_check_waits_for_earlier_events(&[("PORTX_BATCH", "off")])
         }),
+        (
+            "top_drift_checks_during_a_storm_correct_nothing",
+            top::drift_checks_during_a_storm_correct_nothing,
+        ),
         ("record_survives_kill9", record::record_survives_kill9),
         (
             "record_replay_matches_live_top",

@@ -230,6 +230,44 @@ pub fn run_if_peer() -> bool {
             }
             say(&format!("done {done}"));
         }
+        // N short connections to a listener of its own on ADDR, its two ends on two
+        // threads (so on both CPUs, as in a real client and server): the client
+        // sends a byte, reads it back and closes first; the server then reads to EOF
+        // and closes, and the client's socket goes to TIME_WAIT on the server's CPU.
+        // Where the range is full of TIME_WAIT too young to reuse, it waits.
+        "churn" => {
+            let target = addr(arg(&args, 0));
+            let n: usize = arg(&args, 1).parse().unwrap_or(0).min(MAX_CONNECTIONS);
+            let listener = TcpListener::bind(target).expect("listen");
+            std::thread::spawn(move || {
+                for conn in listener.incoming().take(n) {
+                    let Ok(mut conn) = conn else { break };
+                    let mut b = [0u8; 1];
+                    if conn.read_exact(&mut b).is_ok() {
+                        let _ = conn.write_all(&b);
+                    }
+                    let _ = conn.read_to_end(&mut Vec::new());
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut done = 0;
+            while done < n && Instant::now() < deadline {
+                let mut c = match TcpStream::connect(target) {
+                    Ok(c) => c,
+                    // Every port of the range in TIME_WAIT too young to reuse: back off.
+                    Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(e) => panic!("connect: {e}"),
+                };
+                c.write_all(&[1]).expect("write");
+                let _ = c.read_exact(&mut [0u8; 1]);
+                drop(c);
+                done += 1;
+            }
+            say(&format!("done {done}"));
+        }
         // Serves every ADDR: accepts connections, reads each to EOF, then closes it
         // (so clients that close first end in TIME_WAIT). Runs until stdin closes.
         "serve" => serve_each(&args, read_to_eof),
