@@ -216,9 +216,9 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
     };
     server.abort();
     if verbose {
-        let (events, bytes, records) = live.ring_read();
+        let (events, bytes, records, stalls) = live.ring_read();
         eprintln!(
-            "portx: stopping; {} events dropped, {} undecodable, {} program runs skipped by the kernel (nested on one CPU); {events} events ({bytes} bytes) read from the ring in {records} records: {}",
+            "portx: stopping; {} events dropped, {} undecodable, {} program runs skipped by the kernel (nested on one CPU), {stalls} drains held at a record being written; {events} events ({bytes} bytes) read from the ring in {records} records: {}",
             served.dropped,
             live.undecodable,
             probes.missed_runs(),

@@ -498,9 +498,9 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                 Source::Replay(_) => 0,
             };
             if dropped > 0 || missed > 0 || live.undecodable > 0 || verbose {
-                let (events, bytes, records) = live.ring_read();
+                let (events, bytes, records, stalls) = live.ring_read();
                 eprintln!(
-                    "portx: {dropped} events dropped, {} undecodable, {missed} program runs skipped by the kernel (nested on one CPU); {events} events ({bytes} bytes) read from the ring in {records} records: {}",
+                    "portx: {dropped} events dropped, {} undecodable, {missed} program runs skipped by the kernel (nested on one CPU), {stalls} drains held at a record being written; {events} events ({bytes} bytes) read from the ring in {records} records: {}",
                     live.undecodable, live.tally
                 );
             }

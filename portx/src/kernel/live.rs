@@ -223,10 +223,11 @@ impl LiveSource {
         let _ = self.requests.send(ProbeReq::DropCaps(keep));
     }
 
-    /// Events read from the ring buffer so far, their bytes, and the ring records that
-    /// carried them.
-    pub fn ring_read(&self) -> (u64, u64, u64) {
-        (self.reader.events, self.reader.bytes, self.reader.records)
+    /// Events read from the ring buffer so far, their bytes, the ring records that
+    /// carried them, and the drains that stopped at a record still being written.
+    pub fn ring_read(&self) -> (u64, u64, u64, u64) {
+        let r = &self.reader;
+        (r.events, r.bytes, r.records, r.stalls)
     }
 
     /// Drains the ring once more, at stop: what the kernel wrote still counts. Every
@@ -255,8 +256,9 @@ impl LiveSource {
     pub fn drain_to_now(&mut self, mut sink: impl FnMut(Input)) -> u64 {
         let started = boottime_ns();
         for _ in 0..DRAIN_ROUNDS_AT_STOP {
-            self.drain_as(&mut sink, Drain::ToNow);
-            if !self.more {
+            // Again while the ring holds more, or a record still being written held the
+            // rest back (usually for microseconds).
+            if self.drain_as(&mut sink, Drain::ToNow) {
                 break;
             }
         }
@@ -269,7 +271,9 @@ impl LiveSource {
         self.drain_as(sink, Drain::Running);
     }
 
-    fn drain_as(&mut self, sink: &mut impl FnMut(Input), how: Drain) {
+    /// Returns whether the ring was read through (what was handed out is then complete
+    /// up to the flush).
+    fn drain_as(&mut self, sink: &mut impl FnMut(Input), how: Drain) -> bool {
         let started = boottime_ns();
         // Per-CPU batches first, so what the ring then holds is complete up to the
         // flush (less a slack); without batches the ring is in order.
@@ -293,6 +297,9 @@ impl LiveSource {
                 })
             }
         };
+        // After the flush: every record reserved before this, its events included, must
+        // be read before the flush's time can be claimed.
+        let mark = self.reader.mark();
         // Straight to `sink` (or `held`): a batch in between cost an allocation per
         // drain, and a copy of each event.
         let Self {
@@ -345,10 +352,16 @@ impl LiveSource {
         });
         let more = n >= DRAIN_BATCH;
         let at_stop = matches!(how, Drain::AtStop { .. });
-        // Records left in the ring (the drain stopped at its batch size) may be older
-        // than some held ones: hand nothing out until the ring has been read through
-        // (the next call comes at once), or at stop, the last round.
-        let through = !more || matches!(how, Drain::AtStop { last_round: true });
+        // Records left in the ring may be older than some held ones: hand nothing out
+        // until the ring has been read through, or at stop, the last round. Left when
+        // the drain stopped at its batch size (the next call comes at once), or at a
+        // record a program has reserved and not yet committed, with records behind it
+        // (drained again soon). At stop, such a record is after the end.
+        let stalled = !more && !at_stop && !reader.read_past(mark);
+        let through = (!more && !stalled) || matches!(how, Drain::AtStop { last_round: true });
+        if stalled {
+            reader.hurry();
+        }
         if let Some(f) = flushed.filter(|_| through) {
             // At stop every batch has been flushed: nothing older can come now.
             let upto = if at_stop { u64::MAX } else { f.upto };
@@ -375,6 +388,7 @@ impl LiveSource {
             self.complete_to = self.complete_to.max(u);
         }
         self.release_dumped(upto, sink);
+        through
     }
 
     fn on_msg(&mut self, m: ProbeMsg, sink: &mut impl FnMut(Input), notes: &mut Notes) {

@@ -3,7 +3,7 @@
 //! The kernel-facing half of portx: everything here needs root. Offsets come from
 //! tracefs format files ([`super::tracefs`]) and BTF ([`super::btf`]).
 
-use std::{path::Path, time::Duration};
+use std::{os::fd::AsFd as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -18,6 +18,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use crate::kernel::{
     batches::{BatchFlusher, Flushed},
     btf::KernelBtf,
+    ring_positions::{Mark, RingPositions},
     tracefs,
 };
 
@@ -747,6 +748,7 @@ impl Probes {
             .take_map(names::EVENTS)
             .ok_or_else(|| anyhow!("event ring buffer already taken"))?;
         let ring = RingBuf::try_from(map)?;
+        let positions = RingPositions::new(ring.as_fd())?;
         // SAFETY: the RingBuf owns its map fd, which stays open (and the same) for as
         // long as the RingBuf, and so the AsyncFd, lives.
         let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -757,6 +759,8 @@ impl Probes {
             next_drain: batched.then(|| tokio::time::Instant::now() + DRAIN_INTERVAL),
             pace: DrainPace::default(),
             batches: self.batches.take(),
+            positions,
+            stalls: 0,
             events: 0,
             records: 0,
             bytes: 0,
@@ -800,6 +804,9 @@ pub struct EventReader {
     /// The accounting path's per-CPU batches: a ring record holds several events, and
     /// events must be put back in time order ([`crate::events::reorder`]).
     batches: Option<BatchFlusher>,
+    positions: RingPositions,
+    /// Drains that stopped at a record still being written (see [`Self::read_past`]).
+    pub stalls: u64,
     /// Events read so far, their bytes, and the ring records that carried them (fewer
     /// with per-CPU batches): what the ring carried (the bench divides them by
     /// connections).
@@ -835,6 +842,24 @@ impl EventReader {
             .as_mut()
             .map(|b| b.flush(older_than))
             .transpose()
+    }
+
+    /// Where the ring's producer is now: take it after [`Self::flush_batches`] and
+    /// before [`Self::drain`].
+    pub fn mark(&self) -> Mark {
+        self.positions.mark()
+    }
+
+    /// Whether the drains since `mark` was taken have read every record reserved
+    /// before it. False when the consumer stopped at a record a program has reserved
+    /// and not yet committed: the records behind it (another CPU's batch, older events)
+    /// are not read yet, so what was read is not complete up to the flush. Counted.
+    pub fn read_past(&mut self, mark: Mark) -> bool {
+        let past = self.positions.passed(mark);
+        if !past {
+            self.stalls += 1;
+        }
+        past
     }
 
     /// Events are held back (waiting for their time order): drain again soon.

@@ -11,5 +11,6 @@ pub mod netns;
 pub mod preflight;
 pub mod privs;
 pub mod proc_owners;
+pub mod ring_positions;
 pub mod sockdiag;
 pub mod tracefs;
