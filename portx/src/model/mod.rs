@@ -1832,6 +1832,12 @@ impl Model {
                 }
                 // The kernel freed it after the dump began: the events are right.
                 None if self.tw_ends.since(netns, tuple, dump_started_ns) => {}
+                // Past its expiry (the kernel says 0 left), the model's gone already:
+                // the timer wheel frees a 60 s timewait socket up to a bucket late
+                // (512 jiffies, 2 s at HZ=250), and every check in that window would
+                // add it back for a moment, so that `added` grew with every socket.
+                // https://elixir.bootlin.com/linux/v6.12/source/kernel/time/timer.c (calc_wheel_index)
+                None if *expires_ms == 0 => {}
                 None => {
                     // The kernel never holds a live socket and a timewait one on one
                     // 4-tuple, so where the model holds a live one the dump saw either

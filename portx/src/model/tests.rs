@@ -860,6 +860,24 @@ fn drift_check_does_not_bring_back_a_timewait_socket_freed_during_its_dump() {
     );
 }
 
+/// The kernel frees a timewait socket when its timer fires, up to a timer-wheel bucket
+/// after its expiry; until then a dump lists it with no time left. The model, which
+/// let it go at its expiry, does not add it back.
+#[test]
+fn drift_check_leaves_a_timewait_socket_past_its_expiry() {
+    let mut m = model();
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    a.active_close(&mut m, S);
+    m.tick(61 * S + 3);
+    assert_eq!(m.timewait_tuples(NS), Vec::<Tuple>::new());
+    let tw = Tuple::new(ip("127.0.0.1"), 20001, ip("10.0.0.5"), 80);
+    assert_eq!(m.reconcile_timewait(NS, &[(tw, 0)], 62 * S, &[]), (0, 0));
+    assert_eq!(m.timewait_tuples(NS), Vec::<Tuple>::new());
+    // One with time left that the model lacks is added.
+    assert_eq!(m.reconcile_timewait(NS, &[(tw, 1)], 62 * S, &[]), (1, 0));
+}
+
 /// Every dump's expiries differ from the model's by a few milliseconds (the dump's
 /// length, jiffies): frequent checks of many entries leave the expiry queue as it is,
 /// and correct only an expiry that is off.

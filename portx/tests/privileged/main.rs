@@ -203,6 +203,10 @@ fn main() {
             top::drift_check_waits_for_earlier_events(&[("PORTX_BATCH", "off")])
         }),
         (
+            "top_drift_check_leaves_timewait_past_its_expiry",
+            top::drift_check_leaves_timewait_past_its_expiry,
+        ),
+        (
             "top_drift_checks_during_a_storm_correct_nothing",
             top::drift_checks_during_a_storm_correct_nothing,
         ),
