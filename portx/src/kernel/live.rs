@@ -251,28 +251,33 @@ impl LiveSource {
     /// here, and events are handed out in time order up to the flush (what comes later
     /// waits, as in a running drain, so nothing is handed out of order). Returns the
     /// boot-clock time up to which the inputs handed out are complete: the flush, or
-    /// without batches when this drain began; should the ring still hold records after
+    /// without batches the end of the read (when this drain began, should records have
+    /// come in the meantime); should the ring still hold records after
     /// [`DRAIN_ROUNDS_AT_STOP`] rounds, the last drain that read it through.
     pub fn drain_to_now(&mut self, mut sink: impl FnMut(Input)) -> u64 {
         let started = boottime_ns();
         for _ in 0..DRAIN_ROUNDS_AT_STOP {
-            // Again while the ring holds more, or a record still being written held the
-            // rest back (usually for microseconds).
+            // Again while the ring holds more, or (with batches) a record still being
+            // written held the rest back (usually for microseconds).
             if self.drain_as(&mut sink, Drain::ToNow) {
                 break;
             }
         }
         // A failed flush says "everything" (u64::MAX): what was committed before this
         // drain began.
-        self.complete_to.min(started)
+        if self.complete_to == u64::MAX {
+            started
+        } else {
+            self.complete_to
+        }
     }
 
     fn drain_with(&mut self, sink: &mut impl FnMut(Input)) {
         self.drain_as(sink, Drain::Running);
     }
 
-    /// Returns whether the ring was read through (what was handed out is then complete
-    /// up to the flush).
+    /// Returns whether what was handed out is complete up to the flush (or without
+    /// batches, up to when this drain began).
     fn drain_as(&mut self, sink: &mut impl FnMut(Input), how: Drain) -> bool {
         let started = boottime_ns();
         // Per-CPU batches first, so what the ring then holds is complete up to the
@@ -353,15 +358,19 @@ impl LiveSource {
         let more = n >= DRAIN_BATCH;
         let at_stop = matches!(how, Drain::AtStop { .. });
         // Records left in the ring may be older than some held ones: hand nothing out
-        // until the ring has been read through, or at stop, the last round. Left when
-        // the drain stopped at its batch size (the next call comes at once), or at a
-        // record a program has reserved and not yet committed, with records behind it
-        // (drained again soon). At stop, such a record is after the end.
+        // until the ring has been read through (the next call comes at once), or at
+        // stop, the last round.
+        let read_through = !more || matches!(how, Drain::AtStop { last_round: true });
+        // Stopped at a record a program has reserved and not yet committed, with
+        // records behind it: with batches, another CPU's older events may be among
+        // them, so nothing is handed out up to the flush; without, events went out as
+        // read, in ring order, and only a dump must wait (an event before its end may be
+        // that record). Drained again soon. At stop, such a record is after the end.
         let stalled = !more && !at_stop && !reader.read_past(mark);
-        let through = (!more && !stalled) || matches!(how, Drain::AtStop { last_round: true });
         if stalled {
             reader.hurry();
         }
+        let through = read_through && !(stalled && flushed.is_some());
         if let Some(f) = flushed.filter(|_| through) {
             // At stop every batch has been flushed: nothing older can come now.
             let upto = if at_stop { u64::MAX } else { f.upto };
@@ -375,19 +384,28 @@ impl LiveSource {
         }
         self.more = more;
         // How far the events handed out are complete: up to the flush with batches;
-        // without, what was committed before this drain began (a program commits
-        // microseconds after its timestamp).
+        // without, up to now if the ring is read to its end, else what was committed
+        // before this drain began (a program commits microseconds after its timestamp;
+        // events read since then are counted too).
         let upto = through.then(|| {
             if at_stop {
                 u64::MAX
             } else {
-                flushed.map_or(started, |f| f.upto)
+                flushed.map_or_else(
+                    || {
+                        (!stalled && !more)
+                            .then(|| reader.read_up_to_now())
+                            .flatten()
+                            .unwrap_or(started)
+                    },
+                    |f| f.upto,
+                )
             }
         });
         if let Some(u) = upto {
             self.complete_to = self.complete_to.max(u);
         }
-        self.release_dumped(upto, sink);
+        self.release_dumped(upto.filter(|_| !stalled), sink);
         through
     }
 

@@ -862,6 +862,15 @@ impl EventReader {
         past
     }
 
+    /// The boot-clock time now, if every record reserved before it has been read (the
+    /// consumer is at the producer): events are read only once committed, and stamped
+    /// after their reserve, so those read are then exactly the ones stamped before it.
+    pub fn read_up_to_now(&self) -> Option<u64> {
+        let now = crate::kernel::live::boottime_ns();
+        let mark = self.positions.mark();
+        self.positions.passed(mark).then_some(now)
+    }
+
     /// Events are held back (waiting for their time order): drain again soon.
     pub fn hurry(&mut self) {
         if let Some(due) = &mut self.next_drain {
