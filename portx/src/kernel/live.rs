@@ -277,7 +277,7 @@ impl LiveSource {
     }
 
     /// Returns whether what was handed out is complete up to the flush (or without
-    /// batches, up to when this drain began).
+    /// batches, up to the end of the read or when this drain began).
     fn drain_as(&mut self, sink: &mut impl FnMut(Input), how: Drain) -> bool {
         let started = boottime_ns();
         // Per-CPU batches first, so what the ring then holds is complete up to the

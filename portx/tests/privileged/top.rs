@@ -277,6 +277,16 @@ pub fn netns_entry<'a>(snap: &'a Value, ns: &Netns) -> Result<&'a Value> {
         .with_context(|| format!("namespace {} missing from {snap}", ns.inode))
 }
 
+/// Ports `ns` uses toward 127.0.0.1:`dport` in `snap` (0 while it shows no such
+/// destination).
+fn used_toward(snap: &Value, ns: &Netns, dport: u16) -> u64 {
+    netns_entry(snap, ns)
+        .ok()
+        .and_then(|n| dest(n, dport).ok())
+        .and_then(|d| d["used"].as_u64())
+        .unwrap_or(0)
+}
+
 pub fn dest(ns_entry: &Value, dport: u16) -> Result<&Value> {
     dest_at(ns_entry, "127.0.0.1", dport)
 }
@@ -986,13 +996,7 @@ pub fn drift_check_waits_for_earlier_events(env: &[(&str, &str)]) -> Result<()> 
     let mut server = Peer::spawn(&ns, "sink", &["127.0.0.1:9003"])?;
     server.go()?;
     server.expect("listening")?;
-    let used = |snap: &Value| -> u64 {
-        netns_entry(snap, &ns)
-            .ok()
-            .and_then(|n| dest(n, 9003).ok())
-            .and_then(|d| d["used"].as_u64())
-            .unwrap_or(0)
-    };
+    let used = |snap: &Value| used_toward(snap, &ns, 9003);
     let mut closed = 0;
     for round in 0..ROUNDS {
         let n = PER_ROUND.to_string();
@@ -1065,13 +1069,7 @@ pub fn drift_check_leaves_timewait_past_its_expiry() -> Result<()> {
     clients.go()?;
     ensure!(clients.line()?.starts_with("done"), "hold did not finish");
     clients.finish()?;
-    let used = |snap: &Value| -> u64 {
-        netns_entry(snap, &ns)
-            .ok()
-            .and_then(|n| dest(n, 9004).ok())
-            .and_then(|d| d["used"].as_u64())
-            .unwrap_or(0)
-    };
+    let used = |snap: &Value| used_toward(snap, &ns, 9004);
     // Counted, then let go at their expiry.
     let deadline = Instant::now() + wait();
     let mut seen_all = false;
@@ -1152,15 +1150,7 @@ pub fn drift_checks_during_a_storm_correct_nothing() -> Result<()> {
     for p in &mut peers {
         p.finish()?;
     }
-    let used = |snap: &Value| -> u64 {
-        PORTS
-            .iter()
-            .filter_map(|&p| {
-                let e = netns_entry(snap, &ns).ok()?;
-                dest(e, p).ok()?["used"].as_u64()
-            })
-            .sum()
-    };
+    let used = |snap: &Value| -> u64 { PORTS.iter().map(|&p| used_toward(snap, &ns, p)).sum() };
     settle(&ns)?;
     let kernel = ss(&ns)?;
     let all: u64 = PORTS
