@@ -971,8 +971,8 @@ pub fn drift_check_keeps_fin_wait2_timewait() -> Result<()> {
 }
 
 /// Drift checks every 20 ms while clients keep closing toward a server that never
-/// closes: a check waits for the events stamped before its dump, so it never finds a
-/// timewait socket the model has not been told of (`added` stays 0), and no snapshot
+/// closes: a check waits for the events stamped before its dump, so it does not find
+/// timewait sockets the model has not been told of (`added` stays near 0), and no snapshot
 /// counts more ports than the clients closed. Applied before a close still in a
 /// per-CPU batch, a check added most of these ports itself (44 of 50 batched, 38
 /// unbatched, when measured), and until the close came the port counted twice, beside
@@ -1029,10 +1029,20 @@ pub fn drift_check_waits_for_earlier_events(env: &[(&str, &str)]) -> Result<()> 
             used(&snap)
         );
     };
+    // Up to one round's closes may be added. Now and then a round's client sockets
+    // reach TIME_WAIT with neither of their moves out of FIN_WAIT1 seen by any program
+    // on the tracepoint: 3 runs in about 60 (two sockets of one round each time), the
+    // same two missing from a bpftrace program attached beside portx, and no run of
+    // portx's programs skipped by the kernel (`skipped_runs`). The model holds such a
+    // socket as live until its address is reused, and the check then rightly adds its
+    // timewait socket. Before the check waited for the events, it added 38-44 of these
+    // 50 ports.
     let drift = &snap["drift"];
     ensure!(
         drift["checks"].as_u64() >= Some(ROUNDS as u64)
-            && drift["added"] == 0
+            && drift["added"]
+                .as_u64()
+                .is_some_and(|a| a <= PER_ROUND as u64)
             && drift["removed"] == 0,
         "the drift checks corrected what the events were bringing: {drift}"
     );
