@@ -1031,7 +1031,7 @@ pub fn drift_check_waits_for_earlier_events(env: &[(&str, &str)]) -> Result<()> 
     };
     // Up to one round's closes may be added. Now and then a round's client sockets
     // reach TIME_WAIT with neither of their moves out of FIN_WAIT1 seen by any program
-    // on the tracepoint: 3 runs in about 60 (two sockets of one round each time), the
+    // on the tracepoint: 7 runs in about 90 here (two sockets of one round where traced), the
     // same two missing from a bpftrace program attached beside portx, and no run of
     // portx's programs skipped by the kernel (`skipped_runs`). The model holds such a
     // socket as live until its address is reused, and the check then rightly adds its
