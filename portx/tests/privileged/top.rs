@@ -1030,13 +1030,13 @@ pub fn drift_check_waits_for_earlier_events(env: &[(&str, &str)]) -> Result<()> 
         );
     };
     // Up to one round's closes may be added. Now and then a round's client sockets
-    // reach TIME_WAIT with neither of their moves out of FIN_WAIT1 seen by any program
-    // on the tracepoint: 7 runs in about 90 here (two sockets of one round where traced), the
-    // same two missing from a bpftrace program attached beside portx, and no run of
-    // portx's programs skipped by the kernel (`skipped_runs`). The model holds such a
-    // socket as live until its address is reused, and the check then rightly adds its
-    // timewait socket. Before the check waited for the events, it added 38-44 of these
-    // 50 ports.
+    // reach TIME_WAIT without portx seeing their moves out of FIN_WAIT1: 7 runs in
+    // about 90 here, two sockets of one round in each of the three traced. In one of
+    // those a bpftrace program attached beside portx missed the same two; in another
+    // the kernel had skipped no run of portx's programs (`skipped_runs`). The model
+    // holds such a socket as live until its address is reused, and the check then
+    // rightly adds its timewait socket. Before the check waited for the events, it
+    // added 38-44 of these 50 ports.
     let drift = &snap["drift"];
     ensure!(
         drift["checks"].as_u64() >= Some(ROUNDS as u64)
