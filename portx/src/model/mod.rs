@@ -1087,6 +1087,11 @@ impl Model {
         }
         let key = e.sock;
         let mut existing = self.sockets.get(&key).copied();
+        if existing.is_some() && old == TcpState::Close {
+            // A new socket's first move, at the address of one still held: the kernel
+            // freed that one, and its close (and any move into TIME_WAIT) never came.
+            self.drift.closes_missed += 1;
+        }
         if existing.is_none() {
             // A socket from the baseline, named by an event for the first time: by its
             // 4-tuple, or a listener (no peer, so no complete tuple) by address and

@@ -71,6 +71,11 @@ pub struct Drift {
     /// them ([`super::Model::forget_baseline`]).
     #[serde(default)]
     pub baseline_gone: u64,
+    /// Sockets whose close never came: a new socket took their kernel address while
+    /// the model still held them (`Model::on_state`). Their events were lost before
+    /// portx's programs saw them; a check then adds any timewait socket they left.
+    #[serde(default)]
+    pub closes_missed: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -394,10 +394,21 @@ fn connecting_takes_a_socket_address_left_by_a_missed_close() {
     // Its close was lost; a new socket at the same address connects.
     Sk::client(1, 200, 20002, "10.0.0.5", 80).open(&mut m, 2 * S);
     assert_eq!(m.owner_pid(1), Some(200));
+    assert_eq!(m.snapshot(View::default()).drift.closes_missed, 1);
     // Softirq events keep it.
     let softirq = Sk::client(1, 0, 20002, "10.0.0.5", 80);
     m.apply(&softirq.state(2 * S + 5, Established, CloseWait));
     assert_eq!(m.owner_pid(1), Some(200));
+}
+
+#[test]
+fn an_address_reused_after_its_close_is_no_missed_close() {
+    let mut m = model();
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    a.active_close(&mut m, S + 10);
+    Sk::client(1, 200, 20002, "10.0.0.5", 80).open(&mut m, 2 * S);
+    assert_eq!(m.snapshot(View::default()).drift.closes_missed, 0);
 }
 
 fn baseline_sock(sport: u16, dport: u16, state: TcpState, pid: u32) -> BaselineSocket {
@@ -778,6 +789,7 @@ fn drift_check_corrects_both_ways() {
             added: 1,
             removed: 1,
             baseline_gone: 0,
+            closes_missed: 0,
         }
     );
     assert_eq!(dest(&snap, "10.0.0.5", 80).used, 1);

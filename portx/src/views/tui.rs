@@ -1371,6 +1371,7 @@ mod tests {
                 added: 2,
                 removed: 1,
                 baseline_gone: 0,
+                closes_missed: 0,
             },
             hooks: vec![
                 crate::kernel::loader::HookPath {
