@@ -132,6 +132,10 @@ pub struct LiveSource {
     warnings: Vec<String>,
     /// Boot-clock time up to which the inputs handed out so far are complete.
     complete_to: u64,
+    /// The latest stamp of an event handed out as read, without batches: a drain that
+    /// stopped at a record still being written has handed out events stamped after
+    /// the time it can claim complete.
+    handed_to: u64,
     /// Records that could not be decoded.
     pub undecodable: u64,
     /// The decoded events, by kind and move (for `-v`'s closing line).
@@ -166,6 +170,7 @@ impl LiveSource {
             flush_failed: false,
             warnings: Vec::new(),
             complete_to: 0,
+            handed_to: 0,
             undecodable: 0,
             tally: Tally::default(),
         })
@@ -250,25 +255,31 @@ impl LiveSource {
     /// between drains would miss the last 10 to 40 ms. Every per-CPU batch is flushed
     /// here, and events are handed out in time order up to the flush (what comes later
     /// waits, as in a running drain, so nothing is handed out of order). Returns the
-    /// boot-clock time up to which the inputs handed out are complete: the flush, or
-    /// without batches the end of the read (when this drain began, should records have
-    /// come in the meantime); should the ring still hold records after
-    /// [`DRAIN_ROUNDS_AT_STOP`] rounds, the last drain that read it through.
+    /// boot-clock time up to which the inputs handed out are complete, and after which
+    /// none was stamped: the flush, or without batches the end of the read; should the
+    /// ring still hold records after [`DRAIN_ROUNDS_AT_STOP`] rounds, the last drain
+    /// that read it through (without batches, or the last event handed out, if later).
     pub fn drain_to_now(&mut self, mut sink: impl FnMut(Input)) -> u64 {
         let started = boottime_ns();
         for _ in 0..DRAIN_ROUNDS_AT_STOP {
-            // Again while the ring holds more, or (with batches) a record still being
-            // written held the rest back (usually for microseconds).
-            if self.drain_as(&mut sink, Drain::ToNow) {
+            // Again while the ring holds more, or a record still being written held the
+            // rest back (usually for microseconds): with batches, nothing after the
+            // flush was handed out; without, events up to it were, and the time
+            // claimed must not be before them.
+            if self.drain_as(&mut sink, Drain::ToNow) && self.complete_to >= self.handed_to {
                 break;
             }
+            std::thread::yield_now();
         }
         // A failed flush says "everything" (u64::MAX): what was committed before this
         // drain began.
         if self.complete_to == u64::MAX {
             started
         } else {
-            self.complete_to
+            // Still held at a record being written after every round: the time of the
+            // last event counted, so that none is counted after it (that record, and
+            // the few behind it, may be stamped before it and come next time).
+            self.complete_to.max(self.handed_to)
         }
     }
 
@@ -317,6 +328,7 @@ impl LiveSource {
             undecodable,
             reorder,
             tally,
+            handed_to,
             ..
         } = self;
         let mut route = |ev: TraceEvent| {
@@ -348,6 +360,7 @@ impl LiveSource {
                 match decode(b) {
                     Ok(ev) => {
                         kept += 1;
+                        *handed_to = (*handed_to).max(ev.ts_ns);
                         route(ev);
                     }
                     Err(_) => *undecodable += 1,
@@ -386,17 +399,21 @@ impl LiveSource {
         // How far the events handed out are complete: up to the flush with batches;
         // without, up to now if the ring is read to its end, else what was committed
         // before this drain began (a program commits microseconds after its timestamp;
-        // events read since then are counted too).
+        // events read since then are counted too). Read to its end, the ring also holds
+        // nothing stamped before the last event read: a program stamps after it
+        // reserves, and what was reserved before the end was found was read.
         let upto = through.then(|| {
             if at_stop {
                 u64::MAX
             } else {
                 flushed.map_or_else(
                     || {
-                        (!stalled && !more)
-                            .then(|| reader.read_up_to_now())
-                            .flatten()
-                            .unwrap_or(started)
+                        if stalled || more {
+                            started
+                        } else {
+                            let now = reader.read_up_to_now().unwrap_or(started);
+                            now.max(*handed_to)
+                        }
                     },
                     |f| f.upto,
                 )
