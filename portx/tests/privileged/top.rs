@@ -40,20 +40,51 @@ pub fn count_toward(kernel: &[SsSocket], state: &str, pport: u16) -> usize {
         .count()
 }
 
+/// The sockets in `ns`, as two reads of `ss` in a row agree (at most five reads). A
+/// sock_diag dump that spans several messages resumes by its place in a hash chain,
+/// and may skip a socket when the chain changed meanwhile; one read in CI lacked a
+/// TIME_WAIT socket that portx, the connections made and later reads all had.
 fn ss(ns: &Netns) -> Result<Vec<SsSocket>> {
+    let mut last = ss_lines(ns)?;
+    for _ in 0..4 {
+        let again = ss_lines(ns)?;
+        if again == last {
+            break;
+        }
+        last = again;
+    }
+    Ok(parse_ss(&last))
+}
+
+/// One read of `ss`, for a wait that reads again anyway.
+fn ss_once(ns: &Netns) -> Result<Vec<SsSocket>> {
+    Ok(parse_ss(&ss_lines(ns)?))
+}
+
+/// `ss -tanpH`'s lines in `ns`, sorted.
+fn ss_lines(ns: &Netns) -> Result<Vec<String>> {
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name, "ss", "-tanpH"])
         .output()
         .context("running ss")?;
     ensure!(out.status.success(), "ss failed");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort_unstable();
+    Ok(lines)
+}
+
+fn parse_ss(lines: &[String]) -> Vec<SsSocket> {
     let port = |s: &str| {
         s.rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0)
     };
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
+    lines
+        .iter()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.len() >= 5).then(|| SsSocket {
@@ -67,7 +98,7 @@ fn ss(ns: &Netns) -> Result<Vec<SsSocket>> {
                     .and_then(|p| p.parse().ok()),
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Waits until no socket in `ns` is between ESTABLISHED and TIME_WAIT, so counts are
@@ -75,7 +106,7 @@ fn ss(ns: &Netns) -> Result<Vec<SsSocket>> {
 fn settle(ns: &Netns) -> Result<()> {
     let deadline = Instant::now() + wait();
     while Instant::now() < deadline {
-        let busy = ss(ns)?.iter().any(|s| {
+        let busy = ss_once(ns)?.iter().any(|s| {
             [
                 "FIN_WAIT1",
                 "FIN_WAIT2",
@@ -611,7 +642,7 @@ pub fn bind_conflict_after_restart_names_holder() -> Result<()> {
     clients.finish()?;
     mysqld.finish()?;
     let deadline = Instant::now() + wait();
-    while ss(&ns)?.iter().any(|s| s.lport == 3306) {
+    while ss_once(&ns)?.iter().any(|s| s.lport == 3306) {
         ensure!(Instant::now() < deadline, "mysqld's sockets did not close");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1096,7 +1127,7 @@ pub fn drift_check_leaves_timewait_past_its_expiry() -> Result<()> {
     }
     // Until the kernel has freed them all, and a while after.
     let deadline = Instant::now() + wait();
-    while count_toward(&ss(&ns)?, "FIN_WAIT2", 9004) > 0 {
+    while count_toward(&ss_once(&ns)?, "FIN_WAIT2", 9004) > 0 {
         ensure!(
             Instant::now() < deadline,
             "the kernel kept its timewait sockets"
