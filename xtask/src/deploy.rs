@@ -39,6 +39,7 @@ pub const METRICS: &[&str] = &[
     "portx_events_dropped_total",
     "portx_program_runs_skipped_total",
     "portx_drift_corrections_total",
+    "portx_closes_missed_total",
     "portx_tracked_sockets",
     "portx_series_omitted",
     "portx_scrape_duration_seconds",
@@ -1441,6 +1442,21 @@ mod tests {
             ["foo_bar", "up"]
         );
         assert_eq!(metric_names("predict_linear(m[30m], 1800) >= 1e3"), ["m"]);
+    }
+
+    /// The list the deployment files are checked against is what `portx serve`
+    /// exports: its golden encoding (portx's unit test keeps that one current).
+    #[test]
+    fn metrics_list_is_what_serve_exports() {
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../portx/tests/data/metrics.golden");
+        let text = std::fs::read_to_string(&golden).expect("the golden metrics file");
+        let exported: BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(exported, METRICS.iter().copied().collect::<BTreeSet<_>>());
     }
 
     #[test]

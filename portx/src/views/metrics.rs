@@ -56,9 +56,10 @@ pub const MAX_NETNS: usize = 64;
 /// Per namespace: capacity, used_max, connects, binds (4), 2 K destinations for each
 /// of used, reusable and time_wait, 2 K holders, 2 K workloads, K diagnoses, 10 errno
 /// series for each of connect and bind errors; plus the self metrics (build, dropped,
-/// skipped runs, drift, sockets, scrape duration, 4 omitted kinds, 4 attach needs: 13).
+/// skipped runs, drift, closes missed, sockets, scrape duration, 4 omitted kinds, 4
+/// attach needs: 14).
 pub const fn series_bound(k: usize) -> usize {
-    MAX_NETNS * (4 + 3 * (2 * k) + 2 * k + 2 * k + k + 2 * ERRNO_SLOTS) + 13
+    MAX_NETNS * (4 + 3 * (2 * k) + 2 * k + 2 * k + k + 2 * ERRNO_SLOTS) + 14
 }
 
 fn errno_slot(errno: u32) -> usize {
@@ -571,6 +572,13 @@ impl Exporter {
             Vec::new(),
             Value::Counter(snap.drift.added + snap.drift.removed),
         ));
+        let mut missed = Family::counter(
+            "portx_closes_missed",
+            "Sockets whose close never reached portx: a new socket took their kernel address while the model still held them, so their moves out of it were lost before portx's programs saw them.",
+        );
+        missed
+            .series
+            .push((Vec::new(), Value::Counter(snap.drift.closes_missed)));
         let mut sockets = Family::gauge(
             "portx_tracked_sockets",
             "Sockets and TIME_WAIT entries the model tracks.",
@@ -627,6 +635,7 @@ impl Exporter {
             dropped,
             skipped,
             drift,
+            missed,
             sockets,
             omitted,
             duration,

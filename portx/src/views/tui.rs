@@ -903,10 +903,15 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState)
             dropped_style,
         ),
         Span::raw(format!(
-            "  drift {} checks +{} -{}  view {}  sort {}{}",
+            "  drift {} checks +{} -{}{}  view {}  sort {}{}",
             snap.drift.checks,
             snap.drift.added,
             snap.drift.removed,
+            // Only when some were: a close that never came is rare, and worth a look.
+            match snap.drift.closes_missed {
+                0 => String::new(),
+                n => format!(" ({n} closes missed)"),
+            },
             state.view.name(),
             state.sort_name(),
             if state.reversed { " (reversed)" } else { "" },
@@ -1523,6 +1528,15 @@ mod tests {
         let lines = render(&snap, &TopState::new(View::Destinations), 160, 30);
         assert!(
             lines[0].contains("dropped 17 +3 skipped runs"),
+            "{}",
+            lines[0]
+        );
+        // Closes that never came, likewise.
+        assert!(!lines[0].contains("missed"), "{}", lines[0]);
+        snap.drift.closes_missed = 2;
+        let lines = render(&snap, &TopState::new(View::Destinations), 160, 30);
+        assert!(
+            lines[0].contains("drift 5 checks +2 -1 (2 closes missed)"),
             "{}",
             lines[0]
         );

@@ -66,7 +66,7 @@ fn snap(dests: Vec<DestUsage>) -> Snapshot {
             added: 1,
             removed: 1,
             baseline_gone: 0,
-            closes_missed: 0,
+            closes_missed: 1,
         },
         hooks: [
             "state:tp_btf/inet_sock_set_state",
