@@ -16,6 +16,7 @@ use crate::{
         BaselineSocket, Model, NetnsConfig, Tuple, View,
         capacity::{capacity, is_ephemeral},
     },
+    views::output::counted,
 };
 
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -314,9 +315,9 @@ pub fn findings(inputs: &Inputs) -> Vec<Finding> {
             severity: Severity::Info,
             title: format!("busiest destinations: {list}"),
             detail: format!(
-                "{} destinations in use; the busiest holds {} source ports.",
-                dests.len(),
-                busiest.used
+                "{} in use; the busiest holds {}.",
+                counted(dests.len() as u64, "destination"),
+                counted(busiest.used, "source port")
             ),
             fix: Vec::new(),
         });
@@ -422,7 +423,7 @@ pub fn findings(inputs: &Inputs) -> Vec<Finding> {
             id: "listen-backlog",
             severity: if full.is_empty() { Severity::Info } else { Severity::Warn },
             title: if full.is_empty() {
-                format!("net.core.somaxconn = {somax}{syn}; {} listeners, none with a full accept queue", listeners.len())
+                format!("net.core.somaxconn = {somax}{syn}; {}, none with a full accept queue", counted(listeners.len() as u64, "listener"))
             } else {
                 format!("accept queue full on port {}", full.join(", "))
             },

@@ -503,8 +503,9 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                     if notes.baseline_done {
                         baseline_done = true;
                         eprintln!(
-                            "portx: baseline taken ({} sockets in {} namespaces); recording",
-                            baseline.0, baseline.1
+                            "portx: baseline taken ({} in {}); recording",
+                            crate::views::output::counted(baseline.0 as u64, "socket"),
+                            crate::views::output::counted(baseline.1 as u64, "namespace")
                         );
                     }
                 }

@@ -183,8 +183,8 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
                     }
                     ready.store(true, Ordering::Release);
                     eprintln!(
-                        "portx: baseline taken ({} sockets, {} in TIME_WAIT); ready",
-                        served.model.socket_count(),
+                        "portx: baseline taken ({}, {} in TIME_WAIT); ready",
+                        crate::views::output::counted(served.model.socket_count() as u64, "socket"),
                         served.model.timewait_count()
                     );
                     // Type=notify: systemd counts the service started from here (a

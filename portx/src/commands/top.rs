@@ -439,8 +439,8 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                     baseline_done = true;
                     if !interactive && !replay {
                         eprintln!(
-                            "portx: baseline taken ({} sockets, {} in TIME_WAIT); watching",
-                            model.socket_count(),
+                            "portx: baseline taken ({}, {} in TIME_WAIT); watching",
+                            crate::views::output::counted(model.socket_count() as u64, "socket"),
                             model.timewait_count()
                         );
                     }

@@ -334,6 +334,12 @@ impl Clock {
     }
 }
 
+/// `n` and `noun`, plural unless one ("1 socket", "2 sockets").
+pub fn counted(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// `127.0.0.1:80` or `[::1]:80`.
 pub fn endpoint(addr: IpAddr, port: u16) -> String {
     match addr {

@@ -833,6 +833,10 @@ pub fn plain_table(snap: &Snapshot, view: View, clock: &Clock) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    if rows.is_empty() {
+        // Said, so that an empty table does not read as a failure to print one.
+        out.push_str("(no outgoing connections)\n");
+    }
     for d in &snap.diagnoses {
         out.push_str("diagnosis: ");
         out.push_str(&diagnosis_line(d));
@@ -1811,6 +1815,10 @@ mod tests {
         assert!(lines[4].starts_with("failure: bind_error EADDRINUSE 0.0.0.0:3306"));
         assert!(lines[4].contains("held by curl(4242) ESTABLISHED ephemeral"));
         assert!(!out.contains('\x1b'));
+        assert!(!out.contains("(no outgoing connections)"), "{out}");
+        // A host with nothing outgoing: the header, and a line saying so.
+        let empty = plain_table(&Snapshot::default(), View::Destinations, &utc());
+        assert_eq!(empty.lines().nth(1), Some("(no outgoing connections)"), "{empty}");
 
         let procs = plain_table(&sample(), View::Processes, &utc());
         let lines: Vec<&str> = procs.lines().collect();
