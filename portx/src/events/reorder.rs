@@ -25,6 +25,14 @@ const MAX_RUNS: usize = 64;
 /// looking at each; past it, through a heap.
 const SCAN_RUNS: usize = 8;
 
+/// Emptied runs kept for their allocation, at most: about one per CPU is reused at
+/// each drain.
+const SPARE_RUNS: usize = 8;
+
+/// Items an emptied run keeps room for, at most: a drain of a steady storm fills a run
+/// with a few thousand; a burst far past that gives its memory back once handed out.
+const SPARE_CAPACITY: usize = 16 * 1024;
+
 /// Items with their timestamps, held until they can be handed out in time order.
 pub struct Reorder<T> {
     /// Sorted runs of (timestamp, arrival number, item), oldest first in each; never
@@ -121,8 +129,10 @@ impl<T> Reorder<T> {
         let spare = &mut self.spare;
         self.runs.retain_mut(|r| {
             let keep = !r.is_empty();
-            if !keep {
-                spare.push(std::mem::take(r));
+            if !keep && spare.len() < SPARE_RUNS {
+                let mut r = std::mem::take(r);
+                r.shrink_to(SPARE_CAPACITY);
+                spare.push(r);
             }
             keep
         });
@@ -138,6 +148,16 @@ impl<T> Reorder<T> {
 
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
+    }
+
+    /// Items the held runs and the spare ones have room for.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.runs
+            .iter()
+            .chain(&self.spare)
+            .map(VecDeque::capacity)
+            .sum()
     }
 
     /// Sorts everything held into one run.
@@ -282,6 +302,33 @@ mod tests {
         matches_a_stable_sort(MAX_RUNS * 2, 300, 4);
         // Every item its own CPU's: the cap's merge, over and over.
         matches_a_stable_sort(5000, 5000, 5);
+    }
+
+    #[test]
+    fn a_burst_gives_its_memory_back_once_handed_out() {
+        let mut r = Reorder::default();
+        // Two CPUs' batches of a burst far past a drain's usual size: two runs.
+        let each = 3 * SPARE_CAPACITY as u64;
+        for cpu in [1, 0] {
+            for i in 0..each {
+                push(&mut r, cpu * each + i, 0);
+            }
+        }
+        assert_eq!(r.runs.len(), 2);
+        assert_eq!(released(&mut r, u64::MAX).len(), 2 * each as usize);
+        assert!(r.is_empty());
+        assert!(
+            r.capacity() <= 2 * SPARE_CAPACITY,
+            "{} items of room kept",
+            r.capacity()
+        );
+        // Many runs emptied at once: a few are kept.
+        for i in 0..2 * SPARE_RUNS as u64 {
+            push(&mut r, 1_000 - i, 1);
+        }
+        assert_eq!(r.runs.len(), 2 * SPARE_RUNS);
+        assert_eq!(released(&mut r, u64::MAX).len(), 2 * SPARE_RUNS);
+        assert_eq!(r.spare.len(), SPARE_RUNS);
     }
 
     #[test]

@@ -1818,7 +1818,11 @@ mod tests {
         assert!(!out.contains("(no outgoing connections)"), "{out}");
         // A host with nothing outgoing: the header, and a line saying so.
         let empty = plain_table(&Snapshot::default(), View::Destinations, &utc());
-        assert_eq!(empty.lines().nth(1), Some("(no outgoing connections)"), "{empty}");
+        assert_eq!(
+            empty.lines().nth(1),
+            Some("(no outgoing connections)"),
+            "{empty}"
+        );
 
         let procs = plain_table(&sample(), View::Processes, &utc());
         let lines: Vec<&str> = procs.lines().collect();
