@@ -280,7 +280,9 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !secs.is_finite() || secs <= 0.0 || secs > 365.0 * 86400.0 {
-        return Err(format!("`{s}` must be between 0 and one year"));
+        return Err(format!(
+            "`{s}` must be above 0 seconds and at most one year"
+        ));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
 }
@@ -354,7 +356,7 @@ mod tests {
     fn rejects_bad_flags_with_a_reason() {
         let msg = |args: &[&str]| trace(args).unwrap_err().to_string();
         assert!(msg(&["--port", "70000"]).contains("70000"));
-        assert!(msg(&["--duration", "0"]).contains("between 0 and one year"));
+        assert!(msg(&["--duration", "0"]).contains("must be above 0 seconds and at most one year"));
         assert!(msg(&["--duration", "soon"]).contains("not a number"));
         assert!(msg(&["--ring-mib", "3"]).contains("power of two"));
         assert!(msg(&["--pid", "x"]).contains("invalid value"));

@@ -791,16 +791,37 @@ fn burst() -> Result<()> {
 
 /// A namespace name that does not exist: one line, non-zero exit, before loading BPF.
 fn bad_netns() -> Result<()> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portx"))
-        .args(["trace", "--netns", "portx-no-such-namespace"])
-        .output()?;
-    ensure!(!out.status.success(), "portx accepted an unknown namespace");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(stderr.lines().count() == 1, "not one line: {stderr}");
-    ensure!(
-        stderr.contains("no network namespace named `portx-no-such-namespace`"),
-        "{stderr}"
-    );
+    // Bounded, so that without the check the test fails instead of hanging. A file
+    // of another kind of namespace, or none, would filter on an inode no socket has.
+    for (args, says) in [
+        (
+            &["trace", "--netns", "portx-no-such-namespace"][..],
+            "no network namespace named `portx-no-such-namespace`",
+        ),
+        (
+            &["trace", "--duration", "1", "--netns", "/proc/self/ns/mnt"],
+            "/proc/self/ns/mnt: a mount namespace, not a network one",
+        ),
+        (
+            &[
+                "top",
+                "--once",
+                "--interval",
+                "0.5",
+                "--netns",
+                "/proc/self/stat",
+            ],
+            "/proc/self/stat: not a namespace file",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portx"))
+            .args(args)
+            .output()?;
+        ensure!(!out.status.success(), "portx accepted {args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(stderr.lines().count() == 1, "not one line: {stderr}");
+        ensure!(stderr.contains(says), "{args:?}: {stderr}");
+    }
     Ok(())
 }
 
