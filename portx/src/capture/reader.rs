@@ -16,12 +16,13 @@ use super::{
 use crate::{events::TraceEvent, model::input::Input};
 
 /// Why a file cannot be read at all (not a capture file, unreadable); one line, with
-/// the file and the offset.
+/// the file and, once it is open, the offset.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: offset {offset}: {what}")]
+#[error("{file}: {}{what}", offset.map_or(String::new(), |o| format!("offset {o}: ")))]
 pub struct CaptureError {
     pub file: String,
-    pub offset: u64,
+    /// None when the file could not be opened.
+    pub offset: Option<u64>,
     pub what: String,
 }
 
@@ -58,7 +59,7 @@ impl Reader<BufReader<File>> {
         let name = path.display().to_string();
         let f = File::open(path).map_err(|e| CaptureError {
             file: name.clone(),
-            offset: 0,
+            offset: None,
             what: e.to_string(),
         })?;
         Self::new(BufReader::with_capacity(256 << 10, f), &name)
@@ -89,9 +90,10 @@ enum Frame {
 impl<R: Read> Reader<R> {
     /// Checks the magic: a foreign or empty file is an error here.
     pub fn new(mut r: R, name: &str) -> Result<Self, CaptureError> {
+        // At its start: the offset says nothing.
         let err = |what: String| CaptureError {
             file: name.to_owned(),
-            offset: 0,
+            offset: None,
             what,
         };
         let mut m = [0u8; MAGIC.len()];
@@ -122,7 +124,7 @@ impl<R: Read> Reader<R> {
     fn io_error(&self, e: io::Error) -> CaptureError {
         CaptureError {
             file: self.name.clone(),
-            offset: self.status.bytes,
+            offset: Some(self.status.bytes),
             what: e.to_string(),
         }
     }
@@ -251,11 +253,16 @@ mod tests {
     }
 
     #[test]
-    fn foreign_and_empty_files_are_refused_at_offset_0() {
+    fn foreign_and_empty_files_are_refused_at_their_start() {
         for bytes in [&b""[..], b"PORTX", b"PK\x03\x04 zip file"] {
             let e = read_all(bytes).err().unwrap();
-            assert_eq!(e.offset, 0);
+            assert_eq!(e.offset, None);
             assert!(e.what.starts_with("not a portx capture (magic"), "{e}");
+            // One line: the file, then why; no offset at the start.
+            assert!(
+                e.to_string().starts_with("test: not a portx capture"),
+                "{e}"
+            );
         }
         assert!(read_all(b"PORTXCAP").unwrap().0.is_empty());
     }

@@ -275,11 +275,21 @@ pub fn record_survives_kill9() -> Result<()> {
         "{}",
         torn["complete"]
     );
-    // A file that is not a recording: one line naming the offset.
+    // A file that is not a recording, or none: one line naming it and why.
     let foreign = dir.0.join("foreign.portx");
     std::fs::write(&foreign, b"hello, not a capture file\n")?;
-    let err = portx_fails(&["report", &foreign.display().to_string()])?;
-    ensure!(err.lines().count() == 1 && err.contains("offset"), "{err}");
+    let foreign = foreign.display().to_string();
+    let err = portx_fails(&["report", &foreign])?;
+    ensure!(
+        err.lines().count() == 1 && err.contains(&format!("{foreign}: not a portx capture")),
+        "{err}"
+    );
+    let missing = dir.0.join("missing.portx").display().to_string();
+    let err = portx_fails(&["report", &missing])?;
+    ensure!(
+        err.lines().count() == 1 && err.contains(&format!("{missing}: No such file")),
+        "{err}"
+    );
     // Never over an existing file without --force.
     let err = portx_fails(&["record", "-o", &f, "--duration", "1"])?;
     ensure!(err.contains("exists") && err.contains("--force"), "{err}");
