@@ -43,6 +43,12 @@ pub const DEFAULT_RANGE: (u16, u16) = (32768, 60999);
 /// How far a TIME_WAIT entry's expiry may be from the kernel's before a drift check
 /// corrects it: more than a dump of 100k sockets takes, and than a few jiffies.
 const EXPIRY_SLACK_NS: u64 = 100_000_000;
+/// How long a live socket's 4-tuple must have been a timewait socket in the kernel,
+/// from one drift check's dump to a later one's, before the model takes its close as
+/// missed: the event that reports the close is stamped microseconds after the kernel
+/// hashes the timewait socket, so one check may see the one before the other; a second
+/// a second later cannot, even where a descheduled virtual CPU delays it.
+const MISSED_CLOSE_AFTER_NS: u64 = 1_000_000_000;
 /// Recent distinct failures kept for display (repeats are counted in their entry).
 pub const MAX_FAILURES: usize = 64;
 
@@ -521,6 +527,10 @@ pub struct Model {
     /// run: when, by a hash of namespace and 4-tuple. A dump that started before one
     /// went may still list it.
     tw_ends: RecentEnds,
+    /// Live sockets (by namespace and 4-tuple: socket key, when first seen) whose
+    /// 4-tuple the last drift check found as a timewait socket: their close may be on
+    /// its way, or may never come (docs/missed-moves.md).
+    tw_on_live: FxHashMap<(u32, Quad), (u64, u64)>,
     addrs: Addrs,
     dests: Vec<DestAgg>,
     dest_free: Vec<u32>,
@@ -1182,23 +1192,9 @@ impl Model {
                     self.tuple_of(&s.quad)
                 };
                 if full.complete() {
-                    let mut tw = TimeWait {
-                        expires_ns: e.ts_ns + self.timewait_lifetime_ns(),
-                        since_ns: e.ts_ns,
-                        owner: s.owner,
-                        active: s.active,
-                        explicit_bind: s.explicit_bind,
-                        fin_wait2: false,
-                        dest: NO_DEST,
-                    };
-                    if self.tuple_of(&s.quad) == full && (!s.active || s.dest != NO_DEST) {
-                        // The usual case: the timewait socket takes over this one's
-                        // interned addresses and destination row.
-                        tw.dest = s.dest;
-                        self.insert_timewait_quad(s.netns, s.quad, tw);
-                        return;
-                    }
-                    self.insert_timewait(s.netns, &full, tw);
+                    let expires_ns = e.ts_ns + self.timewait_lifetime_ns();
+                    self.hand_to_timewait(&s, &full, expires_ns, e.ts_ns, false);
+                    return;
                 }
             }
             self.quad_release(s.quad);
@@ -1320,6 +1316,36 @@ impl Model {
 
     /// A client connection's life: established out of SYN_SENT, and its first close
     /// (by the client: FIN_WAIT1; by the server: CLOSE_WAIT; a reset: CLOSE).
+    /// Closed socket `s` hands its 4-tuple `full` to a timewait socket (tcp_time_wait)
+    /// that ends at `expires_ns`.
+    fn hand_to_timewait(
+        &mut self,
+        s: &Sock,
+        full: &Tuple,
+        expires_ns: u64,
+        since_ns: u64,
+        fin_wait2: bool,
+    ) {
+        let mut tw = TimeWait {
+            expires_ns,
+            since_ns,
+            owner: s.owner,
+            active: s.active,
+            explicit_bind: s.explicit_bind,
+            fin_wait2,
+            dest: NO_DEST,
+        };
+        if self.tuple_of(&s.quad) == *full && (!s.active || s.dest != NO_DEST) {
+            // The usual case: the timewait socket takes over this one's interned
+            // addresses and destination row.
+            tw.dest = s.dest;
+            self.insert_timewait_quad(s.netns, s.quad, tw);
+        } else {
+            self.insert_timewait(s.netns, full, tw);
+            self.quad_release(s.quad);
+        }
+    }
+
     fn follow_client(&mut self, s: &mut Sock, old: TcpState, new: TcpState, ts_ns: u64) {
         if !s.active {
             return;
@@ -1672,6 +1698,7 @@ impl Model {
         }
         self.baseline.retain(|k, _| k.netns != netns);
         self.baseline_listeners.retain(|k, _| k.netns != netns);
+        self.tw_on_live.retain(|(n, _), _| *n != netns);
         self.listeners.retain(|&(ns, _), _| ns != netns);
         // Its destination rows, empty now, go at once (a prune waits for their rate
         // window to go idle).
@@ -1815,7 +1842,11 @@ impl Model {
         let mut added = 0;
         let mut queued = false;
         // Built when first needed: most checks find every entry known.
-        let mut live: Option<rustc_hash::FxHashSet<Quad>> = None;
+        let mut live: Option<FxHashMap<Quad, u64>> = None;
+        // Live sockets whose 4-tuple this dump lists as a timewait socket, and those
+        // of them whose close has not come in over a second: it never will.
+        let mut on_live: FxHashMap<(u32, Quad), (u64, u64)> = FxHashMap::default();
+        let mut missed: Vec<(u64, Tuple, u64, bool)> = Vec::new();
         for (tuple, expires_ms) in kernel {
             let expires_ns = dump_started_ns + u64::from(*expires_ms) * 1_000_000;
             let fin_wait2 = in_fin_wait2.contains(tuple);
@@ -1852,13 +1883,23 @@ impl Model {
                     //   makes the entry;
                     // - an earlier connection's, which this one took over
                     //   (tcp_tw_reuse) after the dump read it and before it ended.
-                    // Added, the port would count twice.
+                    // Added, the port would count twice. Listed again by a dump that
+                    // began over a second after the first, though, the close never
+                    // reached portx: the socket is closed into this timewait socket.
                     // https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_minisocks.c (tcp_time_wait)
                     if let Some(q) = quad
-                        && live
-                            .get_or_insert_with(|| self.live_quads(netns))
-                            .contains(&q)
+                        && let Some(&sock) =
+                            live.get_or_insert_with(|| self.live_quads(netns)).get(&q)
                     {
+                        let first_ns = match self.tw_on_live.get(&(netns, q)) {
+                            Some(&(k, first_ns)) if k == sock => first_ns,
+                            _ => dump_started_ns,
+                        };
+                        if first_ns + MISSED_CLOSE_AFTER_NS <= dump_started_ns {
+                            missed.push((sock, *tuple, expires_ns, fin_wait2));
+                        } else {
+                            on_live.insert((netns, q), (sock, first_ns));
+                        }
                         continue;
                     }
                     added += 1;
@@ -1879,6 +1920,19 @@ impl Model {
                 }
             }
         }
+        self.tw_on_live.retain(|(n, _), _| *n != netns);
+        self.tw_on_live.extend(on_live);
+        for (key, tuple, expires_ns, fin_wait2) in missed {
+            let Some(mut s) = self.sockets.remove(&key) else {
+                continue;
+            };
+            self.count_sock(&s, -1);
+            let state = s.state;
+            self.follow_client(&mut s, state, TcpState::Close, dump_started_ns);
+            self.hand_to_timewait(&s, &tuple, expires_ns, dump_started_ns, fin_wait2);
+            self.drift.closes_missed += 1;
+            added += 1;
+        }
         // The queue is FIFO by insertion; refreshed and added expiries may be earlier
         // than entries ahead of them, so keep it ordered.
         if queued || added > 0 {
@@ -1894,12 +1948,12 @@ impl Model {
         (added, removed)
     }
 
-    /// The 4-tuples of `netns`'s live sockets.
-    fn live_quads(&self, netns: u32) -> rustc_hash::FxHashSet<Quad> {
+    /// The 4-tuples of `netns`'s live sockets, and their keys.
+    fn live_quads(&self, netns: u32) -> FxHashMap<Quad, u64> {
         self.sockets
-            .values()
-            .filter(|s| s.netns == netns)
-            .map(|s| s.quad)
+            .iter()
+            .filter(|(_, s)| s.netns == netns)
+            .map(|(&k, s)| (s.quad, k))
             .collect()
     }
 

@@ -71,9 +71,11 @@ pub struct Drift {
     /// them ([`super::Model::forget_baseline`]).
     #[serde(default)]
     pub baseline_gone: u64,
-    /// Sockets whose close never came: a new socket took their kernel address while
-    /// the model still held them (`Model::on_state`). Their events were lost before
-    /// portx's programs saw them; a check then adds any timewait socket they left.
+    /// Sockets whose close never came (docs/missed-moves.md): drift checks over a
+    /// second apart both found the live socket's 4-tuple as a timewait socket, into
+    /// which it was closed (`Model::reconcile_timewait`, counted in `added` too), or a
+    /// new socket took its kernel address while the model still held it
+    /// (`Model::on_state`; a check then adds any timewait socket it left).
     #[serde(default)]
     pub closes_missed: u64,
 }

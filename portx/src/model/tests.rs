@@ -847,6 +847,86 @@ fn drift_check_leaves_a_live_sockets_timewait_to_its_events() {
     assert_eq!(dest(&snap, "10.0.0.5", 80).used, 3);
 }
 
+/// A close that never reaches portx (docs/missed-moves.md: the tracepoint ran no
+/// program for it) leaves a live socket in the model whose 4-tuple the kernel holds as
+/// a timewait socket. One check leaves it to its events; a check whose dump began over
+/// a second after the first found it closes the socket into that timewait socket, so
+/// the port counts once, as TIME_WAIT, and says so in `closes_missed`.
+#[test]
+fn a_live_socket_the_kernel_keeps_as_timewait_is_closed_at_a_later_check() {
+    use TcpState::*;
+    let mut m = model();
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    m.apply(&a.state(2 * S, Established, FinWait1));
+    let tw = Tuple::new(ip("127.0.0.1"), 20001, ip("10.0.0.5"), 80);
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 60_000)], 3 * S, &[tw]),
+        (0, 0)
+    );
+    // Less than a second later: its close may still be on its way.
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 59_500)], 3 * S + S / 2, &[tw]),
+        (0, 0)
+    );
+    let snap = m.snapshot(View::default());
+    assert_eq!(
+        dest(&snap, "10.0.0.5", 80).states.get("FIN_WAIT1"),
+        Some(&1)
+    );
+    assert_eq!(snap.drift.closes_missed, 0);
+    // A second after the first: it never will.
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 59_000)], 4 * S, &[tw]),
+        (1, 0)
+    );
+    let snap = m.snapshot(View::default());
+    let d = dest(&snap, "10.0.0.5", 80);
+    assert_eq!(d.used, 1);
+    assert_eq!(d.states.get("FIN_WAIT1"), None);
+    // Still in FIN_WAIT2 in the kernel, shown as ss shows it; still the owner's port.
+    assert_eq!(d.states.get("FIN_WAIT2"), Some(&1));
+    assert_eq!(d.owners[0].pid, 100);
+    assert_eq!((snap.drift.closes_missed, snap.drift.added), (1, 1));
+    assert_eq!(m.socket_count(), 0);
+    // The next check finds the entry known; a new socket at the address is no
+    // second missed close.
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 58_000)], 5 * S, &[tw]),
+        (0, 0)
+    );
+    Sk::client(1, 200, 20002, "10.0.0.5", 80).open(&mut m, 6 * S);
+    assert_eq!(m.snapshot(View::default()).drift.closes_missed, 1);
+}
+
+/// The first sighting is forgotten when a check no longer finds the live socket's
+/// 4-tuple as a timewait socket (its close came, or the kernel let it go): a later
+/// sighting starts the second over.
+#[test]
+fn a_sighting_of_a_live_sockets_timewait_is_forgotten_when_not_seen_again() {
+    use TcpState::*;
+    let mut m = model();
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    m.apply(&a.state(2 * S, Established, FinWait1));
+    let tw = Tuple::new(ip("127.0.0.1"), 20001, ip("10.0.0.5"), 80);
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 60_000)], 3 * S, &[]),
+        (0, 0)
+    );
+    assert_eq!(m.reconcile_timewait(NS, &[], 4 * S, &[]), (0, 0));
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 60_000)], 5 * S, &[]),
+        (0, 0)
+    );
+    assert_eq!(m.socket_count(), 1);
+    assert_eq!(
+        m.reconcile_timewait(NS, &[(tw, 59_000)], 6 * S, &[]),
+        (1, 0)
+    );
+    assert_eq!(m.socket_count(), 0);
+}
+
 /// A timewait socket the kernel freed (its `TimewaitEnd` came: a new connection took
 /// its 4-tuple over, before that one's port is known) after a drift check's dump began
 /// may be in the dump: it is not added back. One the kernel freed before is.

@@ -574,7 +574,7 @@ impl Exporter {
         ));
         let mut missed = Family::counter(
             "portx_closes_missed",
-            "Sockets whose close never reached portx: a new socket took their kernel address while the model still held them, so their moves out of it were lost before portx's programs saw them.",
+            "Sockets whose close never reached portx: drift checks over a second apart found the live socket's 4-tuple as a timewait socket, or a new socket took its kernel address while the model still held it.",
         );
         missed
             .series

@@ -1064,9 +1064,10 @@ pub fn drift_check_waits_for_earlier_events(env: &[(&str, &str)]) -> Result<()> 
     // sockets reach TIME_WAIT without portx seeing their moves out of FIN_WAIT1: 7
     // runs in about 90 here, two sockets of one round in each of the three traced. The
     // tracepoint runs no program for those moves (docs/missed-moves.md shows it with
-    // bpftrace alone). The model holds such a socket as live until a new one takes its
-    // address (`closes_missed`), and the check then rightly adds its timewait socket.
-    // Before the check waited for the events, it added 38-44 of these 50 ports.
+    // bpftrace alone). The model holds such a socket as live until checks a second
+    // apart find its timewait socket, or a new one takes its address
+    // (`closes_missed`), and the check then rightly adds its timewait socket. Before
+    // the check waited for the events, it added 38-44 of these 50 ports.
     let drift = &snap["drift"];
     ensure!(
         drift["checks"].as_u64() >= Some(ROUNDS as u64)
