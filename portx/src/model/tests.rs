@@ -804,6 +804,16 @@ fn drift_check_corrects_both_ways() {
     assert_eq!(m.timewait_tuples(NS).len(), 1);
 }
 
+/// A model with client socket `a` (pid 100, port 20001 to 10.0.0.5:80) closing, in
+/// FIN_WAIT1 since 2 s, and its 4-tuple.
+fn closing_client() -> (Model, Sk, Tuple) {
+    let mut m = model();
+    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
+    a.open(&mut m, S);
+    m.apply(&a.state(2 * S, TcpState::Established, TcpState::FinWait1));
+    (m, a, Tuple::new(ip("127.0.0.1"), 20001, ip("10.0.0.5"), 80))
+}
+
 /// The kernel lists a timewait socket before it reports the full socket's move to
 /// CLOSE (tcp_time_wait hashes the one in place of the other, then calls tcp_done), and
 /// a dump reads the table while connections come and go: a drift check can find an
@@ -812,11 +822,7 @@ fn drift_check_corrects_both_ways() {
 #[test]
 fn drift_check_leaves_a_live_sockets_timewait_to_its_events() {
     use TcpState::*;
-    let mut m = model();
-    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
-    a.open(&mut m, S);
-    m.apply(&a.state(2 * S, Established, FinWait1));
-    let tw = Tuple::new(ip("127.0.0.1"), 20001, ip("10.0.0.5"), 80);
+    let (mut m, a, tw) = closing_client();
     assert_eq!(
         m.reconcile_timewait(NS, &[(tw, 60_000)], 3 * S, &[]),
         (0, 0)
@@ -854,12 +860,7 @@ fn drift_check_leaves_a_live_sockets_timewait_to_its_events() {
 /// the port counts once, as TIME_WAIT, and says so in `closes_missed`.
 #[test]
 fn a_live_socket_the_kernel_keeps_as_timewait_is_closed_at_a_later_check() {
-    use TcpState::*;
-    let mut m = model();
-    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
-    a.open(&mut m, S);
-    m.apply(&a.state(2 * S, Established, FinWait1));
-    let tw = Tuple::new(ip("127.0.0.1"), 20001, ip("10.0.0.5"), 80);
+    let (mut m, _, tw) = closing_client();
     assert_eq!(
         m.reconcile_timewait(NS, &[(tw, 60_000)], 3 * S, &[tw]),
         (0, 0)
@@ -904,12 +905,7 @@ fn a_live_socket_the_kernel_keeps_as_timewait_is_closed_at_a_later_check() {
 /// sighting starts the second over.
 #[test]
 fn a_sighting_of_a_live_sockets_timewait_is_forgotten_when_not_seen_again() {
-    use TcpState::*;
-    let mut m = model();
-    let a = Sk::client(1, 100, 20001, "10.0.0.5", 80);
-    a.open(&mut m, S);
-    m.apply(&a.state(2 * S, Established, FinWait1));
-    let tw = Tuple::new(ip("127.0.0.1"), 20001, ip("10.0.0.5"), 80);
+    let (mut m, _, tw) = closing_client();
     assert_eq!(
         m.reconcile_timewait(NS, &[(tw, 60_000)], 3 * S, &[]),
         (0, 0)
