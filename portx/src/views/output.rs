@@ -293,8 +293,21 @@ impl Clock {
             unsafe { libc::clock_gettime(clock, &mut ts) };
             i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
         }
-        let real = read(libc::CLOCK_REALTIME);
-        let boot = read(libc::CLOCK_BOOTTIME);
+        // The realtime read between two boot-clock reads, from the closest of a few
+        // tries: read one after the other, the two clocks were apart by however long
+        // the task waited in between (over a millisecond, now and then, on a busy
+        // emulated CPU), and every time shown was off by it.
+        let (mut window, mut real_minus_boot, mut real) = (i128::MAX, 0, 0);
+        for _ in 0..5 {
+            let before = read(libc::CLOCK_BOOTTIME);
+            let r = read(libc::CLOCK_REALTIME);
+            let after = read(libc::CLOCK_BOOTTIME);
+            if after - before < window {
+                window = after - before;
+                real_minus_boot = r - (before + after) / 2;
+                real = r;
+            }
+        }
         let secs = (real / 1_000_000_000) as libc::time_t;
         // SAFETY: localtime_r writes into our tm.
         let utc_offset_s = unsafe {
@@ -305,7 +318,7 @@ impl Clock {
                 tm.tm_gmtoff
             }
         };
-        Self::new(real - boot, utc_offset_s)
+        Self::new(real_minus_boot, utc_offset_s)
     }
 
     /// Realtime minus boottime, nanoseconds: a boot-time stamp plus this is wall time.
