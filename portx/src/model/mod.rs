@@ -1948,6 +1948,11 @@ impl Model {
         (added, removed)
     }
 
+    /// What the drift checks and the events found missing so far.
+    pub fn drift(&self) -> &Drift {
+        &self.drift
+    }
+
     /// The 4-tuples of `netns`'s live sockets, and their keys.
     fn live_quads(&self, netns: u32) -> FxHashMap<Quad, u64> {
         self.sockets

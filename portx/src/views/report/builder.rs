@@ -526,8 +526,10 @@ impl ReportBuilder {
             });
         }
         let mut complete = self.complete;
+        complete.closes_missed = self.model.drift().closes_missed;
         complete.ok = complete.dropped == 0
             && complete.skipped_runs == 0
+            && complete.closes_missed == 0
             && complete.evicted == 0
             && complete.torn_tail.is_empty()
             && complete.corrupt.is_empty()

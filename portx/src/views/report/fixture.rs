@@ -90,7 +90,7 @@ pub fn event(
     }))
 }
 
-const CLIENT: (u32, &str) = (4242, "client");
+pub const CLIENT: (u32, &str) = (4242, "client");
 const MYSQLD: (u32, &str) = (5151, "mysqld");
 
 /// The namespace's state at the start of a file: the range, no sockets.

@@ -113,6 +113,9 @@ pub struct Completeness {
     pub skipped_runs: u64,
     /// Events a flight recorder evicted from its window before writing.
     pub evicted: u64,
+    /// Sockets whose close never reached portx, as the recording's inputs show them
+    /// to the model (`drift.closes_missed`; docs/missed-moves.md).
+    pub closes_missed: u64,
     /// Files whose last frame was cut short (what precedes it is reported).
     pub torn_tail: Vec<String>,
     /// `path: offset N: why` of files whose reading ended at a bad frame.

@@ -105,6 +105,7 @@ fn json_span_host_files_complete() {
     for key in [
         "dropped",
         "skipped_runs",
+        "closes_missed",
         "evicted",
         "torn_tail",
         "corrupt",
@@ -319,4 +320,30 @@ fn skipped_program_runs_make_a_recording_incomplete() {
         line.contains("2 program runs skipped by the kernel"),
         "{line}"
     );
+}
+
+/// A socket whose close never reached portx (a new one connects from its kernel
+/// address while the model still holds it) is said, and makes the recording
+/// incomplete: its moves are missing.
+#[test]
+fn a_close_that_never_came_makes_a_recording_incomplete() {
+    use crate::events::{Kind, TcpState::*};
+    let mut records = mysql_incident();
+    // The first client socket's address, connecting again: its close was lost.
+    records.push(event(
+        Kind::State,
+        START_NS + 3 * S,
+        CLIENT,
+        0xffff_8880_0000_1000,
+        ("127.0.0.1", 0),
+        ("127.0.0.1", 9000),
+        Some((Close, SynSent)),
+        None,
+    ));
+    let status = status_of(&records);
+    let r = report_of(&[("incident.portx", records, status)]);
+    assert!(!r.complete.ok);
+    assert_eq!(r.complete.closes_missed, 1);
+    let line = text::completeness_line(&r.complete);
+    assert!(line.contains("1 close that never reached portx"), "{line}");
 }

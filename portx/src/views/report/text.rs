@@ -53,6 +53,12 @@ pub fn completeness_line(c: &Completeness) -> String {
             c.skipped_runs
         ));
     }
+    if c.closes_missed > 0 {
+        parts.push(format!(
+            "{} that never reached portx (each found later and repaired)",
+            crate::views::output::counted(c.closes_missed, "close")
+        ));
+    }
     if c.evicted > 0 {
         parts.push(format!(
             "{} events evicted from the flight recorder's window",
