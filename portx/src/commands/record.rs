@@ -43,7 +43,7 @@ use crate::{
         input::Input,
         trigger::{Fired, Triggers},
     },
-    views::output::Clock,
+    views::output::{Clock, counted},
     workload::Names as _,
 };
 
@@ -504,8 +504,8 @@ pub async fn run(args: RecordArgs, verbose: bool) -> Result<()> {
                         baseline_done = true;
                         eprintln!(
                             "portx: baseline taken ({} in {}); recording",
-                            crate::views::output::counted(baseline.0 as u64, "socket"),
-                            crate::views::output::counted(baseline.1 as u64, "namespace")
+                            counted(baseline.0 as u64, "socket"),
+                            counted(baseline.1 as u64, "namespace")
                         );
                     }
                 }

@@ -34,6 +34,7 @@ use crate::{
         self,
         http::{Limits, ScrapeRequest},
         metrics::{Counters, Exporter, SelfStats},
+        output::counted,
     },
 };
 
@@ -184,7 +185,7 @@ pub async fn run(args: ServeArgs, verbose: bool) -> Result<()> {
                     ready.store(true, Ordering::Release);
                     eprintln!(
                         "portx: baseline taken ({}, {} in TIME_WAIT); ready",
-                        crate::views::output::counted(served.model.socket_count() as u64, "socket"),
+                        counted(served.model.socket_count() as u64, "socket"),
                         served.model.timewait_count()
                     );
                     // Type=notify: systemd counts the service started from here (a

@@ -27,7 +27,10 @@ use crate::{
         netns, preflight,
     },
     model::{Model, View, input::Input, snapshot::Snapshot},
-    views::{output::Clock, tui},
+    views::{
+        output::{Clock, counted},
+        tui,
+    },
     workload::{Names, annotate::annotate},
 };
 
@@ -440,7 +443,7 @@ pub async fn run(args: TopArgs, verbose: bool) -> Result<()> {
                     if !interactive && !replay {
                         eprintln!(
                             "portx: baseline taken ({}, {} in TIME_WAIT); watching",
-                            crate::views::output::counted(model.socket_count() as u64, "socket"),
+                            counted(model.socket_count() as u64, "socket"),
                             model.timewait_count()
                         );
                     }

@@ -1314,8 +1314,6 @@ impl Model {
         Some(&mut list[i].1)
     }
 
-    /// A client connection's life: established out of SYN_SENT, and its first close
-    /// (by the client: FIN_WAIT1; by the server: CLOSE_WAIT; a reset: CLOSE).
     /// Closed socket `s` hands its 4-tuple `full` to a timewait socket (tcp_time_wait)
     /// that ends at `expires_ns`.
     fn hand_to_timewait(
@@ -1346,6 +1344,8 @@ impl Model {
         }
     }
 
+    /// A client connection's life: established out of SYN_SENT, and its first close
+    /// (by the client: FIN_WAIT1; by the server: CLOSE_WAIT; a reset: CLOSE).
     fn follow_client(&mut self, s: &mut Sock, old: TcpState, new: TcpState, ts_ns: u64) {
         if !s.active {
             return;

@@ -21,7 +21,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table};
 
-use crate::views::output::Clock;
+use crate::views::output::{Clock, counted};
 use crate::{
     model::snapshot::{Failure, NetnsUsage, Snapshot, WorkloadProcess},
     workload::Workload,
@@ -914,7 +914,7 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, state: &TopState)
             // Only when some were: a close that never came is rare, and worth a look.
             match snap.drift.closes_missed {
                 0 => String::new(),
-                n => format!(" ({n} closes missed)"),
+                n => format!(" ({} missed)", counted(n, "close")),
             },
             state.view.name(),
             state.sort_name(),

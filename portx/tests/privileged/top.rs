@@ -1071,8 +1071,10 @@ pub fn drift_check_waits_for_earlier_events(env: &[(&str, &str)]) -> Result<()> 
     let drift = &snap["drift"];
     ensure!(
         drift["checks"].as_u64() >= Some(ROUNDS as u64)
-            && drift["added"].as_u64() <= drift["closes_missed"].as_u64()
-            && drift["added"].as_u64().is_some()
+            && drift["added"]
+                .as_u64()
+                .zip(drift["closes_missed"].as_u64())
+                .is_some_and(|(added, missed)| added <= missed)
             && drift["removed"] == 0,
         "the drift checks corrected what the events were bringing: {drift}"
     );

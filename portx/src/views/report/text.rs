@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{Completeness, FailureGroup, Report};
-use crate::model::snapshot::Holder;
+use crate::{model::snapshot::Holder, views::output::counted};
 
 /// Task names and addresses are the recorded machine's: control characters would
 /// move a terminal's cursor, so they are shown as `?`.
@@ -56,7 +56,7 @@ pub fn completeness_line(c: &Completeness) -> String {
     if c.closes_missed > 0 {
         parts.push(format!(
             "{} that never reached portx (each found later and repaired)",
-            crate::views::output::counted(c.closes_missed, "close")
+            counted(c.closes_missed, "close")
         ));
     }
     if c.evicted > 0 {
